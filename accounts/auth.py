@@ -1,0 +1,32 @@
+"""API-token authentication for the operator JSON API (training pipelines push versions with it)."""
+
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security import HttpBearer
+
+from accounts.models import ApiToken, hash_token
+from accounts.roles import OPERATOR, has_role
+
+
+class OperatorToken(HttpBearer):
+    """Bearer API token of a user who holds the operator role (or a logged-in operator session)."""
+
+    def __call__(self, request: HttpRequest):  # type: ignore[override]
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and has_role(user, OPERATOR):
+            request.audit_actor = user.get_username()
+            return user
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str):  # type: ignore[override]
+        row = (
+            ApiToken.objects.select_related("user")
+            .filter(token_hash=hash_token(token), revoked_at__isnull=True)
+            .first()
+        )
+        if row is None or not has_role(row.user, OPERATOR):
+            return None
+        ApiToken.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
+        request.user = row.user
+        request.audit_actor = f"api:{row.name}"
+        return row.user

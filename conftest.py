@@ -1,0 +1,121 @@
+"""Fixtures shared by the whole suite: real PostgreSQL, Redis, Celery worker and Chromium."""
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis() -> None:
+    """Start from an empty Redis db, so a queue or cache left by an earlier run cannot leak in."""
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None) -> Iterator[object]:
+    """A real Celery worker consuming from Redis, in threads of this process, on the test database."""
+    from celery.contrib.testing.worker import start_worker
+
+    from edgefleet.celery import app
+
+    app.control.purge()
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30) as worker:
+        yield worker
+
+
+@pytest.fixture
+def operator(db: None, django_user_model: type) -> object:
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("olivia", password="pw-olivia-123")
+    user.groups.add(Group.objects.get(name="operator"))
+    return user
+
+
+@pytest.fixture
+def viewer(db: None, django_user_model: type) -> object:
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("victor", password="pw-victor-123")
+    user.groups.add(Group.objects.get(name="viewer"))
+    return user
+
+
+@pytest.fixture
+def operator_client(client: object, operator: object) -> object:
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def viewer_client(client: object, viewer: object) -> object:
+    client.force_login(viewer)
+    return client
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Debian's chromium is needed for browser tests: apt-get install -y chromium")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh browser page; console errors fail the test and a screenshot is kept for people."""
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.console_errors = errors
+    yield pg
+    out = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output")) / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        pg.screenshot(path=str(out / f"{request.node.name}.png"), full_page=True)
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def login(live_server: object) -> object:
+    """Log a user in through the real login form in the browser."""
+
+    def do(pg: object, username: str, password: str) -> None:
+        pg.goto(f"{live_server.url}/login/")
+        pg.fill("input[name=username]", username)
+        pg.fill("input[name=password]", password)
+        pg.click("button[type=submit]")
+        pg.wait_for_load_state("networkidle")
+
+    return do

@@ -1,0 +1,214 @@
+"""Settings come from the environment; with nothing set, EdgeFleet runs on embedded defaults.
+
+Embedded defaults: SQLite, a file-system Celery broker and a file cache under ``EDGEFLEET_DATA_DIR``,
+so ``make run`` works on a machine with only Python. Set ``DATABASE_URL`` and ``REDIS_URL`` to use
+PostgreSQL and Redis (what production and the test suite use).
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = os.environ
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(env.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(env.get(name, default))
+
+
+DATA_DIR = Path(env.get("EDGEFLEET_DATA_DIR", BASE_DIR / "var"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _dev_secret(path: Path) -> str:
+    """A secret made once per data directory, so development never runs on a published key."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.get("SECRET_KEY") or _dev_secret(DATA_DIR / "secret_key")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = [
+    h.strip() for h in env.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()
+]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "accounts",
+    "fleet",
+    "ota",
+    "telemetry",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.middleware.OperatorTimezoneMiddleware",
+]
+
+ROOT_URLCONF = "edgefleet.urls"
+WSGI_APPLICATION = "edgefleet.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.roles",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'edgefleet.sqlite3'}"),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # WAL lets web, worker and beat share the embedded database without "database is locked".
+    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+if env.get("TEST_DATABASE_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": env["TEST_DATABASE_NAME"]}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(env.get("EDGEFLEET_ARTIFACT_DIR", DATA_DIR / "artifacts"))},
+    },
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+if env.get("EDGEFLEET_STORAGE", "local") == "s3":
+    # S3-compatible object storage for multi-node deployments; downloads use presigned URLs.
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.get("S3_BUCKET", "edgefleet"),
+            "endpoint_url": env.get("S3_ENDPOINT_URL") or None,
+            "querystring_expire": env_int("S3_URL_EXPIRE_SECONDS", 3600),
+        },
+    }
+WHITENOISE_USE_FINDERS = True
+
+# Uploads stream to disk in 1 MiB chunks: memory stays flat whatever the file size.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("EDGEFLEET_MAX_JSON_BYTES", 1024 * 1024)
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "uploads")
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+
+# Celery: Redis when configured, otherwise a broker on the local file system (no server needed).
+CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# A task is acknowledged only after it ran: a worker killed mid-task leaves it for another worker.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict = {}  # each app adds its periodic jobs in edgefleet/schedule.py
+
+# EdgeFleet's own knobs.
+EDGEFLEET_MAX_UPLOAD_BYTES = env_int("EDGEFLEET_MAX_UPLOAD_BYTES", 1024**3)
+EDGEFLEET_POLL_INTERVAL = env_int("EDGEFLEET_POLL_INTERVAL", 60)
+EDGEFLEET_TELEMETRY_WINDOW = env_int("EDGEFLEET_TELEMETRY_WINDOW", 300)
+EDGEFLEET_SIGNING_KEY = env.get("EDGEFLEET_SIGNING_KEY", "")  # base64 raw Ed25519 private key
+EDGEFLEET_SIGNING_KEY_FILE = Path(env.get("EDGEFLEET_SIGNING_KEY_FILE", DATA_DIR / "signing_key"))
+EDGEFLEET_DP_MECHANISM = env.get("EDGEFLEET_DP_MECHANISM", "laplace")
+EDGEFLEET_DP_EPSILON = env_float("EDGEFLEET_DP_EPSILON", 1.0)
+EDGEFLEET_DP_DAILY_BUDGET = env_float("EDGEFLEET_DP_DAILY_BUDGET", 400.0)
+EDGEFLEET_MIN_COHORT = env_int("EDGEFLEET_MIN_COHORT", 20)
+EDGEFLEET_STALE_AFTER = env_int("EDGEFLEET_STALE_AFTER", 300)
+EDGEFLEET_OFFLINE_AFTER = env_int("EDGEFLEET_OFFLINE_AFTER", 3600)
+EDGEFLEET_X_ACCEL_REDIRECT = env.get("EDGEFLEET_X_ACCEL_REDIRECT", "")  # e.g. /protected-artifacts/
+EDGEFLEET_VALIDATION_TIMEOUT = env_int("EDGEFLEET_VALIDATION_TIMEOUT", 900)
+
+from edgefleet.schedule import BEAT_SCHEDULE  # noqa: E402
+
+CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

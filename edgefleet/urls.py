@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+
+from edgefleet.api import api
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+urlpatterns = [
+    path("", include("fleet.urls")),
+    path("", include("ota.urls")),
+    path("telemetry/", include("telemetry.urls")),
+    path("accounts/", include("accounts.urls")),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/", api.urls),
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+]

@@ -1,0 +1,86 @@
+"""Start the whole system in one terminal: web, Celery worker and beat (and the demo, when there is one).
+
+A small supervisor instead of honcho/supervisord: it needs no extra install, stops every child on
+Ctrl-C, and stops them all when one dies so a half-running system never looks healthy.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Run web, worker and beat together (what `make run` calls)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--no-demo", action="store_true", help="do not create or start the demo fleet")
+
+    def handle(self, port: int, host: str, no_demo: bool, **options: object) -> None:
+        call_command("collectstatic", "--noinput", verbosity=0)
+        py = sys.executable
+        procs: dict[str, list[str]] = {
+            "web": [
+                py,
+                "-m",
+                "gunicorn",
+                "edgefleet.wsgi",
+                "-b",
+                f"{host}:{port}",
+                "-w",
+                "2",
+                "--threads",
+                "4",
+                "--access-logfile",
+                "-",
+            ],
+            "worker": [py, "-m", "celery", "-A", "edgefleet", "worker", "-l", "info", "--concurrency", "2"],
+            "beat": [py, "-m", "celery", "-A", "edgefleet", "beat", "-l", "info"],
+        }
+        if not no_demo:
+            demo = self.demo_command(py, f"http://{host}:{port}")
+            if demo:
+                procs["demo"] = demo
+        running = {name: subprocess.Popen(cmd) for name, cmd in procs.items()}
+        db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nEdgeFleet is starting on http://{host}:{port}/  (database: {db}, "
+                f"broker: {settings.CELERY_BROKER_URL.split('://')[0]})\n"
+            )
+        )
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping:
+                for name, proc in running.items():
+                    if proc.poll() is not None:
+                        self.stderr.write(f"{name} exited with {proc.returncode}; stopping the rest")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for proc in running.values():
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in running.values():
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def demo_command(self, py: str, url: str) -> list[str] | None:
+        """The demo (a later issue) plugs in here; without it the system starts empty."""
+        return None

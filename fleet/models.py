@@ -1,0 +1,86 @@
+"""The fleet: devices, how they enroll, and cohorts of them chosen by label selectors."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class EnrollmentKey(models.Model):
+    """A shared secret that lets devices join; stored as a hash, shown once when made."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    default_labels = models.JSONField(default=dict, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class Device(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=120, blank=True)
+    hardware = models.JSONField(
+        default=dict, blank=True, help_text="arch, cores, ram_mb, accelerator, ort_version, providers, storage_free_mb"
+    )
+    labels = models.JSONField(default=dict, blank=True)
+    agent_version = models.CharField(max_length=40, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(max_length=12, blank=True)
+    token_revoked_at = models.DateTimeField(null=True, blank=True)
+    enrollment_key = models.ForeignKey(EnrollmentKey, null=True, blank=True, on_delete=models.SET_NULL)
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    installed = models.JSONField(default=dict, blank=True, help_text="model name -> version label it reports")
+
+    class Meta:
+        ordering = ["-enrolled_at"]
+
+    def __str__(self) -> str:
+        return self.name or str(self.id)
+
+
+class Cohort(models.Model):
+    """A saved label selector such as ``region=eu, hw in (rpi4, jetson), !beta``."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    selector = models.CharField(max_length=500)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeviceEvent(models.Model):
+    """Something a device reports happened; the id is made by the device so a replay is a no-op."""
+
+    id = models.UUIDField(primary_key=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40)
+    at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    model_name = models.CharField(max_length=100, blank=True)
+    version_label = models.CharField(max_length=64, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["device", "-at"], name="event_device_at")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.kind} {self.at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,28 @@
+// Report the browser's time zone so pages show times in the operator's zone.
+(function () {
+  try {
+    var tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (tz && document.cookie.indexOf("tz=" + tz) === -1) {
+      document.cookie = "tz=" + tz + "; path=/; max-age=31536000; samesite=lax";
+    }
+  } catch (e) { /* old browser: UTC it is */ }
+})();
+
+// Live regions: an element with data-poll-url is refreshed from that URL every data-poll-ms.
+window.edgefleetPoll = function (el) {
+  var url = el.getAttribute("data-poll-url");
+  var ms = parseInt(el.getAttribute("data-poll-ms") || "3000", 10);
+  var tick = function () {
+    fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html !== null) { el.innerHTML = html; }
+        if (!el.hasAttribute("data-poll-stop")) { setTimeout(tick, ms); }
+      })
+      .catch(function () { setTimeout(tick, ms * 2); });
+  };
+  setTimeout(tick, ms);
+};
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("[data-poll-url]").forEach(window.edgefleetPoll);
+});

@@ -1,0 +1,1 @@
+"""Telemetry storage: aggregate window reports, rollups, drift results and alerts."""
