@@ -4,6 +4,7 @@ from ninja import NinjaAPI
 
 from fleet.api import router as fleet_router
 from ota.api import router as ota_router
+from rollout.api import router as rollout_router
 from telemetry.api import router as telemetry_router
 
 api = NinjaAPI(
@@ -15,3 +16,4 @@ api = NinjaAPI(
 api.add_router("", fleet_router)
 api.add_router("", ota_router)
 api.add_router("", telemetry_router)
+api.add_router("", rollout_router)

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "fleet",
     "ota",
     "telemetry",
+    "rollout",
 ]
 
 MIDDLEWARE = [

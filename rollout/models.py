@@ -1,0 +1,88 @@
+"""What each device should run: direct releases to a cohort, and staged campaigns with gates.
+
+Kept apart from ``ota`` (the registry: what exists and whether it is fit to ship) so that deciding
+*who runs what* has one home with its own migrations.
+"""
+
+from django.conf import settings
+from django.db import models
+
+
+class Release(models.Model):
+    """ "Version V of model M is the desired version for cohort C" (no cohort: the whole fleet)."""
+
+    model = models.ForeignKey("ota.Model", on_delete=models.CASCADE, related_name="releases")
+    version = models.ForeignKey("ota.ModelVersion", on_delete=models.PROTECT, related_name="releases")
+    cohort = models.ForeignKey("fleet.Cohort", null=True, blank=True, on_delete=models.PROTECT)
+    note = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.version} → {self.cohort or 'all devices'}"
+
+
+class Campaign(models.Model):
+    class State(models.TextChoices):
+        DRAFT = "draft"
+        SCHEDULED = "scheduled"
+        RUNNING = "running"
+        PAUSED = "paused"
+        COMPLETED = "completed"
+        ROLLED_BACK = "rolled_back"
+        ABORTED = "aborted"
+
+    class OnFailure(models.TextChoices):
+        PAUSE = "pause"
+        ROLLBACK = "rollback"
+
+    name = models.CharField(max_length=120)
+    model = models.ForeignKey("ota.Model", on_delete=models.CASCADE, related_name="campaigns")
+    version = models.ForeignKey("ota.ModelVersion", on_delete=models.PROTECT, related_name="campaigns")
+    previous_version = models.ForeignKey(
+        "ota.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="what targeted devices run before, and go back to on rollback",
+    )
+    cohort = models.ForeignKey("fleet.Cohort", null=True, blank=True, on_delete=models.PROTECT)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT, db_index=True)
+    waves = models.JSONField(default=list, help_text='[{"percent": 5, "min_soak_minutes": 30, "min_devices": 20}, …]')
+    gates = models.JSONField(default=dict, help_text="gate name -> threshold")
+    on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.ROLLBACK)
+    wave_index = models.IntegerField(default=-1, help_text="current wave, -1 before start")
+    wave_started_at = models.DateTimeField(null=True, blank=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exclusions = models.JSONField(default=dict, blank=True, help_text="reason -> number of devices excluded")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignDecision(models.Model):
+    """One step of a campaign's timeline, by a person or by the gate job, with the numbers behind it."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="decisions")
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor_label = models.CharField(max_length=150, default="system")
+    kind = models.CharField(max_length=24, help_text="start, advance, hold, pause, resume, rollback, complete, abort")
+    reason = models.TextField(blank=True)
+    numbers = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} {self.kind}"
