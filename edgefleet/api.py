@@ -17,3 +17,50 @@ api.add_router("", fleet_router)
 api.add_router("", ota_router)
 api.add_router("", telemetry_router)
 api.add_router("", rollout_router)
+
+
+# Every API error has the protocol's shape {"error": {"code", "message", "field"}} (docs/protocol.md).
+from django.http import Http404, HttpRequest, HttpResponse  # noqa: E402
+from ninja.errors import AuthenticationError, HttpError, ValidationError  # noqa: E402
+
+from fleet.errors import ProtocolError, error_response, field_path, from_exception  # noqa: E402
+
+
+@api.exception_handler(ProtocolError)
+def _protocol_error(request: HttpRequest, exc: ProtocolError) -> HttpResponse:
+    return from_exception(exc)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    first = exc.errors[0] if exc.errors else {}
+    field = field_path(first.get("loc"))
+    kind = first.get("type", "")
+    code = "unknown_field" if kind == "extra_forbidden" else "invalid"
+    if kind == "json_invalid" or (field is None and "json" in str(first.get("msg", "")).lower()):
+        code = "malformed_json"
+    message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid request"))
+    return error_response(400, code, message, field)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(401, "unauthorized", "Send Authorization: Bearer <token>.")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(exc.status_code, f"http_{exc.status_code}", str(exc))
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(404, "not_found", "Not found.")
+
+
+from django.core.exceptions import RequestDataTooBig  # noqa: E402
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error_response(413, "too_large", "The request body is larger than the server accepts.")

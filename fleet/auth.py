@@ -1,0 +1,121 @@
+"""Device bearer tokens: issued once, stored as sha256, checked per poll without the database.
+
+``device_auth`` is a ninja ``HttpBearer``: put ``auth=device_auth`` on a device endpoint and
+``request.auth`` is a :class:`DeviceSnapshot` (``.id`` is the Device's UUID; use ``device_id=``
+when writing rows). The snapshot is cached by token hash in the Django cache (Redis); every change
+to a device's token, labels or hardware must call :func:`forget_device` so the next poll re-reads.
+"""
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.cache import cache
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from fleet.errors import ProtocolError
+
+TOKEN_PREFIX = "efd_"
+SNAPSHOT_TTL = 24 * 3600
+NEGATIVE_TTL = 30  # an unknown token is remembered briefly: a bad client cannot hammer the DB
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_key(token_hash: str) -> str:
+    return f"ef:tok:{token_hash}"
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """What a poll needs to know about a device; ``rev`` changes whenever labels or hardware do."""
+
+    id: uuid.UUID
+    labels: dict[str, str] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+    revoked: bool = False
+    rev: str = ""
+
+    @property
+    def pk(self) -> uuid.UUID:
+        return self.id
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "labels": self.labels,
+            "hardware": self.hardware,
+            "revoked": self.revoked,
+            "rev": self.rev,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeviceSnapshot":
+        return cls(uuid.UUID(d["id"]), d["labels"], d["hardware"], d["revoked"], d["rev"])
+
+    @classmethod
+    def of(cls, device: Any) -> "DeviceSnapshot":
+        raw = json.dumps([device.labels, device.hardware], sort_keys=True).encode()
+        return cls(
+            id=device.id,
+            labels=dict(device.labels or {}),
+            hardware=dict(device.hardware or {}),
+            revoked=device.token_revoked_at is not None,
+            rev=hashlib.sha256(raw).hexdigest()[:12],
+        )
+
+
+def snapshot_for_token(token: str) -> DeviceSnapshot | None:
+    """The device behind ``token`` (revoked ones included), from the cache or, once, the DB."""
+    from fleet.models import Device
+
+    th = hash_token(token)
+    key = token_key(th)
+    hit = cache.get(key)
+    if hit is not None:
+        return DeviceSnapshot.from_dict(hit) if hit else None
+    device = Device.objects.filter(token_hash=th).only("id", "labels", "hardware", "token_revoked_at").first()
+    if device is None:
+        cache.set(key, {}, NEGATIVE_TTL)
+        return None
+    snap = DeviceSnapshot.of(device)
+    cache.set(key, snap.as_dict(), SNAPSHOT_TTL)
+    return snap
+
+
+def forget_device(token_hash: str) -> None:
+    """Drop a device's cached snapshot (revoke, rotate, label or hardware change)."""
+    cache.delete(token_key(token_hash))
+
+
+class DeviceBearer(HttpBearer):
+    """401 for a missing or unknown token, 403 for a revoked one."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise ProtocolError(401, "token_missing", "Send Authorization: Bearer <device token>.")
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str) -> DeviceSnapshot:
+        if not token or len(token) > 200:
+            raise ProtocolError(401, "token_invalid", "The device token is not valid.")
+        snap = snapshot_for_token(token)
+        if snap is None:
+            raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.")
+        if snap.revoked:
+            raise ProtocolError(403, "token_revoked", "This device token was revoked.")
+        return snap
+
+
+device_auth = DeviceBearer()
