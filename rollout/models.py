@@ -15,6 +15,14 @@ class Release(models.Model):
     version = models.ForeignKey("ota.ModelVersion", on_delete=models.PROTECT, related_name="releases")
     cohort = models.ForeignKey("fleet.Cohort", null=True, blank=True, on_delete=models.PROTECT)
     note = models.CharField(max_length=300, blank=True)
+    campaign = models.ForeignKey(
+        "rollout.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the campaign whose completion made this release (its incompatible devices stay behind)",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -61,6 +69,11 @@ class Campaign(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     exclusions = models.JSONField(default=dict, blank=True, help_text="reason -> number of devices excluded")
+    requirements = models.JSONField(
+        default=dict, blank=True, help_text='extra device requirements: {"provider": "...", "min_storage_mb": 0}'
+    )
+    gate_report = models.JSONField(default=dict, blank=True, help_text="the latest gate evaluation, for the page")
+    last_evaluated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
