@@ -1,0 +1,145 @@
+"""Canary-vs-control statistics (pure: numpy/scipy, no Django).
+
+Each comparison gives a verdict with the numbers behind it, so a gate decision can be checked by
+a person. Fixed p-values alone over-fire on large fleets, so every "fail" needs BOTH a significant
+(or, for quantiles, observed) difference AND an effect larger than the operator's threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+PASS, FAIL, NOT_ENOUGH = "pass", "fail", "not_enough_data"
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    canary: float | None = None
+    control: float | None = None
+    effect: float | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    n_canary: int = 0
+    n_control: int = 0
+    threshold: float | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def two_proportion_ztest(x1: float, n1: float, x2: float, n2: float) -> tuple[float, float]:
+    """Pooled two-proportion z-test of p1 > p2 (one-sided: we only fail a canary for being worse).
+
+    Returns (z, p). Counts may be DP-noisy floats; they are clipped into [0, n].
+    """
+    n1, n2 = max(float(n1), 0.0), max(float(n2), 0.0)
+    if n1 <= 0 or n2 <= 0:
+        return 0.0, 1.0
+    x1, x2 = min(max(float(x1), 0.0), n1), min(max(float(x2), 0.0), n2)
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 0.0, 1.0
+    z = (x1 / n1 - x2 / n2) / se
+    return z, float(stats.norm.sf(z))
+
+
+def histogram_quantile(edges: Sequence[float], counts: Sequence[float], q: float) -> float | None:
+    """Quantile of a binned distribution, linear within the bin it falls in.
+
+    Noisy negative counts are clipped to zero; an empty histogram has no quantile (None).
+    """
+    c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    total = c.sum()
+    if total <= 0:
+        return None
+    e = np.asarray(edges, dtype=np.float64)
+    cdf = np.concatenate([[0.0], np.cumsum(c) / total])
+    i = int(np.searchsorted(cdf, q, side="left"))
+    i = min(max(i, 1), len(c))
+    lo, hi = cdf[i - 1], cdf[i]
+    frac = 0.0 if hi == lo else (q - lo) / (hi - lo)
+    return float(e[i - 1] + frac * (e[i] - e[i - 1]))
+
+
+def error_rate_verdict(
+    canary_errors: float,
+    canary_inferences: float,
+    control_errors: float,
+    control_inferences: float,
+    n_canary: int,
+    n_control: int,
+    max_increase: float = 0.02,
+    min_devices: int = 20,
+    alpha: float = 0.05,
+) -> Verdict:
+    """Fail when the canary's error rate is significantly higher AND by more than ``max_increase``."""
+    v = Verdict(NOT_ENOUGH, n_canary=n_canary, n_control=n_control, threshold=max_increase)
+    if canary_inferences > 0:
+        v.canary = max(canary_errors, 0.0) / canary_inferences
+    if control_inferences > 0:
+        v.control = max(control_errors, 0.0) / control_inferences
+    if n_canary < min_devices or n_control < min_devices or v.canary is None or v.control is None:
+        v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
+        return v
+    v.effect = v.canary - v.control
+    v.statistic, v.p_value = two_proportion_ztest(canary_errors, canary_inferences, control_errors, control_inferences)
+    failed = v.effect > max_increase and v.p_value < alpha
+    v.verdict = FAIL if failed else PASS
+    v.detail = (
+        f"error rate {v.canary:.4f} vs {v.control:.4f} (+{v.effect:.4f}, z={v.statistic:.2f}, "
+        f"p={v.p_value:.3g}); fails above +{max_increase} when p<{alpha}"
+    )
+    return v
+
+
+def latency_verdict(
+    edges: Sequence[float],
+    canary_counts: Sequence[float],
+    control_counts: Sequence[float],
+    quantile: float,
+    n_canary: int,
+    n_control: int,
+    max_ratio: float = 1.25,
+    min_devices: int = 20,
+) -> Verdict:
+    """Fail when the canary's latency quantile is more than ``max_ratio`` times the control's.
+
+    The statistic is a two-sample KS on the binned latency CDFs (how different the shapes are).
+    """
+    v = Verdict(NOT_ENOUGH, n_canary=n_canary, n_control=n_control, threshold=max_ratio)
+    v.canary = histogram_quantile(edges, canary_counts, quantile)
+    v.control = histogram_quantile(edges, control_counts, quantile)
+    if n_canary < min_devices or n_control < min_devices or v.canary is None or v.control is None:
+        v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
+        return v
+    v.effect = v.canary / v.control if v.control > 0 else (math.inf if v.canary > 0 else 1.0)
+    a = np.clip(np.asarray(canary_counts, float), 0, None)
+    b = np.clip(np.asarray(control_counts, float), 0, None)
+    v.statistic = float(np.max(np.abs(np.cumsum(a) / a.sum() - np.cumsum(b) / b.sum())))
+    v.verdict = FAIL if v.effect > max_ratio else PASS
+    v.detail = f"p{round(quantile * 100)} {v.canary:.2f} ms vs {v.control:.2f} ms (×{v.effect:.3f}); fails above ×{max_ratio}"
+    return v
+
+
+def rate_verdict(
+    failures: int, attempts: int, n_devices: int, max_rate: float = 0.05, min_devices: int = 20
+) -> Verdict:
+    """Install failure rate of the canary: fail when it is above ``max_rate`` (an absolute limit)."""
+    v = Verdict(NOT_ENOUGH, n_canary=n_devices, threshold=max_rate)
+    if attempts > 0:
+        v.canary = failures / attempts
+    if n_devices < min_devices or v.canary is None:
+        v.detail = f"needs {min_devices} devices with install attempts (have {n_devices})"
+        return v
+    v.effect = v.canary
+    v.verdict = FAIL if v.canary > max_rate else PASS
+    v.detail = f"{failures} of {attempts} installs failed ({v.canary:.3f}); fails above {max_rate}"
+    return v
