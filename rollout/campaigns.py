@@ -1,0 +1,648 @@
+"""Campaign services: what an operator or the gate job does to a campaign, one transaction each.
+
+Every state change goes through :func:`_transition`, which (in one transaction, with the campaign
+row locked) checks the state is one the action may leave, writes the change, records a
+``CampaignDecision`` for the campaign's timeline and an audit entry, and bumps the manifest
+generation after commit so devices see the change on their next poll.
+
+Placement is by stable bucket (``rollout.placement``): nothing here writes per-device rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+
+from accounts.audit import record
+from fleet import selectors
+from fleet.models import Cohort, Device
+from ota.models import ModelVersion
+from rollout import gates as gate_logic
+from rollout import placement
+from rollout.models import Campaign, CampaignDecision, Release
+
+S = Campaign.State
+ACTIVE_STATES = (S.SCHEDULED, S.RUNNING, S.PAUSED)
+# action -> states it may start from
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    "start": (S.DRAFT, S.SCHEDULED),
+    "pause": (S.RUNNING,),
+    "resume": (S.PAUSED,),
+    "advance": (S.RUNNING, S.PAUSED),
+    "rollback": (S.RUNNING, S.PAUSED),
+    "abort": (S.DRAFT, S.SCHEDULED, S.RUNNING, S.PAUSED),
+}
+
+
+class CampaignError(Exception):
+    """A refused action, with a message for a person. Nothing was changed."""
+
+
+# --- devices and cohorts ------------------------------------------------------------------------
+
+
+def _selector_text(cohort: Cohort | None) -> str:
+    return cohort.selector if cohort is not None else ""
+
+
+def _cohort_prefilter(cohort: Cohort | None) -> Q:
+    """A database filter for the cohort when fleet offers one; the Python predicate always decides."""
+    if cohort is None:
+        return Q()
+    try:
+        from fleet.services import selector_q  # landed by the fleet engineer
+    except ImportError:
+        return Q()
+    try:
+        return selector_q(selectors.parse(cohort.selector))
+    except Exception:  # an odd selector: fall back to filtering in Python
+        return Q()
+
+
+def cohort_devices(cohort: Cohort | None) -> Iterator[tuple[Any, dict, dict]]:
+    """(id, labels, hardware) of every device in the cohort (every device when there is none)."""
+    match = selectors.predicate(selectors.parse(_selector_text(cohort)))
+    rows = Device.objects.filter(_cohort_prefilter(cohort)).filter(token_revoked_at__isnull=True)
+    for device_id, labels, hardware in rows.values_list("id", "labels", "hardware").iterator(chunk_size=2000):
+        if match(labels or {}):
+            yield device_id, labels or {}, hardware or {}
+
+
+def overlapping_devices(a: Cohort | None, b: Cohort | None, limit: int = 5) -> list[str]:
+    """Names of (up to ``limit``) devices that match both cohorts."""
+    other = selectors.predicate(selectors.parse(_selector_text(b)))
+    found: list[str] = []
+    for device_id, labels, _ in cohort_devices(a):
+        if other(labels):
+            found.append(str(device_id))
+            if len(found) >= limit:
+                break
+    return found
+
+
+def requirements_for(version: ModelVersion, extra: Mapping[str, Any] | None = None) -> placement.Requirements:
+    """What the version needs from a device: opset and size from the registry, int8 size if built."""
+    report = version.report or {}
+    int8 = version.variants.filter(kind="int8").select_related("artifact").first()
+    extra = extra or {}
+    opset = report.get("opset")
+    return placement.Requirements(
+        opset=int(opset) if isinstance(opset, (int, float)) else None,
+        size_bytes=int(report.get("file_size") or version.artifact.size or 0),
+        int8_size_bytes=int8.artifact.size if int8 else None,
+        provider=(extra.get("provider") or None),
+        min_storage_mb=float(extra.get("min_storage_mb") or 0),
+    )
+
+
+def current_release(model_id: int, cohort: Cohort | None) -> Release | None:
+    """The release devices of this cohort follow now: the cohort's own, else the fleet-wide one."""
+    releases = Release.objects.filter(model_id=model_id).select_related("version")
+    if cohort is not None:
+        own = releases.filter(cohort=cohort).first()
+        if own:
+            return own
+    return releases.filter(cohort__isnull=True).first() or releases.first()
+
+
+# --- dry run ------------------------------------------------------------------------------------
+
+
+def _hardware_key(hw: Mapping[str, Any]) -> str:
+    ram = hw.get("ram_mb")
+    ram_txt = f"{int(ram) // 1024} GiB" if isinstance(ram, (int, float)) and ram >= 1024 else f"{ram} MiB"
+    return f"{hw.get('arch') or '?'} · {ram_txt} · ort {hw.get('ort_version') or '?'}"
+
+
+@dataclass
+class DryRun:
+    """How many devices each wave reaches, by label and hardware, and who is excluded and why."""
+
+    total: int
+    compatible: int
+    excluded: dict[str, int]
+    waves: list[dict[str, Any]]
+    campaign_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "compatible": self.compatible,
+            "excluded": self.excluded,
+            "waves": self.waves,
+            "campaign_id": self.campaign_id,
+        }
+
+
+def dry_run(
+    *,
+    version: ModelVersion,
+    cohort: Cohort | None,
+    waves: list[dict[str, Any]],
+    campaign_id: int | None,
+    requirements: Mapping[str, Any] | None = None,
+) -> DryRun:
+    """Count, per wave, the devices reached (cumulative), by label and hardware; exclusions by reason.
+
+    Buckets depend on the campaign id, so the counts are exact for that id (the creation form
+    reserves one) and statistically the same for any other.
+    """
+    req = requirements_for(version, requirements)
+    cid = campaign_id if campaign_id is not None else 0
+    excluded: Counter[str] = Counter()
+    per_wave: list[dict[str, Counter]] = [
+        {"labels": Counter(), "hardware": Counter(), "variant": Counter()} for _ in waves
+    ]
+    reached_new = [0] * len(waves)
+    total = compatible = 0
+    for device_id, labels, hw in cohort_devices(cohort):
+        total += 1
+        reason = placement.incompatibility(hw, req)
+        if reason:
+            excluded[reason] += 1
+            continue
+        compatible += 1
+        k = placement.wave_of(placement.bucket(device_id, cid), waves)
+        if k is None:
+            continue
+        reached_new[k] += 1
+        stats = per_wave[k]
+        for key, value in labels.items():
+            stats["labels"][f"{key}={value}"] += 1
+        stats["hardware"][_hardware_key(hw)] += 1
+        stats["variant"][placement.choose_variant(hw, req)] += 1
+    rows: list[dict[str, Any]] = []
+    cum: dict[str, Counter] = {"labels": Counter(), "hardware": Counter(), "variant": Counter()}
+    running = 0
+    for k, w in enumerate(waves):
+        running += reached_new[k]
+        for part in cum:
+            cum[part].update(per_wave[k][part])
+        rows.append(
+            {
+                "index": k,
+                "number": k + 1,
+                "percent": w.get("percent"),
+                "new": reached_new[k],
+                "devices": running,
+                "by_label": dict(cum["labels"].most_common(8)),
+                "by_hardware": dict(cum["hardware"].most_common(8)),
+                "by_variant": dict(cum["variant"]),
+            }
+        )
+    return DryRun(total, compatible, dict(excluded), rows, campaign_id)
+
+
+def reserve_campaign_id() -> int | None:
+    """Take the next campaign id from the sequence so a preview's buckets are the real ones."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cur:
+        cur.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [Campaign._meta.db_table])
+        return int(cur.fetchone()[0])
+
+
+def _reserved_id_usable(reserved: int | None) -> bool:
+    if reserved is None or connection.vendor != "postgresql" or Campaign.objects.filter(pk=reserved).exists():
+        return False
+    with connection.cursor() as cur:
+        cur.execute("SELECT last_value FROM " + connection.ops.quote_name(f"{Campaign._meta.db_table}_id_seq"))
+        return 0 < reserved <= int(cur.fetchone()[0])
+
+
+# --- creating -----------------------------------------------------------------------------------
+
+
+def _refuse_overlap(campaign_model_id: int, cohort: Cohort | None, exclude_id: int | None = None) -> None:
+    others = Campaign.objects.filter(model_id=campaign_model_id, state__in=ACTIVE_STATES).select_related("cohort")
+    if exclude_id is not None:
+        others = others.exclude(pk=exclude_id)
+    for other in others:
+        same = _selector_text(other.cohort).replace(" ", "") == _selector_text(cohort).replace(" ", "")
+        shared = overlapping_devices(cohort, other.cohort)
+        if same or shared:
+            example = f" (e.g. device {shared[0]})" if shared else " (same selector)"
+            raise CampaignError(
+                f"Campaign “{other.name}” ({other.state}) already rolls out this model to devices of this "
+                f"cohort{example}: one active campaign per model and device."
+            )
+
+
+def create_campaign(
+    *,
+    name: str,
+    version: ModelVersion,
+    cohort: Cohort | None,
+    waves: list[dict[str, Any]],
+    gates: Mapping[str, Any],
+    on_failure: str = Campaign.OnFailure.ROLLBACK,
+    previous_version: ModelVersion | None = None,
+    requirements: Mapping[str, Any] | None = None,
+    user: Any = None,
+    request: HttpRequest | None = None,
+    reserved_id: int | None = None,
+) -> Campaign:
+    """Create a draft campaign after checking the version, plan, gates and overlap."""
+    name = (name or "").strip()
+    problems: list[str] = []
+    if not name:
+        problems.append("Give the campaign a name.")
+    if version.status != ModelVersion.Status.STAGED:
+        problems.append(f"Version {version} is {version.status}, not staged: only staged versions roll out.")
+    problems += placement.validate_waves(waves)
+    problems += gate_logic.validate_gates(gates)
+    if on_failure not in Campaign.OnFailure.values:
+        problems.append("On failure must be pause or rollback.")
+    if previous_version is None:
+        release = current_release(version.model_id, cohort)
+        previous_version = release.version if release else None
+    if previous_version is not None and previous_version.model_id != version.model_id:
+        problems.append("The previous version must be a version of the same model.")
+    if previous_version is not None and previous_version.pk == version.pk:
+        problems.append(f"{version} is already what these devices run.")
+    if problems:
+        raise CampaignError(" ".join(problems))
+    clean_waves = [
+        {
+            "percent": float(w["percent"]),
+            "min_soak_minutes": float(w.get("min_soak_minutes") or 0),
+            "min_devices": int(w.get("min_devices") or 0),
+        }
+        for w in waves
+    ]
+    with transaction.atomic():
+        _refuse_overlap(version.model_id, cohort)
+        extra = {"id": reserved_id} if _reserved_id_usable(reserved_id) else {}
+        campaign = Campaign.objects.create(
+            name=name,
+            model_id=version.model_id,
+            version=version,
+            previous_version=previous_version,
+            cohort=cohort,
+            waves=clean_waves,
+            gates={k: float(v) for k, v in gates.items()},
+            on_failure=on_failure,
+            requirements=dict(requirements or {}),
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            **extra,
+        )
+        actor = _actor(user, request)
+        CampaignDecision.objects.create(
+            campaign=campaign, actor_label=actor, kind="create", numbers={"waves": clean_waves, "gates": campaign.gates}
+        )
+        record(
+            "campaign.create",
+            campaign,
+            request=request,
+            user=user,
+            details={"campaign": campaign.pk, "version": str(version), "cohort": str(cohort or "all devices")},
+        )
+    return campaign
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+
+def _actor(user: Any, request: HttpRequest | None) -> str:
+    if user is not None and getattr(user, "is_authenticated", False):
+        return user.get_username()
+    if request is not None and getattr(request, "user", None) is not None and request.user.is_authenticated:
+        return request.user.get_username()
+    return "system"
+
+
+def _bump() -> None:
+    """Tell the manifest resolver campaigns changed (when the resolver has landed)."""
+    try:
+        from rollout.manifest import bump_generation
+    except ImportError:
+        return
+    bump_generation()
+
+
+def _transition(
+    campaign_id: int,
+    action: str,
+    *,
+    user: Any = None,
+    request: HttpRequest | None = None,
+    reason: str = "",
+    numbers: dict[str, Any] | None = None,
+    expect_wave: int | None = None,
+    change: Any = None,
+) -> Campaign:
+    """Lock the campaign, check the state, apply ``change(campaign, now)``, record, bump after commit."""
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().select_related("version", "cohort").get(pk=campaign_id)
+        allowed = ALLOWED_FROM[action]
+        if campaign.state not in allowed:
+            raise CampaignError(
+                f"Cannot {action} campaign “{campaign.name}”: it is {campaign.get_state_display().lower()} "
+                f"(allowed from: {', '.join(allowed)})."
+            )
+        if expect_wave is not None and campaign.wave_index != expect_wave:
+            raise CampaignError(f"Campaign “{campaign.name}” moved on to wave {campaign.wave_index + 1} meanwhile.")
+        now = timezone.now()
+        kind = change(campaign, now) if change else action
+        kind = kind or action
+        campaign.save()
+        actor = _actor(user, request)
+        details = {"campaign": campaign.pk, "state": campaign.state, "wave": campaign.wave_index + 1}
+        if reason:
+            details["reason"] = reason
+        if numbers:
+            details["numbers"] = numbers
+        CampaignDecision.objects.create(
+            campaign=campaign, actor_label=actor, kind=kind, reason=reason, numbers=numbers or {}
+        )
+        record(f"campaign.{kind}", campaign, request=request, user=user, actor_label=actor, details=details)
+        transaction.on_commit(_bump)
+    return campaign
+
+
+def start(campaign_id: int, *, user: Any = None, request: HttpRequest | None = None, reason: str = "") -> Campaign:
+    """Start wave 1, after re-checking overlap and the version, and freezing the exclusion counts."""
+
+    def change(c: Campaign, now: datetime) -> str:
+        if c.version.status != ModelVersion.Status.STAGED:
+            raise CampaignError(f"Version {c.version} is {c.version.status}, not staged.")
+        _refuse_overlap(c.model_id, c.cohort, exclude_id=c.pk)
+        preview = dry_run(
+            version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk, requirements=c.requirements
+        )
+        c.exclusions = preview.excluded
+        c.state, c.wave_index, c.wave_started_at, c.started_at = S.RUNNING, 0, now, now
+        return "start"
+
+    return _transition(campaign_id, "start", user=user, request=request, reason=reason, change=change)
+
+
+def pause(
+    campaign_id: int, *, user: Any = None, request: HttpRequest | None = None, reason: str = "", **kw: Any
+) -> Campaign:
+    """Hold the fleet where it is: devices already on the version stay, no new devices get it."""
+
+    def change(c: Campaign, now: datetime) -> str:
+        c.state = S.PAUSED
+        return "pause"
+
+    return _transition(campaign_id, "pause", user=user, request=request, reason=reason, change=change, **kw)
+
+
+def resume(campaign_id: int, *, user: Any = None, request: HttpRequest | None = None, reason: str = "") -> Campaign:
+    def change(c: Campaign, now: datetime) -> str:
+        c.state = S.RUNNING
+        return "resume"
+
+    return _transition(campaign_id, "resume", user=user, request=request, reason=reason, change=change)
+
+
+def _complete(c: Campaign, now: datetime, user: Any) -> None:
+    """The last wave passed: the version becomes the cohort's release so devices stay on it."""
+    c.state, c.finished_at = S.COMPLETED, now
+    Release.objects.create(
+        model_id=c.model_id,
+        version=c.version,
+        cohort=c.cohort,
+        campaign=c,
+        note=f"completed campaign “{c.name}”"[:300],
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
+
+
+def advance(
+    campaign_id: int,
+    *,
+    user: Any = None,
+    request: HttpRequest | None = None,
+    reason: str = "",
+    numbers: dict[str, Any] | None = None,
+    expect_wave: int | None = None,
+) -> Campaign:
+    """Go to the next wave (completing after the last). A person must say why; the job passes numbers."""
+    if (user is not None or request is not None) and not reason.strip():
+        raise CampaignError("Say why you advance the campaign by hand.")
+
+    def change(c: Campaign, now: datetime) -> str:
+        if c.wave_index >= len(c.waves) - 1:
+            _complete(c, now, user)
+            return "complete"
+        c.wave_index += 1
+        c.wave_started_at = now
+        c.state = S.RUNNING
+        c.gate_report = {}
+        return "advance"
+
+    return _transition(
+        campaign_id,
+        "advance",
+        user=user,
+        request=request,
+        reason=reason,
+        numbers=numbers,
+        expect_wave=expect_wave,
+        change=change,
+    )
+
+
+def rollback(
+    campaign_id: int,
+    *,
+    user: Any = None,
+    request: HttpRequest | None = None,
+    reason: str = "",
+    numbers: dict[str, Any] | None = None,
+    expect_wave: int | None = None,
+) -> Campaign:
+    """Every targeted device's manifest names the previous version again (agents hold it already)."""
+    if (user is not None or request is not None) and not reason.strip():
+        raise CampaignError("Say why you roll the campaign back.")
+
+    def change(c: Campaign, now: datetime) -> str:
+        c.state, c.finished_at = S.ROLLED_BACK, now
+        return "rollback"
+
+    return _transition(
+        campaign_id,
+        "rollback",
+        user=user,
+        request=request,
+        reason=reason,
+        numbers=numbers,
+        expect_wave=expect_wave,
+        change=change,
+    )
+
+
+def abort(campaign_id: int, *, user: Any = None, request: HttpRequest | None = None, reason: str = "") -> Campaign:
+    """Stop the campaign; its devices follow the model's release again."""
+
+    def change(c: Campaign, now: datetime) -> str:
+        c.state, c.finished_at = S.ABORTED, now
+        return "abort"
+
+    return _transition(campaign_id, "abort", user=user, request=request, reason=reason, change=change)
+
+
+ACTIONS = {"start": start, "pause": pause, "resume": resume, "advance": advance, "rollback": rollback, "abort": abort}
+
+
+def act(action: str, campaign_id: int, *, request: HttpRequest, reason: str = "") -> Campaign:
+    """One entry point for the page's buttons."""
+    fn = ACTIONS.get(action)
+    if fn is None:
+        raise CampaignError(f"Unknown action {action!r}.")
+    return fn(campaign_id, user=request.user, request=request, reason=reason)
+
+
+# --- what the page shows ------------------------------------------------------------------------
+
+
+def targeted_device_ids(campaign: Campaign) -> tuple[list[Any], dict[str, int]]:
+    """Device ids the campaign reaches now (compatible, bucket below coverage) and exclusions by reason."""
+    req = requirements_for(campaign.version, campaign.requirements)
+    covered = placement.coverage(campaign.waves, campaign.wave_index)
+    ids: list[Any] = []
+    excluded: Counter[str] = Counter()
+    for device_id, _, hw in cohort_devices(campaign.cohort):
+        reason = placement.incompatibility(hw, req)
+        if reason:
+            excluded[reason] += 1
+        elif placement.bucket(device_id, campaign.pk) < covered:
+            ids.append(device_id)
+    return ids, dict(excluded)
+
+
+def install_progress(campaign: Campaign) -> dict[str, Any]:
+    """How many targeted devices report the version installed, still the previous one, or something else."""
+    ids, excluded = targeted_device_ids(campaign)
+    model = campaign.model.name
+    counts: Counter[str] = Counter()
+    for installed in Device.objects.filter(pk__in=ids).values_list("installed", flat=True).iterator(chunk_size=2000):
+        label = (installed or {}).get(model)
+        if label == campaign.version.label:
+            counts["on_version"] += 1
+        elif campaign.previous_version and label == campaign.previous_version.label:
+            counts["on_previous"] += 1
+        else:
+            counts["other"] += 1
+    failed = (
+        Device.objects.filter(
+            pk__in=ids,
+            events__kind="install_failed",
+            events__model_name=model,
+            events__version_label=campaign.version.label,
+        )
+        .distinct()
+        .count()
+        if ids
+        else 0
+    )
+    return {"targeted": len(ids), "excluded": excluded, "install_failed": failed, **counts}
+
+
+# --- the gate job -------------------------------------------------------------------------------
+
+
+def compare(campaign: Campaign, since: datetime) -> dict[str, dict[str, Any]]:
+    """Canary (the campaign's version) vs control (the previous version) from telemetry.
+
+    Returns ``{}`` until telemetry's ``canary_vs_control`` exists or when there is no control
+    version: every gate is then "not enough data" and the campaign holds.
+    """
+    try:
+        from telemetry.services import canary_vs_control
+    except ImportError:
+        return {}
+    if campaign.previous_version_id is None:
+        return {}
+    return canary_vs_control(
+        campaign.version_id,
+        campaign.previous_version_id,
+        since,
+        cohort_selector=_selector_text(campaign.cohort) or None,
+        thresholds=dict(campaign.gates),
+    )
+
+
+def _record_hold(campaign: Campaign, wave_index: int, reason: str, numbers: dict[str, Any]) -> bool:
+    """Record a hold once per distinct reason, so a 30-second job does not flood the timeline."""
+    with transaction.atomic():
+        c = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if c.state != S.RUNNING or c.wave_index != wave_index:
+            return False
+        c.gate_report, c.last_evaluated_at = numbers, timezone.now()
+        c.save(update_fields=["gate_report", "last_evaluated_at"])
+        last = c.decisions.order_by("-at", "-id").first()
+        if last is not None and last.kind == "hold" and last.reason == reason:
+            return False
+        CampaignDecision.objects.create(campaign=c, kind="hold", reason=reason, numbers=numbers)
+        record("campaign.hold", c, details={"campaign": c.pk, "wave": wave_index + 1, "reason": reason})
+    return True
+
+
+def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
+    """Judge the current wave of one running campaign and act: advance, complete, hold, pause or rollback.
+
+    The comparison runs outside any lock (it reads telemetry); the action then re-checks under the
+    row lock that the campaign is still running the same wave, so two racing beats act once.
+    """
+    now = now or timezone.now()
+    campaign = Campaign.objects.select_related("version", "previous_version", "cohort").get(pk=campaign_id)
+    if campaign.state != S.RUNNING or campaign.wave_index < 0:
+        return "skip"
+    k = campaign.wave_index
+    wave = campaign.waves[k]
+    elapsed = (now - (campaign.wave_started_at or now)).total_seconds()
+    base = {"wave": k + 1, "percent": wave.get("percent"), "elapsed_seconds": round(elapsed, 1)}
+    waiting = gate_logic.readiness(elapsed, wave.get("min_soak_minutes", 0), 10**9, 0)
+    if waiting:
+        _record_hold(campaign, k, waiting, {**base, "verdict": "soaking"})
+        return "hold"
+    comparison = compare(campaign, campaign.wave_started_at or now)
+    outcome = gate_logic.evaluate(campaign.gates, comparison)
+    reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
+    numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
+    waiting = gate_logic.readiness(elapsed, 0, reporting, wave.get("min_devices", 0))
+    verdict = gate_logic.NOT_ENOUGH if waiting and outcome.verdict != gate_logic.FAIL else outcome.verdict
+    # A failing gate acts even before min_devices is reached: a regression on few devices is still one.
+    what = gate_logic.action(verdict, campaign.on_failure, is_last_wave=k >= len(campaign.waves) - 1)
+    Campaign.objects.filter(pk=campaign.pk, state=S.RUNNING, wave_index=k).update(
+        gate_report=numbers, last_evaluated_at=now
+    )
+    try:
+        if what == "hold":
+            reason = waiting or "waiting for data: " + ", ".join(outcome.waiting)
+            _record_hold(campaign, k, reason, numbers)
+        elif what in ("advance", "complete"):
+            reason = f"wave {k + 1} passed every gate" + (" — campaign complete" if what == "complete" else "")
+            advance(campaign.pk, reason=reason, numbers=numbers, expect_wave=k)
+        elif what == "rollback":
+            rollback(campaign.pk, reason=f"gate failed: {', '.join(outcome.failed)}", numbers=numbers, expect_wave=k)
+        else:
+            pause(campaign.pk, reason=f"gate failed: {', '.join(outcome.failed)}", numbers=numbers, expect_wave=k)
+    except CampaignError:
+        return "skip"  # another beat or an operator acted first
+    return what
+
+
+def evaluate_running() -> dict[str, int]:
+    """Evaluate every running campaign; one campaign's error does not stop the others."""
+    import logging
+
+    results: Counter[str] = Counter()
+    for cid in Campaign.objects.filter(state=S.RUNNING).values_list("pk", flat=True):
+        try:
+            results[evaluate_campaign(cid)] += 1
+        except Exception:
+            logging.getLogger(__name__).exception("evaluating campaign %s failed", cid)
+            results["error"] += 1
+    return dict(results)
