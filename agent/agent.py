@@ -1,0 +1,475 @@
+"""The ``Agent``: enrollment, the poll loop, updates, inference for the host application, telemetry.
+
+Order of trust in an update: manifest signature (pinned key) -> download (resumable) -> artifact
+sha256 -> atomic install -> load + smoke inference -> switch. Any failure leaves the device on
+what it ran before and becomes an event; nothing the server has not acknowledged is forgotten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from agent import __version__
+from agent.aggregate import LATENCY_EDGES_MS, WindowAggregator
+from agent.backoff import Backoff
+from agent.client import Client, DownloadIncomplete, Rejected, ServerAway
+from agent.config import AgentConfig, detect_hardware
+from agent.guard import Guard, GuardPolicy, Verdict
+from agent.runtime import ModelLoadError, Runtime, SessionPool
+from agent.spool import Spool
+from agent.store import Installed, ModelStore, atomic_write
+from agent.verify import VerifyError, verify_artifact, verify_manifest
+
+log = logging.getLogger(__name__)
+
+EVENT_BATCH = 500
+REPORT_BATCH = 100
+MAX_VERIFY_FAILURES = 3  # a download that keeps failing its hash is refused until the manifest changes
+DEFAULT_POLL = 60.0
+DEFAULT_WINDOW = 300.0
+
+# A hook for the simulator: called around each inference with (model, version); returns extra
+# latency in ms to add, or raises to make the inference fail.
+Fault = Callable[[str, str], float]
+
+
+class NoModel(Exception):
+    """``predict`` was called before any version of the model is installed."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        pool: SessionPool | None = None,
+        client_cls: type[Client] = Client,
+        http: requests.Session | None = None,
+        guard_policy: GuardPolicy | None = None,
+        fault: Fault | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.cfg = config
+        self.data = config.data_dir
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.identity_path = self.data / "identity.json"
+        self.manifest_path = self.data / "manifest.json"
+        self.identity: dict[str, Any] | None = self._read_json(self.identity_path)
+        self.store = ModelStore(self.data)
+        self.spool = Spool(self.data / "spool.sqlite3", config.spool_max_items)
+        self.pool = pool or SessionPool(config.ort_threads)
+        self.client = client_cls(
+            config.server, (self.identity or {}).get("token"), timeout=config.request_timeout, session=http
+        )
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.backoff = Backoff(config.backoff_base, config.backoff_cap, self.rng)
+        self.guard_policy = guard_policy or GuardPolicy()
+        self.fault = fault
+        self.stats: Counter[str] = Counter()
+        self.lock = threading.RLock()
+        self.runtimes: dict[str, Runtime] = {}
+        self.guards: dict[str, Guard] = {}
+        self.aggs: dict[tuple[str, str], WindowAggregator] = {}
+        self.window_started = time.monotonic()
+        self.next_net_at = 0.0
+        self.verify_failures: Counter[str] = Counter()
+        self.manifest: dict[str, Any] | None = None
+        self.etag: str | None = None
+        self._load_manifest()
+        self._start_runtimes()
+
+    # -- persistence --------------------------------------------------------------------------------
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _load_manifest(self) -> None:
+        saved = self._read_json(self.manifest_path)
+        if saved and self.identity:
+            try:
+                self.manifest = verify_manifest(saved["document"], self.identity["signing_key"])
+                self.etag = saved.get("etag")
+            except (VerifyError, KeyError):
+                log.warning("saved manifest does not verify; ignoring it")
+
+    def _start_runtimes(self) -> None:
+        """After a restart (or a power cut): repair the store, then load what is active."""
+        for note in self.store.recover():
+            self.event("fell_back", details={"reason": note, "at_start": True})
+        for model in list(self.store.state):
+            inst = self.store.active(model)
+            if inst is None:
+                continue
+            try:
+                self._set_runtime(model, self._load(model, inst))
+            except ModelLoadError as e:
+                self.event("install_failed", model, inst.version, reason=f"at start: {e}")
+                self.store.block(model, inst.sha256, "does not load at start")
+                self._fall_back(model, Verdict(True, f"active version does not load: {e}"))
+
+    # -- enrollment ---------------------------------------------------------------------------------
+    @property
+    def device_id(self) -> str | None:
+        return (self.identity or {}).get("device_id")
+
+    def enroll(self) -> str:
+        """Enroll once; the token and the pinned signing key are kept in the data directory."""
+        if self.identity:
+            return self.identity["device_id"]
+        hardware = self.cfg.hardware or detect_hardware(self.data)
+        body = {
+            "enrollment_key": self.cfg.enrollment_key,
+            "name": self.cfg.name,
+            "hardware": hardware,
+            "labels": self.cfg.labels,
+            "agent_version": __version__,
+        }
+        resp = self.client.enroll(body)
+        identity = {
+            "device_id": resp["device_id"],
+            "token": resp["token"],
+            "signing_key": resp["signing_key"],
+            "poll_interval": resp.get("poll_interval"),
+            "server": self.cfg.server,
+        }
+        atomic_write(self.identity_path, json.dumps(identity, indent=1).encode())
+        self.identity_path.chmod(0o600)
+        self.identity = identity
+        self.client.token = identity["token"]
+        self.stats["enrolled"] += 1
+        return identity["device_id"]
+
+    # -- intervals ----------------------------------------------------------------------------------
+    def poll_interval(self) -> float:
+        if self.cfg.poll_interval:
+            return self.cfg.poll_interval
+        if self.manifest:
+            return float(self.manifest.get("poll_interval", DEFAULT_POLL))
+        return float((self.identity or {}).get("poll_interval") or DEFAULT_POLL)
+
+    def window_seconds(self) -> float:
+        if self.cfg.window_seconds:
+            return self.cfg.window_seconds
+        return float(((self.manifest or {}).get("telemetry") or {}).get("window_seconds", DEFAULT_WINDOW))
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Poll until ``stop`` is set, honouring the poll interval, Retry-After and backoff."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            stop.wait(self.tick())
+
+    def tick(self) -> float:
+        """Do what is due now; return the seconds until something is due again."""
+        now = time.monotonic()
+        self.roll_window_if_due()
+        until_window = max(0.05, self.window_started + self.window_seconds() - time.monotonic())
+        if now < self.next_net_at:
+            return min(self.next_net_at - now, until_window)
+        try:
+            self.enroll()
+            self.poll_once()
+            self.backoff.reset()
+            delay = self.poll_interval() * self.rng.uniform(0.9, 1.1)
+        except ServerAway as e:
+            self.stats["server_away"] += 1
+            delay = self.backoff.next_delay(e.retry_after)
+            log.info("server away (%s); next try in %.1f s", e, delay)
+        except Rejected as e:
+            self.stats["rejected_calls"] += 1
+            log.warning("server refused a call: %s", e)
+            delay = max(self.poll_interval(), self.backoff.next_delay())
+        self.next_net_at = time.monotonic() + delay
+        return min(delay, until_window)
+
+    def agent_state(self) -> dict[str, Any]:
+        return {"models": {m: inst.version for m in self.store.state if (inst := self.store.active(m))}}
+
+    def poll_once(self) -> bool:
+        """Flush the spool, fetch the manifest, apply it. True when a new manifest was accepted."""
+        self.roll_window_if_due()
+        self.flush()
+        self.stats["polls"] += 1
+        doc, etag = self.client.manifest(self.etag, self.agent_state())
+        changed = False
+        if doc is None:
+            self.stats["not_modified"] += 1
+        else:
+            try:
+                manifest = verify_manifest(doc, self.identity["signing_key"])
+            except VerifyError as e:
+                self.stats["manifest_refused"] += 1
+                self.event("verify_failed", details={"what": "manifest", "reason": str(e)})
+                manifest = None
+            if manifest is not None:
+                self.manifest, self.etag, changed = manifest, etag, True
+                self.verify_failures.clear()
+                atomic_write(self.manifest_path, json.dumps({"document": doc, "etag": etag}).encode())
+        if self.manifest:
+            self.apply(self.manifest)
+        self.flush()
+        return changed
+
+    # -- updates ------------------------------------------------------------------------------------
+    def apply(self, manifest: dict[str, Any]) -> None:
+        for entry in manifest.get("models", []):
+            name, art = entry["model"], entry["artifact"]
+            fb = entry.get("fallback")
+            act = self.store.active(name)
+            blocked = self.store.blocked(name)
+            if act and act.sha256 == art["sha256"]:
+                continue
+            if art["sha256"] not in blocked and self.install(name, entry["version"], entry.get("version_id"), art):
+                continue
+            fb_sha = (fb or {}).get("artifact", {}).get("sha256")
+            if fb_sha and fb_sha not in blocked and (not act or act.sha256 != fb_sha):
+                self.install(name, fb["version"], fb.get("version_id"), fb["artifact"])
+
+    def install(self, model: str, version: str, version_id: int | None, art: dict[str, Any]) -> bool:
+        """Download, verify, install, load, smoke-test and activate one version. True if it is active."""
+        sha, size = art["sha256"], int(art["size"])
+        if not self.store.has(sha):
+            part = self.store.part_for(sha)
+            have = part.stat().st_size if part.exists() else 0
+            self.event("download_started", model, version, resume_from=have)
+            if have:
+                self.stats["downloads_resumed"] += 1
+            try:
+                self.client.download(art["url"], part, size)
+            except (DownloadIncomplete, ServerAway, Rejected) as e:
+                self.stats["downloads_failed"] += 1
+                self.event("download_failed", model, version, reason=str(e))
+                if isinstance(e, ServerAway):
+                    raise
+                return False
+            try:
+                verify_artifact(part, sha, size)
+            except VerifyError as e:
+                part.unlink(missing_ok=True)
+                self.stats["artifacts_refused"] += 1
+                self.verify_failures[sha] += 1
+                self.event("verify_failed", model, version, what="artifact", reason=str(e))
+                if self.verify_failures[sha] >= MAX_VERIFY_FAILURES:
+                    self.store.block(model, sha, f"sha256 mismatch {MAX_VERIFY_FAILURES} times")
+                return False
+            self.event("download_finished", model, version, bytes=size)
+            self.store.install(part, sha)
+        inst = Installed(version, sha, version_id)
+        try:
+            rt = self._load(model, inst)
+            rt.smoke()
+        except ModelLoadError as e:
+            self.stats["install_failures"] += 1
+            self.event("install_failed", model, version, reason=str(e))
+            self.store.block(model, sha, str(e))
+            return False
+        self.event("installed", model, version, sha256=sha)
+        with self.lock:
+            previous = self.store.active(model)
+            self.store.activate(model, inst)
+            self._set_runtime(model, rt)
+            self.guards.setdefault(model, Guard(self.guard_policy)).switched()
+        self.stats["installs"] += 1
+        self.event("activated", model, version, previous=previous.version if previous else None)
+        return True
+
+    def _load(self, model: str, inst: Installed) -> Runtime:
+        return Runtime.load(self.pool, model, inst.version, inst.sha256, self.store.path_for(inst.sha256))
+
+    def _set_runtime(self, model: str, rt: Runtime) -> None:
+        self.runtimes[model] = rt
+        self.guards.setdefault(model, Guard(self.guard_policy))
+
+    def _fall_back(self, model: str, verdict: Verdict) -> bool:
+        """Go back to the previous version on disk without asking the server; report ``fell_back``."""
+        with self.lock:
+            cur, prev = self.store.active(model), self.store.previous(model)
+            if cur:
+                self.store.block(model, cur.sha256, f"local guard: {verdict.reason}")
+            if prev is None:
+                self.runtimes.pop(model, None)
+                self.event("fell_back", model, cur.version if cur else None, reason=verdict.reason, to=None)
+                return False
+            try:
+                rt = self._load(model, prev)
+            except ModelLoadError as e:
+                self.event("install_failed", model, prev.version, reason=f"previous does not load: {e}")
+                return False
+            self.store.activate(model, prev)
+            self.runtimes[model] = rt
+            self.guards.setdefault(model, Guard(self.guard_policy)).reset()
+            self.stats["fallbacks"] += 1
+            self.event(
+                "fell_back",
+                model,
+                cur.version if cur else None,
+                to=prev.version,
+                reason=verdict.reason,
+                numbers=verdict.numbers or {},
+            )
+            return True
+
+    # -- inference ----------------------------------------------------------------------------------
+    def predict(self, inputs: Any, model: str | None = None) -> dict[str, np.ndarray]:
+        """Run the active version; feeds the window's aggregates and the local guard."""
+        with self.lock:
+            if model is None:
+                if len(self.runtimes) != 1:
+                    raise NoModel(f"installed models: {sorted(self.runtimes)}; name one")
+                model = next(iter(self.runtimes))
+            rt = self.runtimes.get(model)
+            if rt is None:
+                raise NoModel(f"no version of {model!r} installed")
+        feeds = rt.feeds(inputs)
+        error: Exception | None = None
+        out = None
+        t0 = time.perf_counter()
+        try:
+            extra = self.fault(model, rt.version) if self.fault else 0.0
+            out = rt.run(feeds)
+        except Exception as e:  # the host sees the error; the window counts it
+            error, extra = e, 0.0
+        latency = (time.perf_counter() - t0) * 1000 + extra
+        with self.lock:
+            self._aggregator(model, rt.version).record(feeds, out, latency)
+            self.stats["inferences"] += 1
+            if error:
+                self.stats["inference_errors"] += 1
+            guard = self.guards.setdefault(model, Guard(self.guard_policy))
+            if self.runtimes.get(model) is rt:
+                verdict = guard.observe(error is None, latency)
+                if verdict.fall_back:
+                    self._fall_back(model, verdict)
+        if error:
+            raise error
+        return out
+
+    # -- telemetry ----------------------------------------------------------------------------------
+    def _model_spec(self, model: str) -> dict[str, Any]:
+        for entry in (self.manifest or {}).get("models", []):
+            if entry["model"] == model:
+                return entry.get("telemetry") or {}
+        return {}
+
+    def _aggregator(self, model: str, version: str) -> WindowAggregator:
+        key = (model, version)
+        agg = self.aggs.get(key)
+        if agg is None:
+            tel = (self.manifest or {}).get("telemetry") or {}
+            edges = tel.get("latency_edges_ms") or LATENCY_EDGES_MS
+            agg = self.aggs[key] = WindowAggregator(model, version, self._model_spec(model), edges)
+        return agg
+
+    def roll_window_if_due(self) -> int:
+        if time.monotonic() - self.window_started < self.window_seconds():
+            return 0
+        return self.close_window()
+
+    def close_window(self) -> int:
+        """Turn the window's aggregates into noisy reports in the spool; returns how many."""
+        with self.lock:
+            aggs, self.aggs = self.aggs, {}
+            self.window_started = time.monotonic()
+        privacy = ((self.manifest or {}).get("telemetry") or {}).get("privacy") or {}
+        n = 0
+        for agg in aggs.values():
+            if agg.inferences == 0:
+                continue
+            report = agg.report(privacy, self.np_rng)
+            self.spool.put("report", report)
+            n += 1
+        self.stats["reports_made"] += n
+        return n
+
+    # -- events and delivery ------------------------------------------------------------------------
+    def event(self, kind: str, model: str | None = None, version: str | None = None, **details: Any) -> None:
+        extra = details.pop("details", {})
+        body = {
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "at": _now(),
+            "model": model or "",
+            "version": version or "",
+            "details": {**extra, **details},
+        }
+        self.spool.put("event", body)
+        self.stats[f"event_{kind}"] += 1
+
+    def flush(self) -> None:
+        """Send what the spool holds; raises ServerAway (items stay) when the server is not there."""
+        dropped = self.spool.take_dropped()
+        if dropped:
+            self.event("spool_dropped", count=dropped)
+        self._drain("event", EVENT_BATCH, self._send_events)
+        self._drain("report", REPORT_BATCH, self._send_reports)
+
+    def _drain(self, kind: str, limit: int, send: Callable[[list[dict[str, Any]]], tuple[list, list]]) -> None:
+        while True:
+            batch = self.spool.peek(kind, limit)
+            if not batch:
+                return
+            try:
+                done, rejected = send(batch)
+            except Rejected as e:
+                if e.status not in (400, 413, 422):
+                    raise  # 401/403/404/...: not the items' fault; keep them
+                if len(batch) > 1:
+                    limit = 1  # find the one the server objects to
+                    continue
+                done, rejected = [], [batch[0]["id"]]
+                log.warning("server rejected %s %s: %s", kind, batch[0]["id"], e)
+            self.spool.ack(done)
+            self.spool.reject(rejected)
+            self.stats[f"{kind}s_rejected"] += len(rejected)
+            if not done and not rejected:
+                return  # the server acknowledged nothing; try again at the next poll
+
+    def _send_events(self, batch: list[dict[str, Any]]) -> tuple[list, list]:
+        self.client.post_events(batch)
+        self.stats["events_sent"] += len(batch)
+        return [e["id"] for e in batch], []  # 200 acknowledges the whole batch (new or duplicate)
+
+    def _send_reports(self, batch: list[dict[str, Any]]) -> tuple[list, list]:
+        resp = self.client.post_telemetry(batch)
+        done = list(resp.get("accepted", [])) + list(resp.get("duplicates", []))
+        rejected = [r["id"] for r in resp.get("rejected", [])]
+        self.stats["reports_sent"] += len(resp.get("accepted", []))
+        return done, rejected
+
+    # -- status -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "server": self.cfg.server,
+            "models": {
+                m: {
+                    "active": (a.version if (a := self.store.active(m)) else None),
+                    "previous": (p.version if (p := self.store.previous(m)) else None),
+                    "blocked": self.store.blocked(m),
+                }
+                for m in self.store.state
+            },
+            "spool": {"events": self.spool.count("event"), "reports": self.spool.count("report")},
+            "spool_counters": self.spool.counters(),
+            "stats": dict(self.stats),
+        }

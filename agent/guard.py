@@ -1,0 +1,99 @@
+"""Local guard: fall back on the device itself when a new version's errors or latency spike.
+
+The baseline is the previous version's recent behaviour on this very device (same hardware, same
+inputs), so the comparison needs no server and no fleet. A spike must be both relatively large
+(a ratio) and absolutely large (a margin), so a baseline of zero errors does not make one error a
+"spike".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class GuardPolicy:
+    min_samples: int = 50  # inferences on the new version before judging it
+    window: int = 500  # recent inferences kept per version
+    error_ratio: float = 3.0
+    error_margin: float = 0.05  # absolute error-rate increase needed as well
+    max_error_rate: float = 0.5  # with no baseline at all, this much is a failure by itself
+    latency_ratio: float = 3.0  # p90 of new vs p90 of baseline
+    latency_margin_ms: float = 20.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    fall_back: bool
+    reason: str = ""
+    numbers: dict | None = None
+
+
+class Stats:
+    """Recent (ok, latency) observations of one version."""
+
+    def __init__(self, size: int) -> None:
+        self.ok: deque[bool] = deque(maxlen=size)
+        self.latency: deque[float] = deque(maxlen=size)
+
+    def add(self, ok: bool, latency_ms: float) -> None:
+        self.ok.append(ok)
+        if ok:
+            self.latency.append(latency_ms)
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def error_rate(self) -> float:
+        return 0.0 if not self.ok else 1.0 - sum(self.ok) / len(self.ok)
+
+    def p90(self) -> float | None:
+        return float(np.percentile(self.latency, 90)) if self.latency else None
+
+
+class Guard:
+    def __init__(self, policy: GuardPolicy | None = None) -> None:
+        self.policy = policy or GuardPolicy()
+        self.baseline: Stats | None = None
+        self.current = Stats(self.policy.window)
+
+    def switched(self) -> None:
+        """A new version became active: what we saw so far becomes its baseline."""
+        if len(self.current) >= self.policy.min_samples:
+            self.baseline = self.current
+        self.current = Stats(self.policy.window)
+
+    def reset(self) -> None:
+        """After a fallback the previous version is active again and is judged against nothing."""
+        self.baseline = None
+        self.current = Stats(self.policy.window)
+
+    def observe(self, ok: bool, latency_ms: float) -> Verdict:
+        self.current.add(ok, latency_ms)
+        return self.judge()
+
+    def judge(self) -> Verdict:
+        p, cur, base = self.policy, self.current, self.baseline
+        if len(cur) < p.min_samples:
+            return Verdict(False)
+        err = cur.error_rate()
+        base_err = base.error_rate() if base else None
+        nums = {"samples": len(cur), "error_rate": round(err, 4), "baseline_error_rate": base_err}
+        if base_err is None:
+            if err > p.max_error_rate:
+                return Verdict(True, f"error rate {err:.0%} with no baseline", nums)
+        elif err > max(base_err * p.error_ratio, base_err + p.error_margin):
+            return Verdict(True, f"error rate {err:.1%} vs baseline {base_err:.1%}", nums)
+        lat, base_lat = cur.p90(), base.p90() if base else None
+        nums.update(p90_ms=lat, baseline_p90_ms=base_lat)
+        if (
+            lat is not None
+            and base_lat is not None
+            and len(cur.latency) >= p.min_samples
+            and lat > max(base_lat * p.latency_ratio, base_lat + p.latency_margin_ms)
+        ):
+            return Verdict(True, f"p90 latency {lat:.1f} ms vs baseline {base_lat:.1f} ms", nums)
+        return Verdict(False, "", nums)
