@@ -341,7 +341,9 @@ def _transition(
 ) -> Campaign:
     """Lock the campaign, check the state, apply ``change(campaign, now)``, record, bump after commit."""
     with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().select_related("version", "cohort").get(pk=campaign_id)
+        campaign = (
+            Campaign.objects.select_for_update(of=("self",)).select_related("version", "cohort").get(pk=campaign_id)
+        )
         allowed = ALLOWED_FROM[action]
         if campaign.state not in allowed:
             raise CampaignError(
