@@ -1,3 +1,240 @@
-from ninja import Router
+"""Device protocol v1 (docs/protocol.md): enroll, signing key, manifest, artifacts, events.
 
-router = Router()
+Views only parse, call a service and answer; every error has the protocol's shape.
+"""
+
+import uuid
+from typing import Any, Literal
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from ninja import Field, Router, Schema
+from pydantic import AwareDatetime, ConfigDict
+
+from fleet import presence, services
+from fleet.auth import device_auth
+from fleet.errors import ProtocolError
+from fleet.limits import device_slot
+from ota import downloads, signing
+from rollout import manifest as manifests
+
+router = Router(tags=["device protocol v1"])
+
+Word = Field(..., min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+
+
+class Strict(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Strict):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorOut(Strict):
+    error: ErrorBody
+
+
+class Hardware(Strict):
+    arch: str = Field("", max_length=40)
+    cores: int | None = Field(None, ge=0, le=4096)
+    ram_mb: int | None = Field(None, ge=0, le=10_000_000)
+    accelerator: str = Field("none", max_length=40)
+    ort_version: str = Field("", max_length=40)
+    providers: list[str] = Field(default_factory=list, max_length=16)
+    storage_free_mb: int | None = Field(None, ge=0)
+
+
+class EnrollIn(Strict):
+    enrollment_key: str = Field(..., min_length=1, max_length=200)
+    name: str = Field("", max_length=120)
+    hardware: Hardware = Field(default_factory=Hardware)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    agent_version: str = Field("", max_length=40)
+
+
+class SigningKey(Strict):
+    alg: Literal["Ed25519"]
+    key_id: str
+    public_key: str
+
+
+class EnrollOut(Strict):
+    device_id: uuid.UUID
+    token: str
+    poll_interval: int
+    signing_key: SigningKey
+
+
+class ArtifactOut(Strict):
+    url: str
+    sha256: str
+    size: int
+    variant: str
+
+
+class FallbackOut(Strict):
+    version: str
+    version_id: int
+    artifact: ArtifactOut
+
+
+class ModelEntry(Strict):
+    model: str
+    version: str
+    version_id: int
+    campaign_id: int | None
+    artifact: ArtifactOut
+    fallback: FallbackOut | None
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    telemetry: dict[str, Any]
+
+
+class Privacy(Strict):
+    mechanism: str
+    epsilon: float
+    unit: str
+    daily_budget: float
+
+
+class TelemetrySettings(Strict):
+    window_seconds: int
+    privacy: Privacy
+    latency_edges_ms: list[float]
+
+
+class Manifest(Strict):
+    protocol: int
+    device_id: uuid.UUID
+    poll_interval: int
+    telemetry: TelemetrySettings
+    models: list[ModelEntry]
+
+
+class Signature(Strict):
+    alg: Literal["Ed25519"]
+    key_id: str
+    value: str
+
+
+class ManifestOut(Strict):
+    manifest: Manifest
+    signature: Signature
+
+
+EventKind = Literal[
+    "download_started",
+    "download_finished",
+    "download_failed",
+    "verify_failed",
+    "installed",
+    "install_failed",
+    "activated",
+    "fell_back",
+    "spool_dropped",
+]
+
+
+class EventIn(Strict):
+    id: uuid.UUID
+    kind: EventKind
+    at: AwareDatetime
+    model: str = Field("", max_length=100)
+    version: str = Field("", max_length=64)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsIn(Strict):
+    events: list[EventIn] = Field(..., max_length=500)
+
+
+class EventsOut(Strict):
+    accepted: int
+    duplicates: int
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 429: ErrorOut}
+
+
+MANIFEST_HEADERS = [
+    {
+        "in": "header",
+        "name": "X-Agent-State",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": 'what runs now: {"models": {"<model>": "<version label>"}}',
+    },
+    {"in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"}},
+]
+
+
+@router.post("/enroll", response={201: EnrollOut, **ERRORS}, auth=None, summary="Join the fleet with an enrollment key")
+def enroll(request: HttpRequest, payload: EnrollIn) -> tuple[int, dict[str, Any]]:
+    with device_slot():
+        try:
+            done = services.enroll(
+                payload.enrollment_key,
+                name=payload.name,
+                hardware=payload.hardware.model_dump(),
+                labels=payload.labels,
+                agent_version=payload.agent_version,
+            )
+        except services.EnrollError as e:
+            raise ProtocolError(e.status, e.code, e.message, e.field) from e
+    return 201, {
+        "device_id": done.device.id,
+        "token": done.token,
+        "poll_interval": settings.EDGEFLEET_POLL_INTERVAL,
+        "signing_key": signing.public_info(),
+    }
+
+
+@router.get("/signing-key", response=SigningKey, auth=None, summary="The public key devices pin")
+def signing_key(request: HttpRequest) -> dict[str, str]:
+    return signing.public_info()
+
+
+@router.get(
+    "/manifest",
+    response={200: ManifestOut, 304: None, **ERRORS},
+    auth=device_auth,
+    summary="The signed desired state for this device",
+    openapi_extra={"parameters": MANIFEST_HEADERS},
+)
+def manifest(request: HttpRequest) -> HttpResponse:
+    with device_slot():
+        snap = request.auth
+        try:
+            state = presence.parse_state(request.headers.get("X-Agent-State"))
+        except ValueError as e:
+            raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
+        presence.touch(snap.id, state)
+        built = manifests.manifest_for(snap)
+        if request.headers.get("If-None-Match") == built.etag:
+            resp = HttpResponse(status=304)
+        else:
+            resp = HttpResponse(built.body, content_type="application/json")
+        resp["ETag"] = built.etag
+        return resp
+
+
+@router.get(
+    "/artifacts/{sha256}",
+    response={200: None, 206: None, 302: None, 404: ErrorOut, 416: ErrorOut, **ERRORS},
+    auth=device_auth,
+    summary="Artifact bytes (Range for resume)",
+    openapi_extra={"parameters": [{"in": "header", "name": "Range", "required": False, "schema": {"type": "string"}}]},
+)
+def artifact(request: HttpRequest, sha256: str) -> HttpResponse:
+    with device_slot():
+        return downloads.serve(request.auth, sha256, request.headers.get("Range"))
+
+
+@router.post("/events", response={200: EventsOut, **ERRORS}, auth=device_auth, summary="A batch of device events")
+def events(request: HttpRequest, payload: EventsIn) -> dict[str, int]:
+    with device_slot():
+        accepted, duplicates = services.record_events(request.auth.id, [e.model_dump() for e in payload.events])
+    return {"accepted": accepted, "duplicates": duplicates}

@@ -44,7 +44,10 @@ class Device(models.Model):
     installed = models.JSONField(default=dict, blank=True, help_text="model name -> version label it reports")
 
     class Meta:
-        ordering = ["-enrolled_at"]
+        ordering = ["-enrolled_at", "-id"]
+        # Keyset paging of the device list walks this index; label and version filters use the
+        # GIN indexes made in migration 0002 (PostgreSQL only).
+        indexes = [models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id")]
 
     def __str__(self) -> str:
         return self.name or str(self.id)
