@@ -136,6 +136,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+try:  # Plotly's own JS served by the app ({% static 'vendor/plotly.min.js' %}), never a CDN.
+    import plotly as _plotly
+
+    STATICFILES_DIRS.append(("vendor", Path(_plotly.__file__).parent / "package_data"))
+except ImportError:  # pragma: no cover
+    pass
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -197,6 +203,8 @@ EDGEFLEET_DP_MECHANISM = env.get("EDGEFLEET_DP_MECHANISM", "laplace")
 EDGEFLEET_DP_EPSILON = env_float("EDGEFLEET_DP_EPSILON", 1.0)
 EDGEFLEET_DP_DAILY_BUDGET = env_float("EDGEFLEET_DP_DAILY_BUDGET", 400.0)
 EDGEFLEET_MIN_COHORT = env_int("EDGEFLEET_MIN_COHORT", 20)
+EDGEFLEET_TELEMETRY_RETENTION_DAYS = env_int("EDGEFLEET_TELEMETRY_RETENTION_DAYS", 30)
+EDGEFLEET_ROLLUP_SECONDS = env_int("EDGEFLEET_ROLLUP_SECONDS", 3600)  # width of a telemetry rollup window
 EDGEFLEET_STALE_AFTER = env_int("EDGEFLEET_STALE_AFTER", 300)
 EDGEFLEET_OFFLINE_AFTER = env_int("EDGEFLEET_OFFLINE_AFTER", 3600)
 EDGEFLEET_X_ACCEL_REDIRECT = env.get("EDGEFLEET_X_ACCEL_REDIRECT", "")  # e.g. /protected-artifacts/

@@ -6,9 +6,11 @@ whole device-window as the unit: a window holds hundreds of inferences, so its h
 sensitivity is hundreds of counts and the noise would drown every fleet below ~10^7 devices (see
 docs/privacy.md for the numbers). What this buys and what it does not is written there too.
 
-Neighbouring reports differ by one inference. One inference adds 1 to ``inference_count``, at most
-1 to ``error_count``, 1 to one latency bin, 1 to one output bin and 1 to one bin of each feature
-histogram, so the whole report vector has L1 sensitivity ``n_features + 4`` (L2: its square root).
+Neighbouring reports differ by one inference. One inference adds 1 to ``inference_count``, 1 to one
+latency bin, 1 to one output bin *or* to ``error_count`` (a failed inference has no output), and 1 to
+one bin of each feature histogram, so the whole report vector has L1 sensitivity ``n_features + 3``
+(L2: its square root). This is the agent's ``agent.privacy.report_sensitivity``; tests pin the two
+together.
 The agent adds noise of one scale to every coordinate; the server uses the same formulas to know
 how much noise a sum of reports carries.
 """
@@ -19,17 +21,17 @@ import math
 from collections.abc import Iterable
 
 MECHANISMS = ("laplace", "gaussian")
-GAUSSIAN_DELTA = 1e-6
+GAUSSIAN_DELTA = 1e-5
 
 
 def l1_sensitivity(n_features: int) -> float:
     """L1 change of one report when one inference is added or removed (see module docstring)."""
-    return float(n_features + 4)
+    return float(n_features + 3)
 
 
 def l2_sensitivity(n_features: int) -> float:
-    """L2 change of the same: every coordinate moves by at most 1, ``n_features + 4`` of them."""
-    return math.sqrt(n_features + 4)
+    """L2 change of the same: every coordinate moves by at most 1, ``n_features + 3`` of them."""
+    return math.sqrt(n_features + 3)
 
 
 def laplace_scale(epsilon: float, sensitivity: float) -> float:

@@ -125,7 +125,9 @@ def latency_verdict(
     b = np.clip(np.asarray(control_counts, float), 0, None)
     v.statistic = float(np.max(np.abs(np.cumsum(a) / a.sum() - np.cumsum(b) / b.sum())))
     v.verdict = FAIL if v.effect > max_ratio else PASS
-    v.detail = f"p{round(quantile * 100)} {v.canary:.2f} ms vs {v.control:.2f} ms (×{v.effect:.3f}); fails above ×{max_ratio}"
+    v.detail = (
+        f"p{round(quantile * 100)} {v.canary:.2f} ms vs {v.control:.2f} ms (×{v.effect:.3f}); fails above ×{max_ratio}"
+    )
     return v
 
 
