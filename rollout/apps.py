@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class RolloutConfig(AppConfig):
     name = "rollout"
     verbose_name = "Releases and rollout campaigns"
+
+    def ready(self) -> None:
+        from rollout.campaigns import register_manifest_hook
+
+        register_manifest_hook()

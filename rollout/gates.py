@@ -24,9 +24,9 @@ PASS, FAIL, NOT_ENOUGH = "pass", "fail", "not_enough_data"
 # name -> (what the threshold means, default threshold). Observed values are compared with ">".
 GATES: dict[str, tuple[str, float]] = {
     "install_failure_rate": ("highest share of canary devices whose install failed", 0.05),
-    "error_rate": ("largest increase of the error rate over control (absolute, 0.01 = 1 point)", 0.01),
-    "latency_p50": ("largest relative increase of median latency over control (0.2 = +20%)", 0.25),
-    "latency_p95": ("largest relative increase of p95 latency over control (0.2 = +20%)", 0.25),
+    "error_rate": ("largest increase of the error rate over control (absolute, 0.02 = 2 points)", 0.02),
+    "latency_p50": ("largest ratio of canary to control median latency (1.25 = 25% slower)", 1.25),
+    "latency_p95": ("largest ratio of canary to control p95 latency (1.25 = 25% slower)", 1.25),
     "drift": ("highest drift score of the canary's inputs against the version's reference", 0.25),
 }
 DEFAULT_GATES: dict[str, float] = {name: default for name, (_, default) in GATES.items()}

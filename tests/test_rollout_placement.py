@@ -181,7 +181,7 @@ def test_one_failing_gate_fails_the_wave_with_its_numbers() -> None:
     outcome = gates.evaluate(gates.DEFAULT_GATES, comparison)
     assert outcome.verdict == gates.FAIL and outcome.failed == ["error_rate"]
     row = next(r for r in outcome.rows if r.name == "error_rate")
-    assert row.observed == pytest.approx(0.07) and row.n_canary == 120 and row.threshold == 0.01
+    assert row.observed == pytest.approx(0.07) and row.n_canary == 120 and row.threshold == 0.02
     assert gates.action(outcome.verdict, "rollback", False) == "rollback"
     assert gates.action(outcome.verdict, "pause", False) == "pause"
     numbers = outcome.as_numbers()
