@@ -165,6 +165,16 @@ class Client:
         return part
 
     def _copy(self, resp: requests.Response, f: Any) -> None:
-        """Stream the body into ``f``; a subclass may interrupt it (the simulator's crash scenario)."""
-        for chunk in resp.iter_content(CHUNK):
+        """Stream the body into ``f``; a subclass may interrupt it (the simulator's crash scenario).
+
+        ``read1`` hands over whatever has arrived, so bytes received before a cut are kept for resume.
+        """
+        raw = resp.raw
+        while True:
+            try:
+                chunk = raw.read1(CHUNK)
+            except Exception as e:  # urllib3 raises its own types for a cut connection
+                raise requests.ConnectionError(str(e)) from e
+            if not chunk:
+                return
             f.write(chunk)
