@@ -1,3 +1,12 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from ota import views
+
+urlpatterns = [
+    path("models/", views.model_list, name="model-list"),
+    path("models/upload/", views.upload, name="model-upload"),
+    path("models/<slug:name>/", views.model_detail, name="model-detail"),
+    path("models/<slug:name>/versions/<str:label>/", views.version_detail, name="model-version"),
+    path("models/<slug:name>/versions/<str:label>/status", views.version_status, name="model-version-status"),
+    path("models/<slug:name>/versions/<str:label>/archive", views.archive, name="model-version-archive"),
+]

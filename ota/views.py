@@ -1,0 +1,120 @@
+"""Dashboard pages of the registry: models, a model's versions, one version, upload, archive."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.db.models import Count, Max
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_POST
+
+from accounts.roles import operator_required, viewer_required
+from ota import charts, services
+from ota.models import Model, ModelVersion
+from ota.uploads import read_upload, truthy
+
+
+@viewer_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    models = Model.objects.annotate(n_versions=Count("versions"), last_upload=Max("versions__created_at"))
+    return render(request, "ota/model_list.html", {"models": models})
+
+
+@viewer_required
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = get_object_or_404(Model, name=name)
+    versions = model.versions.select_related("artifact", "created_by").prefetch_related("variants")
+    return render(request, "ota/model_detail.html", {"model": model, "versions": versions})
+
+
+def _version(name: str, label: str) -> ModelVersion:
+    return get_object_or_404(
+        ModelVersion.objects.select_related("model", "artifact", "reference_artifact", "created_by"),
+        model__name=name,
+        label=label,
+    )
+
+
+@viewer_required
+def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
+    version = _version(name, label)
+    context = {
+        "version": version,
+        "report": version.report or {},
+        "variants": version.variants.select_related("artifact"),
+        "figures": charts.profile_figures(version.reference_profile),
+    }
+    return render(request, "ota/version_detail.html", context)
+
+
+@viewer_required
+def version_status(request: HttpRequest, name: str, label: str) -> HttpResponse:
+    """The live status fragment the version page polls."""
+    return render(request, "ota/_version_status.html", {"version": _version(name, label)})
+
+
+@csrf_exempt  # the CSRF token is checked after the streaming handler has parsed the body
+@operator_required
+def upload(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _upload_form(request)
+    try:
+        read_upload(request)
+    except services.RegistryError as exc:
+        return _upload_refused(request, exc)
+    return csrf_protect(_store_upload)(request)
+
+
+def _store_upload(request: HttpRequest) -> HttpResponse:
+    post, files = request.POST, request.FILES
+    try:
+        version = services.create_version(
+            name=post.get("name", ""),
+            label=post.get("label", ""),
+            notes=post.get("notes", ""),
+            upload=files.get("file"),
+            reference=files.get("reference"),
+            want_int8=truthy(post.get("int8")),
+            request=request,
+        )
+    except services.RegistryError as exc:
+        return _upload_refused(request, exc)
+    url = reverse("model-version", args=[version.model.name, version.label])
+    if _wants_json(request):
+        return JsonResponse({"url": url, "status": version.status}, status=201)
+    messages.success(request, f"Uploaded {version}; validation is running.")
+    return redirect(url)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.headers.get("X-Requested-With") == "XMLHttpRequest"
+
+
+def _upload_refused(request: HttpRequest, exc: services.RegistryError) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse(exc.as_json(), status=exc.status)
+    messages.error(request, exc.message)
+    return _upload_form(request, status=exc.status)
+
+
+def _upload_form(request: HttpRequest, status: int = 200) -> HttpResponse:
+    context = {
+        "model_names": Model.objects.values_list("name", flat=True),
+        "max_bytes": settings.EDGEFLEET_MAX_UPLOAD_BYTES,
+        "max_human": services.human_size(settings.EDGEFLEET_MAX_UPLOAD_BYTES),
+        "initial_name": request.GET.get("model", ""),
+    }
+    return render(request, "ota/upload.html", context, status=status)
+
+
+@operator_required
+@require_POST
+def archive(request: HttpRequest, name: str, label: str) -> HttpResponse:
+    version = _version(name, label)
+    try:
+        services.archive_version(version, request=request)
+        messages.success(request, f"Archived {version}.")
+    except services.RegistryError as exc:
+        messages.error(request, exc.message)
+    return redirect("model-version", name, label)
