@@ -10,4 +10,7 @@ BEAT_SCHEDULE: dict = {
     "rollout-evaluate-campaigns": {"task": "rollout.evaluate_campaigns", "schedule": GATE_INTERVAL},
     "telemetry-rollup-and-drift": {"task": "telemetry.rollup_and_drift", "schedule": 60},
     "telemetry-prune-reports": {"task": "telemetry.prune_reports", "schedule": 3600},
+    "ota-recover-stuck-validations": {"task": "ota.tasks.recover_stuck_validations", "schedule": 60},
+    "ota-delete-orphan-artifacts": {"task": "ota.tasks.delete_orphan_artifacts", "schedule": 3600},
+    "fleet-flush-presence": {"task": "fleet.tasks.flush_presence", "schedule": 15},
 }
