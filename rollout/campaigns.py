@@ -754,3 +754,64 @@ def register_manifest_hook() -> None:
         return
     if manifest_hook not in DESIRED_HOOKS:
         DESIRED_HOOKS.append(manifest_hook)
+
+
+# --- form helpers and chart data ----------------------------------------------------------------
+
+
+def parse_waves(text: str) -> list[dict[str, Any]]:
+    """The form's wave plan, one wave a line: ``percent[, soak minutes[, min devices]]``."""
+    waves: list[dict[str, Any]] = []
+    for n, line in enumerate((text or "").splitlines(), start=1):
+        parts = [p.strip() for p in line.replace(";", ",").split(",") if p.strip()]
+        if not parts:
+            continue
+        if len(parts) > 3:
+            raise CampaignError(f"Wave line {n}: at most three numbers (percent, soak minutes, min devices).")
+        try:
+            nums = [float(p.rstrip("%")) for p in parts]
+        except ValueError as exc:
+            raise CampaignError(f"Wave line {n}: {line.strip()!r} is not numbers.") from exc
+        waves.append(
+            {
+                "percent": nums[0],
+                "min_soak_minutes": nums[1] if len(nums) > 1 else 0,
+                "min_devices": int(nums[2]) if len(nums) > 2 else 0,
+            }
+        )
+    return waves
+
+
+def chart_series(campaign: Campaign) -> dict[str, Any]:
+    """Error rate and p95 latency per rollup window, canary (version) vs control (previous version).
+
+    Windows from fewer than ``EDGEFLEET_MIN_COHORT`` devices are left out (k-suppression): a rate
+    from a handful of devices is noise, and showing it invites wrong conclusions.
+    """
+    from django.conf import settings
+
+    try:
+        from telemetry.models import Rollup
+        from telemetry.regression import histogram_quantile
+    except ImportError:
+        return {"series": [], "suppressed": 0}
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    k = int(getattr(settings, "EDGEFLEET_MIN_COHORT", 20))
+    since = campaign.started_at or campaign.created_at
+    out: list[dict[str, Any]] = []
+    suppressed = 0
+    for role, version in (("canary", campaign.version), ("control", campaign.previous_version)):
+        if version is None:
+            continue
+        xs, err, p95 = [], [], []
+        rows = Rollup.objects.filter(version=version, cohort="all", window_start__gte=since).order_by("window_start")
+        for r in rows.only("window_start", "n_devices", "inference_count", "error_count", "latency"):
+            if r.n_devices < k:
+                suppressed += 1
+                continue
+            xs.append(r.window_start.isoformat())
+            err.append(max(r.error_count, 0) / r.inference_count if r.inference_count > 0 else None)
+            p95.append(histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.95) if r.latency else None)
+        out.append({"role": role, "version": version.label, "x": xs, "error_rate": err, "latency_p95": p95})
+    return {"series": out, "suppressed": suppressed, "min_devices": k}

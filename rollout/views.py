@@ -1,0 +1,194 @@
+"""Campaign pages: list, creation form with a live dry run, the campaign page and its actions.
+
+Views only parse the request and call ``rollout.campaigns``; refusals come back as messages.
+"""
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.roles import operator_required, viewer_required
+from fleet.models import Cohort
+from ota.models import ModelVersion
+from rollout import campaigns as campaign_services
+from rollout import gates as gate_logic
+from rollout.models import Campaign
+
+DEFAULT_WAVES_TEXT = "5, 30, 20\n25, 30, 50\n100, 60, 100"
+
+
+def _campaign_form_values(data: Any) -> dict[str, Any]:
+    """Turn the form's fields into ``create_campaign`` arguments (raises CampaignError on bad input)."""
+    CampaignError = campaign_services.CampaignError
+    try:
+        version = ModelVersion.objects.select_related("model").get(pk=int(data.get("version") or 0))
+    except (ValueError, ModelVersion.DoesNotExist) as exc:
+        raise CampaignError("Choose a staged version to roll out.") from exc
+    cohort = None
+    if data.get("cohort"):
+        try:
+            cohort = Cohort.objects.get(pk=int(data["cohort"]))
+        except (ValueError, Cohort.DoesNotExist) as exc:
+            raise CampaignError("That cohort does not exist.") from exc
+    previous = None
+    if data.get("previous_version"):
+        try:
+            previous = ModelVersion.objects.get(pk=int(data["previous_version"]))
+        except (ValueError, ModelVersion.DoesNotExist) as exc:
+            raise CampaignError("That previous version does not exist.") from exc
+    gates: dict[str, str] = {}
+    for name in gate_logic.GATES:
+        value = (data.get(f"gate_{name}") or "").strip()
+        if value:
+            gates[name] = value
+    try:
+        float_gates = {k: float(v) for k, v in gates.items()}
+    except ValueError as exc:
+        raise CampaignError("Gate thresholds must be numbers.") from exc
+    requirements = {}
+    if (data.get("provider") or "").strip():
+        requirements["provider"] = data["provider"].strip()
+    reserved = data.get("reserved_id")
+    return {
+        "name": data.get("name", ""),
+        "version": version,
+        "cohort": cohort,
+        "waves": campaign_services.parse_waves(data.get("waves", "")),
+        "gates": float_gates,
+        "on_failure": data.get("on_failure", "rollback"),
+        "previous_version": previous,
+        "requirements": requirements,
+        "reserved_id": int(reserved) if str(reserved or "").isdigit() else None,
+    }
+
+
+@viewer_required
+def campaign_list(request: HttpRequest) -> HttpResponse:
+    rows = Campaign.objects.select_related("model", "version", "previous_version", "cohort")
+    state = request.GET.get("state")
+    if state in Campaign.State.values:
+        rows = rows.filter(state=state)
+    return render(
+        request, "rollout/campaign_list.html", {"campaigns": rows[:200], "states": Campaign.State, "state": state}
+    )
+
+
+@operator_required
+def campaign_new(request: HttpRequest) -> HttpResponse:
+    context: dict[str, Any] = {
+        "versions": ModelVersion.objects.filter(status=ModelVersion.Status.STAGED).select_related("model"),
+        "all_versions": ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED).select_related("model"),
+        "cohorts": Cohort.objects.all(),
+        "gates": [(name, text, default) for name, (text, default) in gate_logic.GATES.items()],
+        "form": {"waves": DEFAULT_WAVES_TEXT, "on_failure": "rollback"},
+    }
+    if request.method == "POST":
+        context["form"] = request.POST
+        context["gates"] = [(n, text, request.POST.get(f"gate_{n}", "")) for n, text, _ in context["gates"]]
+        try:
+            campaign = campaign_services.create_campaign(
+                **_campaign_form_values(request.POST), user=request.user, request=request
+            )
+        except campaign_services.CampaignError as err:
+            context["error"] = str(err)
+            context["reserved_id"] = request.POST.get("reserved_id")
+            return render(request, "rollout/campaign_new.html", context, status=400)
+        messages.success(request, f"Campaign “{campaign.name}” created as a draft. Check the dry run, then start it.")
+        return redirect("campaign-detail", campaign.pk)
+    context["reserved_id"] = campaign_services.reserve_campaign_id()
+    return render(request, "rollout/campaign_new.html", context)
+
+
+@operator_required
+def campaign_preview(request: HttpRequest) -> HttpResponse:
+    """The dry-run fragment for the creation form (refreshed as the operator types)."""
+    try:
+        values = _campaign_form_values(request.GET)
+        problems = campaign_services.placement.validate_waves(values["waves"])
+        if problems:
+            raise campaign_services.CampaignError(" ".join(problems))
+        dry = campaign_services.dry_run(
+            version=values["version"],
+            cohort=values["cohort"],
+            waves=values["waves"],
+            campaign_id=values["reserved_id"],
+            requirements=values["requirements"],
+        )
+    except campaign_services.CampaignError as err:
+        return render(request, "rollout/campaign_dry_run.html", {"error": str(err)})
+    return render(request, "rollout/campaign_dry_run.html", {"dry": dry, "reasons": _reasons(dry.excluded)})
+
+
+def _reasons(excluded: dict[str, int]) -> list[tuple[str, str, int]]:
+    return [(k, campaign_services.placement.REASON_TEXT.get(k, k), n) for k, n in sorted(excluded.items())]
+
+
+def _detail_context(campaign: Campaign) -> dict[str, Any]:
+    waves = []
+    for i, w in enumerate(campaign.waves):
+        status = "done" if i < campaign.wave_index else ("current" if i == campaign.wave_index else "next")
+        if campaign.state == Campaign.State.COMPLETED:
+            status = "done"
+        waves.append({**w, "number": i + 1, "status": status})
+    progress = campaign_services.install_progress(campaign) if campaign.wave_index >= 0 else None
+    return {
+        "campaign": campaign,
+        "waves": waves,
+        "gate_rows": (campaign.gate_report or {}).get("gates", []),
+        "gate_report": campaign.gate_report or {},
+        "progress": progress,
+        "decisions": campaign.decisions.all()[:100],
+        "exclusions": _reasons(campaign.exclusions or {}),
+        "allowed": {a for a, states in campaign_services.ALLOWED_FROM.items() if campaign.state in states},
+    }
+
+
+def _campaign(pk: int) -> Campaign:
+    return get_object_or_404(
+        Campaign.objects.select_related("model", "version", "previous_version", "cohort", "created_by"), pk=pk
+    )
+
+
+@viewer_required
+def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign = _campaign(pk)
+    context = _detail_context(campaign)
+    if campaign.state == Campaign.State.DRAFT:
+        dry = campaign_services.dry_run(
+            version=campaign.version,
+            cohort=campaign.cohort,
+            waves=campaign.waves,
+            campaign_id=campaign.pk,
+            requirements=campaign.requirements,
+        )
+        context.update(dry=dry, reasons=_reasons(dry.excluded))
+    return render(request, "rollout/campaign_detail.html", context)
+
+
+@viewer_required
+def campaign_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The live part of the campaign page (waves, gates, installs, timeline), polled by the page."""
+    return render(request, "rollout/campaign_live.html", _detail_context(_campaign(pk)))
+
+
+@viewer_required
+def campaign_series(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse(campaign_services.chart_series(_campaign(pk)))
+
+
+@require_POST
+@operator_required
+def campaign_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    if action not in campaign_services.ACTIONS:
+        raise Http404("no such action")
+    campaign = _campaign(pk)
+    try:
+        campaign_services.act(action, campaign.pk, request=request, reason=request.POST.get("reason", "").strip())
+    except campaign_services.CampaignError as err:
+        messages.error(request, str(err))
+        return redirect("campaign-detail", campaign.pk)
+    messages.success(request, f"Campaign “{campaign.name}”: {action} done.")
+    return redirect("campaign-detail", campaign.pk)
