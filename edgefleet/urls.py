@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("ota.urls")),
     path("telemetry/", include("telemetry.urls")),
     path("", include("rollout.urls")),
+    path("", include("rollout.release_urls")),
     path("accounts/", include("accounts.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -1,9 +1,22 @@
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+"""Dashboard pages for the fleet: devices, one device, enrollment keys, cohorts (thin over services)."""
 
-from accounts.roles import viewer_required
-from fleet.models import Device
+import uuid
+from datetime import datetime
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_POST
+
+from accounts.audit import record
+from accounts.roles import operator_required, viewer_required
+from fleet import selectors, services
+from fleet.models import Cohort, Device, EnrollmentKey
 from ota.models import Model, ModelVersion
+
+PAGE = 50
 
 
 @viewer_required
@@ -15,3 +28,232 @@ def overview(request: HttpRequest) -> HttpResponse:
         "staged": ModelVersion.objects.filter(status=ModelVersion.Status.STAGED).count(),
     }
     return render(request, "fleet/overview.html", context)
+
+
+# ---------------------------------------------------------------- devices
+
+
+def _cursor(d: Device) -> str:
+    return f"{d.enrolled_at.isoformat()}|{d.id}"
+
+
+def _parse_cursor(text: str) -> tuple[datetime, uuid.UUID] | None:
+    at, _, did = text.partition("|")
+    try:
+        when = parse_datetime(at)
+        return (when, uuid.UUID(did)) if when else None
+    except ValueError:
+        return None
+
+
+@viewer_required
+def devices(request: HttpRequest) -> HttpResponse:
+    """Keyset-paged (enrolled_at, id): page N costs the same as page 1 with 100,000 devices."""
+    qs = Device.objects.only("id", "name", "labels", "last_seen_at", "installed", "enrolled_at", "agent_version")
+    selector, status = request.GET.get("labels", "").strip(), request.GET.get("status", "")
+    model, version = request.GET.get("model", "").strip(), request.GET.get("version", "").strip()
+    error = None
+    if selector:
+        try:
+            qs = qs.filter(services.selector_q(selectors.parse(selector)))
+        except selectors.SelectorError as e:
+            error = str(e)
+            qs = qs.none()
+    if status in ("online", "stale", "offline", "never"):
+        qs = qs.filter(services.status_q(status))
+    if model and version:
+        qs = qs.filter(services._json_eq("installed", model, version))
+    elif model:
+        qs = qs.filter(installed__has_key=model)
+    after = _parse_cursor(request.GET.get("after", ""))
+    if after:
+        from django.db.models import Q
+
+        qs = qs.filter(Q(enrolled_at__lt=after[0]) | Q(enrolled_at=after[0], id__lt=after[1]))
+    rows = list(qs.order_by("-enrolled_at", "-id")[: PAGE + 1])
+    now = timezone.now()
+    items = [{"d": d, "status": services.status_of(d.last_seen_at, now)} for d in rows[:PAGE]]
+    params = request.GET.copy()
+    params.pop("after", None)
+    next_url = None
+    if len(rows) > PAGE:
+        params["after"] = _cursor(rows[PAGE - 1])
+        next_url = "?" + params.urlencode()
+    context = {
+        "items": items,
+        "next_url": next_url,
+        "first_url": "?" + params.urlencode() if after else None,
+        "labels": selector,
+        "status": status,
+        "model": model,
+        "version": version,
+        "error": error,
+        "any_devices": Device.objects.exists(),
+        "filtered": bool(selector or status or model),
+    }
+    return render(request, "fleet/devices.html", context)
+
+
+@viewer_required
+def device_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    device = get_object_or_404(Device.objects.select_related("enrollment_key"), pk=pk)
+    context = {
+        "device": device,
+        "status": services.status_of(device.last_seen_at),
+        "events": device.events.all()[:100],
+        "labels_text": ", ".join(f"{k}={v}" for k, v in device.labels.items()),
+        "token": request.session.pop(f"device-token-{device.pk}", None),
+    }
+    return render(request, "fleet/device.html", context)
+
+
+@operator_required
+@require_POST
+def device_token(request: HttpRequest, pk: uuid.UUID, action: str) -> HttpResponse:
+    if action not in ("revoke", "rotate"):
+        raise Http404("No such token action.")
+    device = get_object_or_404(Device, pk=pk)
+    if action == "revoke":
+        services.revoke_token(device)
+        record("device.token_revoke", device, request=request)
+        messages.success(request, "Token revoked: the device can no longer poll until its token is rotated.")
+    else:
+        token = services.rotate_token(device)
+        record("device.token_rotate", device, request=request)
+        request.session[f"device-token-{device.pk}"] = token
+    return redirect("device", pk=device.pk)
+
+
+@operator_required
+@require_POST
+def device_labels(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    device = get_object_or_404(Device, pk=pk)
+    try:
+        labels = services.parse_labels(request.POST.get("labels", ""))
+        before = dict(device.labels)
+        services.set_labels(device, labels)
+    except ValueError as e:
+        messages.error(request, f"Labels not changed: {e}")
+    else:
+        record("device.labels", device, request=request, details={"before": before, "after": labels})
+        messages.success(request, "Labels saved.")
+    return redirect("device", pk=device.pk)
+
+
+# ---------------------------------------------------------------- enrollment keys
+
+
+@viewer_required
+def enrollment_keys(request: HttpRequest) -> HttpResponse:
+    plain, errors, form = None, [], request.POST if request.method == "POST" else {}
+    if request.method == "POST":
+        from accounts.roles import OPERATOR, has_role
+
+        if not has_role(request.user, OPERATOR):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied("This needs the operator role.")
+        name = (request.POST.get("name") or "").strip()[:100]
+        expires_at, max_uses, labels = None, None, {}
+        if not name:
+            errors.append("Give the key a name, e.g. the site or batch of devices it is for.")
+        if raw := request.POST.get("expires_at", "").strip():
+            expires_at = parse_datetime(raw) if "T" in raw or " " in raw else parse_datetime(raw + "T00:00:00")
+            if expires_at is None:
+                errors.append("Expiry must be a date (YYYY-MM-DD) or date and time.")
+            elif timezone.is_naive(expires_at):
+                expires_at = timezone.make_aware(expires_at)
+            if expires_at is not None and expires_at <= timezone.now():
+                errors.append("Expiry must be in the future.")
+        if raw := request.POST.get("max_uses", "").strip():
+            if not raw.isdigit() or int(raw) < 1:
+                errors.append("Use limit must be a whole number of at least 1.")
+            else:
+                max_uses = int(raw)
+        try:
+            labels = services.parse_labels(request.POST.get("default_labels", ""))
+        except ValueError as e:
+            errors.append(f"Default labels: {e}")
+        if not errors:
+            key, plain = services.create_enrollment_key(
+                name, user=request.user, expires_at=expires_at, max_uses=max_uses, default_labels=labels
+            )
+            record("enrollment_key.create", key, request=request, details={"max_uses": max_uses, "labels": labels})
+            form = {}
+    now = timezone.now()
+    keys = [{"k": k, "state": services.key_state(k, now)} for k in EnrollmentKey.objects.all()[:200]]
+    status = 400 if errors else 200
+    return render(
+        request,
+        "fleet/enrollment_keys.html",
+        {"keys": keys, "plain": plain, "errors": errors, "form": form, "server": request.build_absolute_uri("/")},
+        status=status,
+    )
+
+
+@operator_required
+@require_POST
+def revoke_enrollment_key(request: HttpRequest, pk: int) -> HttpResponse:
+    key = get_object_or_404(EnrollmentKey, pk=pk)
+    services.revoke_enrollment_key(key)
+    record("enrollment_key.revoke", key, request=request)
+    messages.success(request, f"Key {key} revoked: no new device can enroll with it.")
+    return redirect("enrollment-keys")
+
+
+# ---------------------------------------------------------------- cohorts
+
+
+@viewer_required
+def cohorts(request: HttpRequest) -> HttpResponse:
+    errors, form = [], request.POST if request.method == "POST" else {}
+    if request.method == "POST":
+        from django.core.exceptions import PermissionDenied
+
+        from accounts.roles import OPERATOR, has_role
+
+        if not has_role(request.user, OPERATOR):
+            raise PermissionDenied("This needs the operator role.")
+        from django.utils.text import slugify
+
+        name = slugify(request.POST.get("name", ""))[:100]
+        text = request.POST.get("selector", "")
+        if not name:
+            errors.append("Give the cohort a name (letters, digits, dashes).")
+        try:
+            selectors.parse(text)
+        except selectors.SelectorError as e:
+            errors.append(f"Selector: {e}")
+        if not errors:
+            existed = Cohort.objects.filter(name=name).exists()
+            cohort = services.save_cohort(name, text, request.POST.get("description", "")[:2000], request.user)
+            record(
+                "cohort.update" if existed else "cohort.create",
+                cohort,
+                request=request,
+                details={"selector": cohort.selector},
+            )
+            messages.success(request, f"Cohort {cohort.name} saved.")
+            return redirect("cohorts")
+    rows = []
+    for c in Cohort.objects.all():
+        try:
+            count = services.count_matching(c.selector)
+        except selectors.SelectorError:
+            count = None
+        rows.append({"c": c, "count": count})
+    return render(
+        request, "fleet/cohorts.html", {"rows": rows, "errors": errors, "form": form}, status=400 if errors else 200
+    )
+
+
+@viewer_required
+def cohort_count(request: HttpRequest) -> JsonResponse:
+    """Live count while typing a selector: ``{"count": n}`` or ``{"error": {message, position}}``."""
+    text = request.GET.get("selector", "")
+    try:
+        sel = selectors.parse(text)
+    except selectors.SelectorError as e:
+        return JsonResponse({"error": {"message": e.message, "position": e.position}})
+    count = Device.objects.filter(services.selector_q(sel)).count()
+    return JsonResponse({"count": count, "normalized": str(sel)})
