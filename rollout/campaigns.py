@@ -609,7 +609,13 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     if waiting:
         _record_hold(campaign, k, waiting, {**base, "verdict": "soaking"})
         return "hold"
-    comparison = compare(campaign, campaign.wave_started_at or now, int(wave.get("min_devices") or 0))
+    since = campaign.wave_started_at or now
+    if placement.coverage(campaign.waves, k) >= placement.BUCKETS:
+        # The whole cohort is on the version: no device is left on the previous one to compare with
+        # now, so the control is the previous version's reports since the campaign started.
+        since = campaign.started_at or since
+        base["control_since"] = "campaign start (no control devices left)"
+    comparison = compare(campaign, since, int(wave.get("min_devices") or 0))
     outcome = gate_logic.evaluate(campaign.gates, comparison)
     reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
     numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
