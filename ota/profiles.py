@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
     if len(set(header)) != len(header):
         raise ReferenceSetError("The reference .csv has duplicate column names.")
     try:
-        rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, max_rows=MAX_ROWS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no data" is reported below, in words
+            rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, max_rows=MAX_ROWS)
     except ValueError as exc:
         raise ReferenceSetError(f"The reference .csv has a value that is not a number: {exc}") from exc
     if rows.shape[0] == 0:

@@ -214,19 +214,19 @@ def create_version(
         with transaction.atomic():
             model, _ = Model.objects.get_or_create(name=name, defaults={"created_by": user})
             model = Model.objects.select_for_update().get(pk=model.pk)
-            if model.versions.filter(label=label).exists():
-                raise RegistryError(
-                    "duplicate_label",
-                    f"Model '{name}' already has a version '{label}': choose a new label.",
-                    "label",
-                    409,
-                )
             same = model.versions.filter(artifact_id=upload.sha256).first()
             if same is not None:
                 raise RegistryError(
                     "duplicate_bytes",
                     f"These exact bytes are already version '{same.label}' of '{name}' (sha256 {upload.sha256[:12]}…).",
                     "file",
+                    409,
+                )
+            if model.versions.filter(label=label).exists():
+                raise RegistryError(
+                    "duplicate_label",
+                    f"Model '{name}' already has a version '{label}': choose a new label.",
+                    "label",
                     409,
                 )
             artifact, new = store_bytes(upload, upload.sha256, upload.size, "onnx")

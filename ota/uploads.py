@@ -65,6 +65,12 @@ def read_upload(request) -> tuple[QueryDict, MultiValueDict]:
 
     from ota.services import RegistryError, too_large_error
 
+    if not request.content_type.startswith("multipart/form-data"):
+        raise RegistryError(
+            "not_multipart",
+            "Send the upload as multipart/form-data with a 'file' part (the .onnx model) and a 'label' field.",
+            None,
+        )
     handler = HashingUploadHandler(request)
     request.upload_handlers = [handler]
     try:
