@@ -1,0 +1,118 @@
+"""canary_vs_control on synthetic canary/control fleets, and the pure statistics against scipy."""
+
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+from scipy.stats import chi2_contingency, norm
+
+from fleet.models import DeviceEvent
+from telemetry import regression, services
+from telemetry.api import BatchIn
+from telemetry.binning import histogram
+from telemetry.profiles import expected_bins
+from tests import factories
+from tests.telemetry_support import simulated
+
+KEYS = {"error_rate", "latency_p50", "latency_p95", "install_failure_rate", "drift"}
+
+
+def test_two_proportion_z_matches_chi_square() -> None:
+    z, p = regression.two_proportion_ztest(60, 1000, 40, 1000)
+    chi2 = chi2_contingency([[60, 940], [40, 960]], correction=False)[0]
+    assert z**2 == pytest.approx(chi2) and z > 0 and p == pytest.approx(norm.sf(np.sqrt(chi2)))
+    assert regression.two_proportion_ztest(1, 0, 1, 10) == (0.0, 1.0)
+
+
+def test_histogram_quantile_interpolates_within_bins() -> None:
+    edges = [0, 10, 20, 30]
+    assert regression.histogram_quantile(edges, [10, 10, 0], 0.5) == pytest.approx(10.0)
+    assert regression.histogram_quantile(edges, [10, 10, 0], 0.75) == pytest.approx(15.0)
+    assert regression.histogram_quantile(edges, [0, 4, -3], 0.5) == pytest.approx(15.0)
+    assert regression.histogram_quantile(edges, [0, -1, 0], 0.5) is None
+
+
+def fleet_on(version, n: int, rng, label: str, **kw) -> list:
+    devices = []
+    for i in range(n):
+        d, _ = factories.device(labels={"ring": label}, name=f"{label}{i}")
+        body = {"reports": [simulated(version, rng, n=2000, **kw) for _ in range(2)]}
+        assert services.ingest_reports(d.id, BatchIn.model_validate(body).reports)["accepted"]
+        devices.append(d)
+    return devices
+
+
+def installs(version, devices, failed: int) -> None:
+    now = timezone.now()
+    for i, d in enumerate(devices):
+        kind = "install_failed" if i < failed else "installed"
+        DeviceEvent.objects.create(
+            id=uuid.uuid4(), device=d, kind=kind, at=now, model_name=version.model.name, version_label=version.label
+        )
+
+
+def reference_profile(version, n: int = 50_000) -> dict:
+    """What an uploaded reference data set of N(0, 1) features gives (source "reference")."""
+    rng = np.random.default_rng(0)
+    bins = expected_bins(version)
+    feats = [
+        {"name": f["name"], "edges": f["edges"], "counts": histogram(rng.normal(size=n), f["edges"]).tolist(),
+         "mean": 0.0, "std": 1.0}
+        for f in bins["features"]
+    ]  # fmt: skip
+    k = bins["output"]["n"]
+    output = dict(bins["output"], counts=np.bincount(rng.integers(0, k, n), minlength=k).tolist())
+    return {"source": "reference", "n": n, "features": feats, "output": output}
+
+
+@pytest.fixture
+def versions(db):
+    old, new = factories.staged_version("fraud", "v1"), factories.staged_version("fraud", "v2", seed=1)
+    for v in (old, new):
+        v.reference_profile = reference_profile(v)
+        v.save()
+    factories.release(old)
+    factories.release(new)
+    return old, new
+
+
+def test_a_bad_canary_fails_each_gate_with_numbers(versions) -> None:
+    old, new = versions
+    rng = np.random.default_rng(5)
+    control = fleet_on(old, 25, rng, "control", error_rate=0.01, latency_ms=8)
+    canary = fleet_on(new, 25, rng, "canary", error_rate=0.08, latency_ms=20, shift=1.0)
+    installs(new, canary, failed=5)
+    installs(old, control, failed=0)
+    since = timezone.now() - timedelta(hours=1)
+    out = services.canary_vs_control(new.id, old.id, since)
+    assert set(out) == KEYS
+    assert {k: v["verdict"] for k, v in out.items()} == dict.fromkeys(KEYS, "fail")
+    err = out["error_rate"]
+    assert err["n_canary"] == 25 and err["n_control"] == 25
+    assert err["canary"] == pytest.approx(0.08, abs=0.01) and err["effect"] > 0.05 and err["p_value"] < 1e-6
+    assert out["latency_p95"]["effect"] > 1.25 and out["latency_p95"]["threshold"] == 1.25
+    assert out["install_failure_rate"]["canary"] == pytest.approx(5 / 25)
+    assert out["drift"]["canary"] > 0.25
+    for v in out.values():
+        assert set(v) == {"verdict", "canary", "control", "effect", "statistic", "p_value", "n_canary",
+                          "n_control", "threshold", "detail"}  # fmt: skip
+        assert v["detail"]
+
+
+def test_a_healthy_canary_passes_and_a_small_one_is_not_enough_data(versions) -> None:
+    old, new = versions
+    rng = np.random.default_rng(6)
+    control = fleet_on(old, 22, rng, "control")
+    canary = fleet_on(new, 22, rng, "canary")
+    installs(new, canary, failed=0)
+    since = timezone.now() - timedelta(hours=1)
+    out = services.canary_vs_control(new.id, old.id, since)
+    assert {k: v["verdict"] for k, v in out.items()} == dict.fromkeys(KEYS, "pass"), out
+    small = services.canary_vs_control(new.id, old.id, since, thresholds={"min_devices": 30})
+    assert {v["verdict"] for v in small.values()} == {"not_enough_data"}
+    only_canary_ring = services.canary_vs_control(new.id, old.id, since, cohort_selector="ring=canary")
+    assert only_canary_ring["error_rate"]["n_control"] == 0
+    assert only_canary_ring["error_rate"]["verdict"] == "not_enough_data"
+    assert len(control) == 22
