@@ -73,7 +73,7 @@ class Agent:
         self.identity: dict[str, Any] | None = self._read_json(self.identity_path)
         self.store = ModelStore(self.data)
         self.spool = Spool(self.data / "spool.sqlite3", config.spool_max_items)
-        self.pool = pool or SessionPool(config.ort_threads)
+        self.pool = pool if pool is not None else SessionPool(config.ort_threads)
         self.client = client_cls(
             config.server, (self.identity or {}).get("token"), timeout=config.request_timeout, session=http
         )

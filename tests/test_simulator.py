@@ -1,0 +1,89 @@
+"""The fleet simulator against a live server: every scenario runs through the real agent code paths."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agent.simulate import SimOptions, parse_mix, run_simulation
+from tests import factories
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_generation() -> None:
+    from rollout.manifest import bump_generation
+
+    bump_generation()
+
+
+@pytest.fixture
+def key(db: None) -> str:
+    return factories.enrollment_key()[1]
+
+
+def opts(url: str, key: str, **kw: object) -> SimOptions:
+    base = dict(server=url, enrollment_key=key, devices=6, duration=6.0, speed=60.0, workers=4, quiet=True, seed=3)
+    base.update(kw)
+    return SimOptions(**base)
+
+
+def test_mix_parsing() -> None:
+    assert parse_mix("region=eu:0.5,us:0.5;hw=rpi4") == {"region": [("eu", 0.5), ("us", 0.5)], "hw": [("rpi4", 1.0)]}
+
+
+def test_healthy_fleet_enrolls_installs_and_reports(live_server: object, key: str) -> None:
+    from fleet.models import Device
+    from telemetry.models import Report
+
+    factories.release(factories.staged_version(label="v1", seed=1))
+    s = run_simulation(opts(live_server.url, key, duration=8.0))
+    assert s["enrolled"] == 6 and s["versions"] == {"fraud:v1": 6}
+    assert s["sessions"] == 1  # one shared onnxruntime session for six devices
+    assert s["reports_sent"] >= 6 and s["inference_errors"] == 0
+    assert Report.objects.count() == s["reports_sent"]
+    assert {d.labels["region"] for d in Device.objects.all()} <= {"eu", "us", "apac"}
+    assert sum(s["cohorts"].values()) == 6
+
+
+def test_corrupt_artifacts_are_refused_and_crashed_downloads_resume(live_server: object, key: str) -> None:
+    factories.release(factories.staged_version(label="v1", seed=1))
+    s = run_simulation(opts(live_server.url, key, scenario="corrupt", fraction=1.0, devices=3))
+    assert s["versions"] == {} and s["artifacts_refused"] >= 3 and s["installs"] == 0
+    s = run_simulation(opts(live_server.url, key, scenario="crash-download", fraction=1.0, devices=3, seed=4))
+    assert s["versions"] == {"fraud:v1": 3} and s["downloads_resumed"] == 3 and s["downloads_failed"] == 3
+
+
+def test_flaky_network_still_converges(live_server: object, key: str) -> None:
+    factories.release(factories.staged_version(label="v1", seed=1))
+    s = run_simulation(opts(live_server.url, key, scenario="flaky", fraction=1.0, flaky_drop=0.3, duration=10.0))
+    assert s["server_away"] > 0 and s["versions"] == {"fraud:v1": 6}
+
+
+def test_a_regressing_version_is_fallen_back_from_locally(live_server: object, key: str) -> None:
+    factories.release(factories.staged_version(label="v1", seed=1))
+    v2 = factories.staged_version(label="v2", seed=2)
+
+    def release_later() -> None:
+        time.sleep(3.0)
+        factories.release(v2)
+
+    t = threading.Thread(target=release_later)
+    t.start()
+    s = run_simulation(
+        opts(
+            live_server.url,
+            key,
+            scenario="regression",
+            regress_version="v2",
+            regress_error_rate=0.6,
+            steps_per_poll=10,
+            guard_min_samples=20,
+            duration=10.0,
+        )
+    )
+    t.join()
+    assert s["fallbacks"] == 6 and s["versions"] == {"fraud:v1": 6} and s["inference_errors"] > 0
