@@ -697,3 +697,93 @@ def feature_edges(bins: dict, name: str) -> list[float]:
         if f["name"] == name:
             return f["edges"]
     return list(DEFAULT_FEATURE_EDGES)
+
+
+def version_overview(version_id: int, feature: str | None = None, limit_windows: int = 168) -> dict:
+    """Everything the version page shows, already k-suppressed (plain values; charts.py draws it).
+
+    Only rollups of at least k devices contribute numbers; every hidden cell is listed with why.
+    """
+    k = min_cohort()
+    version = ModelVersion.objects.select_related("model").get(pk=version_id)
+    bins = expected_bins(version)
+    names = [f["name"] for f in bins["features"]] + [OUTPUT]
+    feature = feature if feature in names else (names[0] if names else OUTPUT)
+    hidden: list[dict] = []
+
+    drift_rows = list(
+        DriftResult.objects.filter(version=version, cohort=ALL).order_by("window_start")[: limit_windows * len(names)]
+    )
+    drift_series: dict[str, list[tuple]] = defaultdict(list)
+    for r in drift_rows:
+        drift_series[r.feature].append((r.window_start, r.psi, r.threshold))
+
+    rollups = list(Rollup.objects.filter(version=version).order_by("window_start"))
+    for r in rollups:
+        reason = privacy.suppressed(r.n_devices, k)
+        if reason:
+            hidden.append({"cohort": r.cohort, "window_start": r.window_start, "reason": reason})
+
+    overlay = None
+    shown_all = [r for r in rollups if r.cohort == ALL and r.n_devices >= k]
+    profile = version.reference_profile or {}
+    if shown_all:
+        latest = shown_all[-1]
+        if feature == OUTPUT:
+            cur, ref, edges = latest.outputs, (profile.get("output") or {}).get("counts"), None
+        else:
+            cur = latest.features.get(feature)
+            ref = next((f.get("counts") for f in profile.get("features", []) if f["name"] == feature), None)
+            edges = feature_edges(bins, feature)
+        overlay = {
+            "feature": feature,
+            "window_start": latest.window_start,
+            "n_devices": latest.n_devices,
+            "edges": edges,
+            "current": drift.distribution(cur, 0.0).tolist() if cur else None,
+            "reference": drift.distribution(ref, 0.0).tolist() if ref else None,
+        }
+
+    latest_by_cohort: dict[str, datetime] = {}
+    for r in rollups:
+        latest_by_cohort[r.cohort] = r.window_start
+    cohorts = sorted(latest_by_cohort, key=lambda c: (c != ALL, c))
+    heat: dict[tuple[str, str], float | None] = {}
+    heat_notes: dict[tuple[str, str], str] = {}
+    devices_at = {(r.cohort, r.window_start): r.n_devices for r in rollups}
+    for c in cohorts:
+        ws = latest_by_cohort[c]
+        reason = privacy.suppressed(devices_at[(c, ws)], k)
+        results = {d.feature: d.psi for d in DriftResult.objects.filter(version=version, cohort=c, window_start=ws)}
+        for f in names:
+            heat[(c, f)] = None if reason else results.get(f)
+            if reason:
+                heat_notes[(c, f)] = reason
+
+    siblings = ModelVersion.objects.filter(model=version.model).order_by("created_at")
+    health: dict[str, list[tuple]] = {}
+    for sib in siblings:
+        pts = []
+        for r in Rollup.objects.filter(version=sib, cohort=ALL).order_by("window_start")[:limit_windows]:
+            if r.n_devices < k or r.inference_count <= 0:
+                continue
+            p95 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.95)
+            p50 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.5)
+            pts.append((r.window_start, max(r.error_count, 0.0) / r.inference_count, p50, p95))
+        if pts:
+            health[sib.label] = pts
+
+    alerts = list(Alert.objects.filter(version=version, state=Alert.State.OPEN))
+    return {
+        "version": version,
+        "k": k,
+        "features": names,
+        "feature": feature,
+        "drift_series": dict(drift_series),
+        "overlay": overlay,
+        "heat": {"cohorts": cohorts, "features": names, "values": heat, "notes": heat_notes},
+        "health": health,
+        "alerts": alerts,
+        "hidden": hidden[-50:],
+        "profile_source": profile.get("source"),
+    }

@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from telemetry import views
+
+urlpatterns = [
+    path("versions/<int:version_id>/", views.version_telemetry, name="version-telemetry"),
+    path("alerts/", views.alert_list, name="telemetry-alerts"),
+    path("alerts/<int:alert_id>/resolve", views.alert_resolve, name="telemetry-alert-resolve"),
+]
