@@ -13,10 +13,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
+from fleet import epochs
 from fleet.errors import ProtocolError
 
 TOKEN_PREFIX = "efd_"
@@ -75,27 +77,53 @@ class DeviceSnapshot:
         )
 
 
+# Process-local layer over the shared cache: token hash -> snapshot, valid while the auth epoch
+# stays the same (see fleet/epochs.py). Bounded: cleared whole when full (cheap, and rare).
+_local: dict[str, DeviceSnapshot] = {}
+_local_epoch = ""
+
+
+def _local_max() -> int:
+    return int(getattr(settings, "EDGEFLEET_AUTH_LRU", 250_000))
+
+
 def snapshot_for_token(token: str) -> DeviceSnapshot | None:
-    """The device behind ``token`` (revoked ones included), from the cache or, once, the DB."""
+    """The device behind ``token`` (revoked ones included): process memory, then the cache, then the DB."""
+    global _local_epoch
     from fleet.models import Device
 
     th = hash_token(token)
+    auth_epoch = epochs.current()[1]
+    if auth_epoch != _local_epoch:
+        _local.clear()
+        _local_epoch = auth_epoch
+    snap = _local.get(th)
+    if snap is not None:
+        return snap
     key = token_key(th)
     hit = cache.get(key)
     if hit is not None:
-        return DeviceSnapshot.from_dict(hit) if hit else None
-    device = Device.objects.filter(token_hash=th).only("id", "labels", "hardware", "token_revoked_at").first()
-    if device is None:
-        cache.set(key, {}, NEGATIVE_TTL)
-        return None
-    snap = DeviceSnapshot.of(device)
-    cache.set(key, snap.as_dict(), SNAPSHOT_TTL)
+        if not hit:
+            return None
+        snap = DeviceSnapshot.from_dict(hit)
+    else:
+        device = Device.objects.filter(token_hash=th).only("id", "labels", "hardware", "token_revoked_at").first()
+        if device is None:
+            cache.set(key, {}, NEGATIVE_TTL)
+            return None
+        snap = DeviceSnapshot.of(device)
+        cache.set(key, snap.as_dict(), SNAPSHOT_TTL)
+    if len(_local) >= _local_max():
+        _local.clear()
+    _local[th] = snap
     return snap
 
 
 def forget_device(token_hash: str) -> None:
-    """Drop a device's cached snapshot (revoke, rotate, label or hardware change)."""
+    """Drop a device's cached snapshot (revoke, rotate, label or hardware change) in every process."""
     cache.delete(token_key(token_hash))
+    _local.pop(token_hash, None)
+    epochs.bump(epochs.AUTH_KEY)
 
 
 class DeviceBearer(HttpBearer):

@@ -1,11 +1,16 @@
 """Last seen and reported state per poll, without a database write per poll.
 
-With Redis, a poll does one pipelined round trip (HSET the device's hash, SADD it to a dirty set)
-and ``fleet.tasks.flush_presence`` writes the dirty devices in bulk every few seconds. In embedded
+With Redis, polls are buffered in the process and written each second in one pipeline (HSET each
+device's hash, SADD them to a dirty set); ``fleet.tasks.flush_presence`` then writes the dirty
+devices to the database in bulk every 15 s. In embedded
 mode (no Redis) a poll does one cheap UPDATE instead: correct, and enough for a demo fleet.
 """
 
+import atexit
 import json
+import logging
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -13,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
 DIRTY = "ef:presence:dirty"
 HASH_TTL = 7 * 24 * 3600
 
@@ -46,11 +52,22 @@ def parse_state(header: str | None) -> dict[str, str] | None:
     return models
 
 
+# Polls within a process are buffered for up to EDGEFLEET_PRESENCE_BUFFER_SECONDS (default 1 s) and
+# written to Redis by one background thread in a single pipeline: a poll makes no round trip for
+# presence. A crash loses at most that second of "last seen", which the next poll restores.
+_pending: dict[str, tuple[float, str | None]] = {}
+_pending_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+
+
+def _buffer_seconds() -> float:
+    return float(getattr(settings, "EDGEFLEET_PRESENCE_BUFFER_SECONDS", 1.0))
+
+
 def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | None = None) -> None:
     """Note that the device polled now (and what it runs, when it said)."""
     now = now or datetime.now(UTC)
     r = redis_client()
-    did = str(device_id)
     if r is None:
         from fleet.models import Device
 
@@ -59,15 +76,62 @@ def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | No
             fields["installed"] = state
         Device.objects.filter(pk=device_id).update(**fields)
         return
-    mapping = {"seen": now.timestamp()}
-    if state is not None:
-        mapping["state"] = json.dumps(state)
-    key = hash_key(did)
-    pipe = r.pipeline(transaction=False)
-    pipe.hset(key, mapping=mapping)
-    pipe.expire(key, HASH_TTL)
-    pipe.sadd(DIRTY, did)
-    pipe.execute()
+    did = str(device_id)
+    with _pending_lock:
+        previous = _pending.get(did)
+        encoded = json.dumps(state) if state is not None else (previous[1] if previous else None)
+        _pending[did] = (now.timestamp(), encoded)
+    if _buffer_seconds() <= 0:
+        drain()
+    else:
+        _ensure_flusher()
+
+
+def _ensure_flusher() -> None:
+    global _flusher
+    if _flusher is not None and _flusher.is_alive():
+        return
+    with _pending_lock:
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(target=_flush_loop, name="presence-flusher", daemon=True)
+            _flusher.start()
+            atexit.register(drain)
+
+
+def _flush_loop() -> None:
+    while True:
+        time.sleep(_buffer_seconds() or 1.0)
+        try:
+            drain()
+        except Exception:  # Redis away for a moment: keep the buffer for the next round
+            logger.warning("presence: could not write to Redis", exc_info=True)
+
+
+def drain() -> int:
+    """Write the buffered polls of this process to Redis now (one pipeline); returns how many."""
+    global _pending
+    r = redis_client()
+    if r is None or not _pending:
+        return 0
+    with _pending_lock:
+        batch, _pending = _pending, {}
+    try:
+        pipe = r.pipeline(transaction=False)
+        for did, (seen, state) in batch.items():
+            mapping: dict[str, Any] = {"seen": seen}
+            if state is not None:
+                mapping["state"] = state
+            key = hash_key(did)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, HASH_TTL)
+        pipe.sadd(DIRTY, *batch)
+        pipe.execute()
+    except Exception:
+        with _pending_lock:
+            for did, value in batch.items():
+                _pending.setdefault(did, value)
+        raise
+    return len(batch)
 
 
 def flush(batch: int = 5000) -> int:

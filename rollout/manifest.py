@@ -14,28 +14,25 @@ Resolution is layered so the campaign layer can sit on top of releases:
 
 Everything resolution needs (releases, versions, artifacts, cohorts) is small: it is loaded once per
 *generation* into process memory. :func:`bump_generation` must be called after every change to
-releases, versions, variants, cohorts or campaigns. The signed manifest is cached per (device,
-generation, labels revision) in the cache, so a warm poll does no database query at all.
+releases, versions, variants, cohorts or campaigns. Manifests are cached per process: the canonical
+bytes per (generation, labels/hardware) and the signature per (device, generation), so a warm poll
+does no database query and no cache round trip (see ``fleet/epochs.py`` for how changes are seen).
 """
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
-from fleet import selectors
+from fleet import epochs, selectors
 from fleet.auth import DeviceSnapshot
 from ota import signing
 from telemetry.binning import DEFAULT_FEATURE_EDGES, DEFAULT_SCORE_EDGES, LATENCY_EDGES_MS, MAX_CLASSES
 
-GEN_KEY = "ef:manifest:gen"
-MANIFEST_TTL = 6 * 3600
 TOLD_TTL = 90 * 24 * 3600
 PROTOCOL = 1
 FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "directml", "coreml", "openvino-gpu"})
@@ -46,18 +43,11 @@ FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "di
 
 def bump_generation() -> str:
     """Say that releases/versions/cohorts/campaigns changed: every process reloads, manifests rebuild."""
-    gen = f"{time.time_ns():x}"
-    cache.set(GEN_KEY, gen, None)
-    return gen
+    return epochs.bump(epochs.GEN_KEY)
 
 
 def current_generation() -> str:
-    gen = cache.get(GEN_KEY)
-    if gen is None:
-        gen = "0"
-        cache.add(GEN_KEY, gen, None)
-        gen = cache.get(GEN_KEY) or gen
-    return str(gen)
+    return epochs.current()[0]
 
 
 # ---------------------------------------------------------------- the in-memory state
@@ -283,8 +273,8 @@ def telemetry_settings() -> dict[str, Any]:
     }
 
 
-def build(snapshot: DeviceSnapshot, state: State) -> tuple[Built, set[str]]:
-    """The signed manifest and the set of things it names ("v:<version id>", "a:<sha256>")."""
+def manifest_dict(snapshot: DeviceSnapshot, state: State) -> tuple[dict[str, Any], set[str]]:
+    """The manifest object and the set of things it names ("v:<version id>", "a:<sha256>")."""
     named: set[str] = set()
     models = []
     for d in desired_for(snapshot, state):
@@ -315,26 +305,59 @@ def build(snapshot: DeviceSnapshot, state: State) -> tuple[Built, set[str]]:
         "telemetry": telemetry_settings(),
         "models": models,
     }
-    canon = signing.canonical(manifest)
-    sig = json.dumps(signing.sign(canon), separators=(",", ":")).encode()
-    return Built(signing.etag_of(canon), b'{"manifest":' + canon + b',"signature":' + sig + b"}"), named
+    return manifest, named
 
 
-def _manifest_key(snapshot: DeviceSnapshot, generation: str) -> str:
-    return f"ef:mf:{snapshot.id}:{generation}:{snapshot.rev}"
+# Hot-path caches, per process, all keyed by generation so a bump makes them unreachable:
+# - _shared[(gen, rev)]: the canonical bytes after "device_id" (same for every device with the same
+#   labels and hardware) and what they name; only when no hook (campaigns) is registered, since a
+#   hook may make the desired state device-specific;
+# - _signed[(device, gen, rev)]: that device's ETag and signature (and its whole canonical bytes when
+#   they are not shared).
+# Bounded by clearing when full. A warm poll thus only concatenates bytes: no query, no round trip.
+_shared: dict[tuple[str, str], tuple[bytes, frozenset[str]]] = {}
+_signed: dict[tuple[uuid.UUID, str, str], tuple[str, bytes, bytes | None]] = {}
+_SIGNED_MAX = 400_000
+
+
+def _prefix(snapshot: DeviceSnapshot) -> bytes:
+    return b'{"device_id":' + json.dumps(str(snapshot.id)).encode() + b","
+
+
+def _body(canon: bytes, sig: bytes) -> bytes:
+    return b'{"manifest":' + canon + b',"signature":' + sig + b"}"
 
 
 def manifest_for(snapshot: DeviceSnapshot) -> Built:
-    """The device's signed manifest: cached per (device, generation, labels); built on a miss."""
+    """The device's signed manifest; the signature is made once per (device, generation, labels)."""
     generation = current_generation()
-    key = _manifest_key(snapshot, generation)
-    hit = cache.get(key)
-    if hit is not None:
-        return Built(*hit)
-    built, named = build(snapshot, load_state(generation))
-    _remember_told(snapshot.id, named)
-    cache.set(key, (built.etag, built.body), MANIFEST_TTL)
-    return built
+    skey = (snapshot.id, generation, snapshot.rev)
+    shkey = (generation, snapshot.rev)
+    signed = _signed.get(skey)
+    if signed is not None:
+        etag, sig, canon = signed
+        if canon is None and (shared := _shared.get(shkey)) is not None:
+            canon = _prefix(snapshot) + shared[0]
+        if canon is not None:
+            return Built(etag, _body(canon, sig))
+    shared = _shared.get(shkey)
+    if shared is not None:
+        canon, named = _prefix(snapshot) + shared[0], shared[1]
+    else:
+        manifest, named_set = manifest_dict(snapshot, load_state(generation))
+        canon, named = signing.canonical(manifest), frozenset(named_set)
+        prefix = _prefix(snapshot)
+        if not DESIRED_HOOKS and canon.startswith(prefix):  # device_id sorts first: the rest is shared
+            if len(_shared) > 10_000:
+                _shared.clear()
+            _shared[shkey] = (canon[len(prefix) :], named)
+    sig = json.dumps(signing.sign(canon), separators=(",", ":")).encode()
+    etag = signing.etag_of(canon)
+    _remember_told(snapshot.id, set(named))
+    if len(_signed) >= _SIGNED_MAX:
+        _signed.clear()
+    _signed[skey] = (etag, sig, None if shkey in _shared else canon)
+    return Built(etag, _body(canon, sig))
 
 
 # ---------------------------------------------------------------- what a device was told

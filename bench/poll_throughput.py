@@ -1,0 +1,225 @@
+"""Manifest poll throughput and latency with 100,000 enrolled devices, under gunicorn, on this machine.
+
+Measures in one run and one server configuration (gunicorn, 2 workers x 4 threads, as deployed):
+(a) a trivial Django JSON view (/healthz), (b) GET /api/v1/manifest with warm caches, (c) the same
+poll answered 304 via If-None-Match. Load comes from wrk (``apt-get install -y wrk``) with a Lua
+script that picks a random enrolled device per request. Prints figures; asserts nothing.
+
+    .venv/bin/python bench/poll_throughput.py [--devices 100000] [--seconds 15] [--connections 16]
+
+Uses its own PostgreSQL database (edgefleet_bench) and Redis db 5 on 127.0.0.1; both are reset.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB = "edgefleet_bench"
+REDIS = "redis://127.0.0.1:6379/5"
+PORT = 8765
+
+
+def setup_env(data_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
+        REDIS_URL=REDIS,
+        EDGEFLEET_DATA_DIR=data_dir,
+        DJANGO_SETTINGS_MODULE="edgefleet.settings",
+        DEBUG="0",
+        LOG_LEVEL="WARNING",
+        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789",
+    )
+    os.environ.update(env)
+    return env
+
+
+def reset_db() -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {DB}")
+    conn.close()
+
+
+def populate(n: int) -> list[tuple[str, str]]:
+    """Bulk-insert ``n`` devices and a release; warm the caches; return (token, etag) per device."""
+    import django
+
+    django.setup()
+    import redis
+    from django.core.cache import cache
+
+    from fleet.auth import DeviceSnapshot, hash_token, token_key
+    from fleet.models import Cohort, Device
+    from rollout import manifest
+    from tests import factories
+
+    redis.Redis.from_url(REDIS).flushdb()
+    t0 = time.perf_counter()
+    hw_small = {"arch": "armv7", "cores": 4, "ram_mb": 512, "accelerator": "none"}
+    hw_big = {"arch": "aarch64", "cores": 4, "ram_mb": 4096, "accelerator": "cuda"}
+    tokens = [f"efd_bench_{i:07d}" for i in range(n)]
+    devices = []
+    for i, tok in enumerate(tokens):
+        devices.append(
+            Device(
+                name=f"bench-{i}",
+                labels={"region": ["eu", "us", "ap"][i % 3], "hw": ["rpi4", "jetson"][i % 2]},
+                hardware=hw_small if i % 2 == 0 else hw_big,
+                token_hash=hash_token(tok),
+                token_prefix=tok[:10],
+            )
+        )
+    Device.objects.bulk_create(devices, batch_size=5000)
+    print(f"inserted {n} devices in {time.perf_counter() - t0:.1f} s")
+
+    v1 = factories.staged_version("fraud", "v1", seed=1, int8=True)
+    v2 = factories.staged_version("fraud", "v2", seed=2, int8=True)
+    cam = factories.staged_version("cam", "v1", seed=3, n_features=8)
+    eu = Cohort.objects.create(name="eu", selector="region=eu, hw in (rpi4, jetson)")
+    factories.release(v1)
+    factories.release(v2, cohort=eu)
+    factories.release(cam)
+
+    t0 = time.perf_counter()
+    state = manifest.load_state()
+    out, batch = [], {}
+    for tok, d in zip(tokens, devices, strict=True):
+        snap = DeviceSnapshot.of(d)
+        batch[token_key(d.token_hash)] = snap.as_dict()
+        out.append((tok, manifest.manifest_for(snap).etag))
+        if len(batch) >= 2000:
+            cache.set_many(batch, 24 * 3600)
+            batch = {}
+    cache.set_many(batch, 24 * 3600)
+    print(
+        f"warmed {n} token snapshots and signed manifests in {time.perf_counter() - t0:.1f} s (gen {state.generation})"
+    )
+    return out
+
+
+def lua_script(path: Path, pairs: list[tuple[str, str]], with_etag: bool) -> None:
+    lines = ["local t = {"]
+    lines += [f'{{"{tok}", {json.dumps(etag)}}},' for tok, etag in pairs]
+    lines.append("}")
+    lines.append("math.randomseed(os.time())")
+    lines.append("request = function()")
+    lines.append("  local p = t[math.random(#t)]")
+    lines.append('  local h = {["Authorization"] = "Bearer " .. p[1]}')
+    if with_etag:
+        lines.append('  h["If-None-Match"] = p[2]')
+    lines.append('  return wrk.format("GET", "/api/v1/manifest", h)')
+    lines.append("end")
+    path.write_text("\n".join(lines))
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", str(script)]
+    text = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", text)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=4)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install -y wrk")
+
+    data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-")
+    env = setup_env(data_dir)
+    reset_db()
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    pairs = populate(args.devices)
+    work = Path(data_dir)
+    lua_script(work / "manifest.lua", pairs, with_etag=False)
+    lua_script(work / "manifest304.lua", pairs, with_etag=True)
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "edgefleet.wsgi",
+            "-b",
+            f"127.0.0.1:{PORT}",
+            "-w",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{PORT}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        tok, etag = pairs[0]
+        req = urllib.request.Request(base + "/api/v1/manifest", headers={"Authorization": f"Bearer {tok}"})
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["ETag"] == etag, "the server must serve the warmed manifest"
+        wrk(base + "/healthz", 3, args.connections)  # warm both workers' imports and state
+        wrk(base + "/api/v1/manifest", 3, args.connections, work / "manifest.lua")
+        results = {
+            "trivial JSON view (/healthz)": wrk(base + "/healthz", args.seconds, args.connections),
+            "manifest poll (warm, 200)": wrk(
+                base + "/api/v1/manifest", args.seconds, args.connections, work / "manifest.lua"
+            ),
+            "manifest poll (If-None-Match, 304)": wrk(
+                base + "/api/v1/manifest", args.seconds, args.connections, work / "manifest304.lua"
+            ),
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    print(
+        f"\n{args.devices} devices, gunicorn {args.workers} workers x {args.threads} threads, "
+        f"wrk {args.connections} connections, {args.seconds} s each, {os.cpu_count()} cores shared with wrk"
+    )
+    print(f"{'path':40} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, r in results.items():
+        print(f"{name:40} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:8d}")
+    trivial = results["trivial JSON view (/healthz)"]["rps"]
+    for name in list(results)[1:]:
+        print(f"{name}: {results[name]['rps'] / trivial:.2f} x trivial (goal >= 0.8 and >= 1,700 polls/s)")
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
