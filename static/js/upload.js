@@ -92,10 +92,14 @@
     var target = document.getElementById("profile-charts");
     if (!data || !target || typeof Plotly === "undefined") { return; }
     JSON.parse(data.textContent).forEach(function (fig) {
+      var card = document.createElement("div");
+      card.className = "card";
       var div = document.createElement("div");
-      div.className = "card chart";
+      div.className = "chart";
       div.id = "chart-" + fig.id;
-      target.appendChild(div);
+      card.appendChild(div);
+      target.appendChild(card);
+      fig.layout.autosize = true;
       Plotly.newPlot(div, fig.data, fig.layout, { displayModeBar: false, responsive: true });
     });
   }
