@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=20, help="seconds of polls to warm the workers")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install -y wrk")
@@ -195,7 +196,7 @@ def main() -> None:
         with urllib.request.urlopen(req) as r:
             assert r.headers["ETag"] == etag, "the server must serve the warmed manifest"
         wrk(base + "/healthz", 3, args.connections)  # warm both workers' imports and state
-        wrk(base + "/api/v1/manifest", 3, args.connections, work / "manifest.lua")
+        wrk(base + "/api/v1/manifest", args.warmup, args.connections, work / "manifest.lua")
         results = {
             "trivial JSON view (/healthz)": wrk(base + "/healthz", args.seconds, args.connections),
             "manifest poll (warm, 200)": wrk(

@@ -4,6 +4,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
 from edgefleet.api import api
+from fleet.api import manifest_fast
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -11,6 +12,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
+    path("api/v1/manifest", manifest_fast),  # the hottest route first (fleet/api.py)
     path("", include("fleet.urls")),
     path("", include("ota.urls")),
     path("telemetry/", include("telemetry.urls")),

@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, Router, Schema
 from pydantic import AwareDatetime, ConfigDict
 
 from fleet import presence, services
-from fleet.auth import device_auth
-from fleet.errors import ProtocolError
+from fleet.auth import DeviceSnapshot, device_auth
+from fleet.errors import ProtocolError, from_exception
 from fleet.limits import device_slot
 from ota import downloads, signing
 from rollout import manifest as manifests
@@ -206,19 +207,39 @@ def signing_key(request: HttpRequest) -> dict[str, str]:
 )
 def manifest(request: HttpRequest) -> HttpResponse:
     with device_slot():
-        snap = request.auth
-        try:
-            state = presence.parse_state(request.headers.get("X-Agent-State"))
-        except ValueError as e:
-            raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
-        presence.touch(snap.id, state)
-        built = manifests.manifest_for(snap)
-        if request.headers.get("If-None-Match") == built.etag:
-            resp = HttpResponse(status=304)
-        else:
-            resp = HttpResponse(built.body, content_type="application/json")
-        resp["ETag"] = built.etag
-        return resp
+        return _manifest(request, request.auth)
+
+
+def _manifest(request: HttpRequest, snap: DeviceSnapshot) -> HttpResponse:
+    try:
+        state = presence.parse_state(request.headers.get("X-Agent-State"))
+    except ValueError as e:
+        raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
+    presence.touch(snap.id, state)
+    built = manifests.manifest_for(snap)
+    if request.headers.get("If-None-Match") == built.etag:
+        resp = HttpResponse(status=304)
+    else:
+        resp = HttpResponse(built.body, content_type="application/json")
+    resp["ETag"] = built.etag
+    return resp
+
+
+@csrf_exempt
+def manifest_fast(request: HttpRequest) -> HttpResponse:
+    """The same call as the ninja route, routed first in edgefleet/urls.py: polls are the hottest path,
+    and skipping the router's dispatch keeps a poll close to a trivial view (bench/poll_throughput.py).
+    The ninja route stays for the OpenAPI schema and behaves identically."""
+    try:
+        if request.method != "GET":
+            raise ProtocolError(405, "method_not_allowed", "Use GET.")
+        with device_slot():
+            snap = device_auth(request)
+            if not snap:
+                raise ProtocolError(401, "token_invalid", "Send Authorization: Bearer <device token>.")
+            return _manifest(request, snap)
+    except ProtocolError as e:
+        return from_exception(e)
 
 
 @router.get(

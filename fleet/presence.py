@@ -58,6 +58,24 @@ def parse_state(header: str | None) -> dict[str, str] | None:
 _pending: dict[str, tuple[float, str | None]] = {}
 _pending_lock = threading.Lock()
 _flusher: threading.Thread | None = None
+_told: dict[str, tuple[set[str], int]] = {}  # set key -> (members, ttl) to SADD with the next drain
+
+
+def note_told(key: str, members: set[str], ttl: int) -> None:
+    """Queue ``SADD key members`` for the next drain (used for what manifests named)."""
+    if not members or redis_client() is None:
+        return
+    with _pending_lock:
+        _told.setdefault(key, (set(), ttl))[0].update(members)
+    if _buffer_seconds() <= 0:
+        drain()
+    else:
+        _ensure_flusher()
+
+
+def pending_told(key: str, member: str) -> bool:
+    entry = _told.get(key)
+    return bool(entry and member in entry[0])
 
 
 def _buffer_seconds() -> float:
@@ -109,14 +127,18 @@ def _flush_loop() -> None:
 
 def drain() -> int:
     """Write the buffered polls of this process to Redis now (one pipeline); returns how many."""
-    global _pending
+    global _pending, _told
     r = redis_client()
-    if r is None or not _pending:
+    if r is None or not (_pending or _told):
         return 0
     with _pending_lock:
         batch, _pending = _pending, {}
+        told, _told = _told, {}
     try:
         pipe = r.pipeline(transaction=False)
+        for key, (members, ttl) in told.items():
+            pipe.sadd(key, *members)
+            pipe.expire(key, ttl)
         for did, (seen, state) in batch.items():
             mapping: dict[str, Any] = {"seen": seen}
             if state is not None:
@@ -124,12 +146,15 @@ def drain() -> int:
             key = hash_key(did)
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, HASH_TTL)
-        pipe.sadd(DIRTY, *batch)
+        if batch:
+            pipe.sadd(DIRTY, *batch)
         pipe.execute()
     except Exception:
         with _pending_lock:
             for did, value in batch.items():
                 _pending.setdefault(did, value)
+            for key, (members, ttl) in told.items():
+                _told.setdefault(key, (set(), ttl))[0].update(members)
         raise
     return len(batch)
 

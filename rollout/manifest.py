@@ -368,15 +368,10 @@ def _told_key(device_id: uuid.UUID | str) -> str:
 
 
 def _remember_told(device_id: uuid.UUID, named: set[str]) -> None:
-    from fleet.presence import redis_client
+    """Record what a manifest named; goes out with the presence pipeline (no round trip here)."""
+    from fleet import presence
 
-    r = redis_client()
-    if r is None or not named:
-        return
-    pipe = r.pipeline(transaction=False)
-    pipe.sadd(_told_key(device_id), *named)
-    pipe.expire(_told_key(device_id), TOLD_TTL)
-    pipe.execute()
+    presence.note_told(_told_key(device_id), named, TOLD_TTL)
 
 
 def _durable_named(labels: dict[str, Any], state: State) -> set[str]:
@@ -405,9 +400,12 @@ def _labels_of(device_id: uuid.UUID | str) -> dict[str, Any] | None:
 
 
 def _was_named(device_id: uuid.UUID | str, item: str, labels: dict[str, Any] | None = None) -> bool:
+    from fleet import presence
     from fleet.presence import redis_client
 
     r = redis_client()
+    if presence.pending_told(_told_key(device_id), item):
+        return True
     if r is not None and r.sismember(_told_key(device_id), item):
         return True
     if labels is None:
