@@ -192,7 +192,7 @@ def build_fleet(opts: SimOptions, root: Path, pool: SessionPool) -> list[Virtual
     for i in range(opts.devices):
         labels, hw = draw_profile(mix, rng)
         touched = rng.random() < opts.fraction
-        labels = {**labels, "sim": opts.scenario}
+        labels = {**labels, "sim": opts.scenario, "sim_group": "touched" if touched else "control"}
         http = requests.Session()
         if opts.scenario == "flaky" and touched:
             adapter = FlakyAdapter(opts.flaky_drop, opts.flaky_delay_ms, random.Random(rng.random()))

@@ -87,3 +87,23 @@ def test_a_regressing_version_is_fallen_back_from_locally(live_server: object, k
     )
     t.join()
     assert s["fallbacks"] == 6 and s["versions"] == {"fraud:v1": 6} and s["inference_errors"] > 0
+
+
+def test_drifted_devices_report_shifted_feature_histograms(live_server: object, key: str) -> None:
+    import numpy as np
+
+    from fleet.models import Device
+    from telemetry.models import Report
+
+    factories.release(factories.staged_version(label="v1", seed=1))
+    s = run_simulation(
+        opts(live_server.url, key, scenario="drift", fraction=0.5, drift_shift=3.0, rows_per_step=64, duration=8.0)
+    )
+    assert 0 < s["touched"] < 6 and s["reports_sent"] >= 6
+    centre: dict[str, list[float]] = {"touched": [], "control": []}
+    for r in Report.objects.all():
+        counts = np.clip(np.asarray(r.features["input[0]"]), 0, None)
+        group = Device.objects.get(pk=r.device_id).labels["sim_group"]
+        centre[group].append(float(np.average(np.arange(len(counts)), weights=counts + 1e-9)))
+    # a +3 sigma shift moves input[0]'s mass up by several bins on touched devices only
+    assert min(centre["touched"]) > max(centre["control"]) + 1.5, centre
