@@ -34,7 +34,7 @@ def operator(db: None, django_user_model: type) -> object:
     from django.contrib.auth.models import Group
 
     user = django_user_model.objects.create_user("olivia", password="pw-olivia-123")
-    user.groups.add(Group.objects.get(name="operator"))
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
     return user
 
 
@@ -43,7 +43,7 @@ def viewer(db: None, django_user_model: type) -> object:
     from django.contrib.auth.models import Group
 
     user = django_user_model.objects.create_user("victor", password="pw-victor-123")
-    user.groups.add(Group.objects.get(name="viewer"))
+    user.groups.add(Group.objects.get_or_create(name="viewer")[0])
     return user
 
 

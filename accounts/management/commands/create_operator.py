@@ -18,5 +18,5 @@ class Command(BaseCommand):
         user.set_password(password)
         user.is_staff = role == "admin"
         user.save()
-        user.groups.set([Group.objects.get(name=role)])
+        user.groups.set([Group.objects.get_or_create(name=role)[0]])
         self.stdout.write(f"{'Created' if created else 'Updated'} {role} {username}")
