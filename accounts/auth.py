@@ -3,6 +3,7 @@
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
+from ninja.utils import check_csrf
 
 from accounts.models import ApiToken, hash_token
 from accounts.roles import OPERATOR, has_role
@@ -13,7 +14,11 @@ class OperatorToken(HttpBearer):
 
     def __call__(self, request: HttpRequest):  # type: ignore[override]
         user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated and has_role(user, OPERATOR):
+        has_bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
+        if not has_bearer and user is not None and user.is_authenticated and has_role(user, OPERATOR):
+            # A browser session must prove the request came from our own page (CSRF), as forms do.
+            if request.method not in ("GET", "HEAD", "OPTIONS") and check_csrf(request) is not None:
+                return None
             request.audit_actor = user.get_username()
             return user
         return super().__call__(request)

@@ -59,3 +59,24 @@ def test_roles_are_created_by_migration() -> None:
 
     executor = MigrationExecutor(connection)
     assert ("accounts", "0002_roles") in executor.loader.applied_migrations
+
+
+def test_operator_session_on_the_json_api_needs_csrf(django_user_model) -> None:
+    """A logged-in browser session may use the operator API only with a CSRF token, like a form."""
+    from django.test import Client
+
+    from tests.onnx_models import mlp_classifier
+
+    user = django_user_model.objects.create_user("opal", password="pw")
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    import io
+
+    body = io.BytesIO(mlp_classifier().SerializeToString())
+    body.name = "m.onnx"
+    response = browser.post("/api/v1/models/csrf-model/versions", {"label": "v1", "file": body})
+    assert response.status_code == 401
+    from ota.models import ModelVersion
+
+    assert not ModelVersion.objects.exists()
