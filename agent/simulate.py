@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import requests
 
 from agent.agent import Agent
@@ -87,7 +88,10 @@ def parse_mix(spec: str) -> dict[str, list[tuple[str, float]]]:
 def draw_profile(mix: dict[str, list[tuple[str, float]]], rng: random.Random) -> tuple[dict[str, str], dict]:
     labels = {k: rng.choices([c for c, _ in v], weights=[w for _, w in v])[0] for k, v in mix.items()}
     hw = dict(HW_PROFILES.get(labels.get("hw", "rpi4"), HW_PROFILES["rpi4"]))
-    hw.update(ort_version="sim", providers=["CPUExecutionProvider"], storage_free_mb=rng.choice([512, 2048, 16384]))
+    # The simulator really runs this onnxruntime, so that is the version it reports.
+    hw.update(
+        ort_version=ort.__version__, providers=["CPUExecutionProvider"], storage_free_mb=rng.choice([512, 2048, 16384])
+    )
     return labels, hw
 
 
