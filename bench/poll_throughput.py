@@ -11,7 +11,6 @@ Uses its own PostgreSQL database (edgefleet_bench) and Redis db 5 on 127.0.0.1; 
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -114,18 +113,24 @@ def populate(n: int) -> list[tuple[str, str]]:
 
 
 def lua_script(path: Path, pairs: list[tuple[str, str]], with_etag: bool) -> None:
-    lines = ["local t = {"]
-    lines += [f'{{"{tok}", {json.dumps(etag)}}},' for tok, etag in pairs]
-    lines.append("}")
-    lines.append("math.randomseed(os.time())")
-    lines.append("request = function()")
-    lines.append("  local p = t[math.random(#t)]")
-    lines.append('  local h = {["Authorization"] = "Bearer " .. p[1]}')
-    if with_etag:
-        lines.append('  h["If-None-Match"] = p[2]')
-    lines.append('  return wrk.format("GET", "/api/v1/manifest", h)')
-    lines.append("end")
-    path.write_text("\n".join(lines))
+    """A wrk script that reads (token, etag) lines from a file (a 100,000-entry Lua literal is too big)."""
+    data = path.with_suffix(".txt")
+    data.write_text("".join(f"{tok} {etag}\n" for tok, etag in pairs))
+    etag_line = '  h["If-None-Match"] = p[2]\n' if with_etag else ""
+    path.write_text(
+        "local t = {}\n"
+        f'for line in io.lines("{data}") do\n'
+        '  local tok, etag = line:match("^(%S+) (%S+)$")\n'
+        "  t[#t + 1] = {tok, etag}\n"
+        "end\n"
+        "math.randomseed(os.time())\n"
+        "request = function()\n"
+        "  local p = t[math.random(#t)]\n"
+        '  local h = {["Authorization"] = "Bearer " .. p[1]}\n'
+        f"{etag_line}"
+        '  return wrk.format("GET", "/api/v1/manifest", h)\n'
+        "end\n"
+    )
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
