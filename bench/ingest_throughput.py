@@ -49,9 +49,9 @@ def main() -> None:
     try:
         for _ in range(100):
             try:
-                requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
+                requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         template = report(version)
         acked = [0]
