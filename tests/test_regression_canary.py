@@ -116,3 +116,54 @@ def test_a_healthy_canary_passes_and_a_small_one_is_not_enough_data(versions) ->
     assert only_canary_ring["error_rate"]["n_control"] == 0
     assert only_canary_ring["error_rate"]["verdict"] == "not_enough_data"
     assert len(control) == 22
+
+
+def _noisy_latency(rng: np.random.Generator, reports: int, per_report: int, latency_ms: float) -> tuple:
+    """Summed latency histograms of ``reports`` windows, each with Laplace noise as devices add it."""
+    from telemetry import privacy
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
+    true = histogram(np.full(per_report, latency_ms), LATENCY_EDGES_MS)
+    noisy = sum(true + rng.laplace(0, scale, true.size) for _ in range(reports))
+    return noisy, reports * privacy.noise_variance("laplace", 1.0, 4)
+
+
+def test_dp_noise_in_empty_latency_bins_does_not_fake_a_regression() -> None:
+    """Few inferences per window: clipped noise alone used to put the p95 in the seconds."""
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    rng = np.random.default_rng(3)
+    false_fails = 0
+    for _ in range(50):
+        can, can_var = _noisy_latency(rng, reports=150, per_report=24, latency_ms=1.5)
+        con, con_var = _noisy_latency(rng, reports=1200, per_report=24, latency_ms=1.5)
+        v = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 37, 283, 1.5, 20, can_var, con_var)
+        false_fails += v.verdict == regression.FAIL
+        if v.verdict != regression.NOT_ENOUGH:
+            assert v.canary < 5 and v.control < 5
+    assert false_fails == 0
+    # Without the noise variance (the old behaviour) the same data fails.
+    can, _ = _noisy_latency(rng, reports=150, per_report=24, latency_ms=1.5)
+    con, _ = _noisy_latency(rng, reports=1200, per_report=24, latency_ms=1.5)
+    assert regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 37, 283, 1.5, 20).verdict == regression.FAIL
+
+
+def test_a_real_latency_regression_still_fails_through_the_noise() -> None:
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    rng = np.random.default_rng(4)
+    can, can_var = _noisy_latency(rng, reports=150, per_report=24, latency_ms=80.0)
+    con, con_var = _noisy_latency(rng, reports=1200, per_report=24, latency_ms=1.5)
+    v = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 37, 283, 1.5, 20, can_var, con_var)
+    assert v.verdict == regression.FAIL and 50 <= v.canary <= 100 and v.control < 5
+
+
+def test_pure_noise_is_not_enough_data() -> None:
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    rng = np.random.default_rng(5)
+    can, can_var = _noisy_latency(rng, reports=20, per_report=0, latency_ms=1.0)
+    con, con_var = _noisy_latency(rng, reports=20, per_report=0, latency_ms=1.0)
+    v = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 20, 20, 1.5, 20, can_var, con_var)
+    assert v.verdict == regression.NOT_ENOUGH and "noise" in v.detail
