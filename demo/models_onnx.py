@@ -70,8 +70,10 @@ def train(x: np.ndarray, y: np.ndarray, hidden: int = 16, steps: int = 400, lr: 
 
 
 def to_onnx(m: Trained, version: str) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(a.astype(np.float32), name) for name, a in
-             [("w1", m.w1), ("b1", m.b1), ("w2", m.w2), ("b2", m.b2)]]
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), name)
+        for name, a in [("w1", m.w1), ("b1", m.b1), ("w2", m.w2), ("b2", m.b2)]
+    ]
     nodes = [
         helper.make_node("MatMul", [INPUT, "w1"], ["h0"]),
         helper.make_node("Add", ["h0", "b1"], ["h1"]),

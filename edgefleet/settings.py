@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "ota",
     "telemetry",
     "rollout",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -102,8 +103,13 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # WAL lets web, worker and beat share the embedded database without "database is locked".
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    # WAL lets web, worker and beat share the embedded database; IMMEDIATE transactions take the
+    # write lock up front, so concurrent writers wait (timeout) instead of failing "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+    }
 if env.get("TEST_DATABASE_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env["TEST_DATABASE_NAME"]}
 
