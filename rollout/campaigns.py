@@ -605,23 +605,25 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     wave = campaign.waves[k]
     elapsed = (now - (campaign.wave_started_at or now)).total_seconds()
     base = {"wave": k + 1, "percent": wave.get("percent"), "elapsed_seconds": round(elapsed, 1)}
-    waiting = gate_logic.readiness(elapsed, wave.get("min_soak_minutes", 0), 10**9, 0)
-    if waiting:
-        _record_hold(campaign, k, waiting, {**base, "verdict": "soaking"})
-        return "hold"
+    soaking = gate_logic.readiness(elapsed, wave.get("min_soak_minutes", 0), 10**9, 0)
     since = campaign.wave_started_at or now
     if placement.coverage(campaign.waves, k) >= placement.BUCKETS:
         # The whole cohort is on the version: no device is left on the previous one to compare with
         # now, so the control is the previous version's reports since the campaign started.
         since = campaign.started_at or since
         base["control_since"] = "campaign start (no control devices left)"
+    # Compared even while soaking: the soak keeps a healthy wave from advancing too early, but a
+    # failing gate must not wait for it (the end-to-end rollback test holds this).
     comparison = compare(campaign, since, int(wave.get("min_devices") or 0))
     outcome = gate_logic.evaluate(campaign.gates, comparison)
     reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
     numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
+    if soaking and outcome.verdict != gate_logic.FAIL:
+        _record_hold(campaign, k, soaking, {**numbers, "verdict": "soaking"})
+        return "hold"
     waiting = gate_logic.readiness(elapsed, 0, reporting, wave.get("min_devices", 0))
     verdict = gate_logic.NOT_ENOUGH if waiting and outcome.verdict != gate_logic.FAIL else outcome.verdict
-    # A failing gate acts even before min_devices is reached: a regression on few devices is still one.
+    # A failing gate acts even before the soak or min_devices: a regression on few devices is still one.
     what = gate_logic.action(verdict, campaign.on_failure, is_last_wave=k >= len(campaign.waves) - 1)
     Campaign.objects.filter(pk=campaign.pk, state=S.RUNNING, wave_index=k).update(
         gate_report=numbers, last_evaluated_at=now

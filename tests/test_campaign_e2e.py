@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -56,10 +56,19 @@ def world(live_server: Any, celery_worker: Any) -> dict[str, Any]:
     return {"url": live_server.url, "key": factories.enrollment_key("sim", max_uses=None)[1], "v1": v1, "v2": v2}
 
 
+@pytest.fixture
+def simulations(world: dict[str, Any]) -> Iterator[list[Simulation]]:
+    """Simulations a test started are joined before the live server stops and the database is flushed."""
+    started: list[Simulation] = []
+    yield started
+    for sim in started:
+        sim.thread.join(timeout=sim.opts.duration + 120)
+
+
 class Simulation:
     """``run_simulation`` in a thread; ``finish()`` joins it and returns its summary."""
 
-    def __init__(self, world: dict[str, Any], duration: float, **kw: Any) -> None:
+    def __init__(self, world: dict[str, Any], started: list[Simulation], duration: float, **kw: Any) -> None:
         base: dict[str, Any] = dict(
             server=world["url"],
             enrollment_key=world["key"],
@@ -79,6 +88,7 @@ class Simulation:
         self.summary: dict[str, Any] | None = None
         self.thread = threading.Thread(target=self._run, name="simulator", daemon=True)
         self.thread.start()
+        started.append(self)
 
     def _run(self) -> None:
         self.summary = run_simulation(self.opts)
@@ -149,8 +159,10 @@ def post_form(s: requests.Session, url: str, data: dict[str, Any]) -> requests.R
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_healthy_campaign_walks_every_wave_and_the_whole_fleet_ends_on_it(world: dict[str, Any]) -> None:
-    sim = Simulation(world, duration=32.0)
+def test_healthy_campaign_walks_every_wave_and_the_whole_fleet_ends_on_it(
+    world: dict[str, Any], simulations: list[Simulation]
+) -> None:
+    sim = Simulation(world, simulations, duration=32.0)
     wait_for(all_on_v1, 15, "every device on v1")
     waves = [
         {"percent": 20, "min_soak_minutes": SOAK, "min_devices": 3},
@@ -185,11 +197,14 @@ def test_healthy_campaign_walks_every_wave_and_the_whole_fleet_ends_on_it(world:
     assert Release.objects.filter(version=world["v2"], campaign=c).exists()
 
 
-def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(world: dict[str, Any]) -> None:
+def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(
+    world: dict[str, Any], simulations: list[Simulation]
+) -> None:
     # The device's own guard is switched off (it never judges): only the server's gate can bring
     # devices back, which is what this test is about.
     sim = Simulation(
         world,
+        simulations,
         duration=24.0,
         scenario="regression",
         regress_version="v2",
@@ -198,8 +213,10 @@ def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(
         guard_min_samples=10**9,
     )
     wait_for(all_on_v1, 15, "every device on v1")
+    # A long soak is for letting a *healthy* wave prove itself before the next; a failing gate
+    # must not wait for it (the regression is already hurting wave 1's devices).
     waves = [
-        {"percent": 30, "min_soak_minutes": SOAK, "min_devices": 3},
+        {"percent": 30, "min_soak_minutes": 1.0, "min_devices": 3},
         {"percent": 100, "min_soak_minutes": SOAK, "min_devices": 10},
     ]
     gates = {**GATES, "latency_p95": 1.25}
@@ -211,6 +228,7 @@ def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(
 
     rollback = c.decisions.get(kind="rollback")
     assert rollback.actor_label == "system" and rollback.numbers["wave"] == 1
+    assert rollback.numbers["elapsed_seconds"] < 60  # inside the soak
     failed = {g["name"] for g in rollback.numbers["gates"] if g["verdict"] == "fail"}
     assert {"error_rate", "latency_p95"} <= failed, rollback.numbers
     on_v2 = activated("v2")
@@ -221,11 +239,11 @@ def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(
 
 
 def test_pause_holds_the_fleet_overlap_is_refused_and_incompatible_devices_never_get_it(
-    world: dict[str, Any], django_user_model: Any
+    world: dict[str, Any], simulations: list[Simulation], django_user_model: Any
 ) -> None:
     """One story: a paused campaign (still active) holds its devices and blocks an overlapping one;
     after resume it completes, and the devices without room for the download stay on v1."""
-    sim = Simulation(world, duration=34.0)
+    sim = Simulation(world, simulations, duration=34.0)
     http = operator_session(world["url"], django_user_model)
     wait_for(all_on_v1, 15, "every device on v1")
     waves = [
