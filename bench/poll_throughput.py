@@ -1,13 +1,18 @@
 """Manifest poll throughput and latency with 100,000 enrolled devices, under gunicorn, on this machine.
 
 Measures in one run and one server configuration (gunicorn, 2 workers x 4 threads, as deployed):
-(a) a trivial Django JSON view (/healthz), (b) GET /api/v1/manifest with warm caches, (c) the same
-poll answered 304 via If-None-Match. Load comes from wrk (``apt-get install -y wrk``) with a Lua
-script that picks a random enrolled device per request. Prints figures; asserts nothing.
+(a) a trivial Django JSON view (/healthz); (b) GET /api/v1/manifest for a random device among all of
+them, 200 and 304 (If-None-Match). Every device's signed manifest is made ready in Redis before the
+server starts (as its first poll would), but the workers start cold: in a 15 s run most polls are a
+device's first in that worker, so (b) measures the one-Redis-round-trip path, the worst steady
+state (e.g. right after a worker restart). (c) the same for ``--hot`` devices that every worker has
+already served (warmed for ``--warmup`` s): the process-memory path, what a long-running worker
+answers. Load comes from wrk (``apt-get install -y wrk``) with a Lua script that picks a random
+device per request. Prints figures; asserts nothing.
 
     .venv/bin/python bench/poll_throughput.py [--devices 100000] [--seconds 15] [--connections 16]
 
-Uses its own PostgreSQL database (edgefleet_bench) and Redis db 5 on 127.0.0.1; both are reset.
+Uses its own PostgreSQL database (edgefleet_bench_poll) and Redis db 11 on 127.0.0.1; both are reset.
 """
 
 import argparse
@@ -24,9 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DB = "edgefleet_bench"
-REDIS = "redis://127.0.0.1:6379/5"
-PORT = 8765
+DB = "edgefleet_bench_poll"
+REDIS = "redis://127.0.0.1:6379/11"
+PORT = 18731  # not 8765: other benches and demos use it
 
 
 def setup_env(data_dir: str) -> dict[str, str]:
@@ -98,17 +103,15 @@ def populate(n: int) -> list[tuple[str, str]]:
     t0 = time.perf_counter()
     state = manifest.load_state()
     out, batch = [], {}
-    for tok, d in zip(tokens, devices, strict=True):
-        snap = DeviceSnapshot.of(d)
-        batch[token_key(d.token_hash)] = snap.as_dict()
-        out.append((tok, manifest.manifest_for(snap).etag))
+    for d in devices:
+        batch[token_key(d.token_hash)] = DeviceSnapshot.of(d).as_dict()
         if len(batch) >= 2000:
             cache.set_many(batch, 24 * 3600)
             batch = {}
     cache.set_many(batch, 24 * 3600)
-    print(
-        f"warmed {n} token snapshots and signed manifests in {time.perf_counter() - t0:.1f} s (gen {state.generation})"
-    )
+    for tok in tokens:
+        out.append((tok, manifest.poll(tok).etag))  # signed and stored in Redis, as a first poll does
+    print(f"made {n} ready signed manifests (Redis) in {time.perf_counter() - t0:.1f} s (gen {state.generation})")
     return out
 
 
@@ -149,6 +152,33 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
+def profile_workers(master: int, folder: str, name: str, seconds: int) -> list[subprocess.Popen]:
+    """py-spy each gunicorn worker for the run (collapsed stacks, for finding where the time goes)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    kids = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                pid,
+                "--duration",
+                str(seconds),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                f"{folder}/{slug}-{pid}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in kids
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=100_000)
@@ -156,11 +186,18 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=20, help="seconds of polls to warm the workers")
+    ap.add_argument("--warmup", type=int, default=10, help="seconds of polls to warm the workers on the hot devices")
+    ap.add_argument("--hot", type=int, default=2000, help="devices in the process-warm runs")
+    ap.add_argument("--profile", default="", help="directory: py-spy the workers during each manifest run")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install -y wrk")
 
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", PORT)) == 0:
+            sys.exit(f"port {PORT} is in use: another server would answer the bench")
     data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-")
     env = setup_env(data_dir)
     reset_db()
@@ -169,6 +206,8 @@ def main() -> None:
     work = Path(data_dir)
     lua_script(work / "manifest.lua", pairs, with_etag=False)
     lua_script(work / "manifest304.lua", pairs, with_etag=True)
+    lua_script(work / "hot.lua", pairs[: args.hot], with_etag=False)
+    lua_script(work / "hot304.lua", pairs[: args.hot], with_etag=True)
 
     server = subprocess.Popen(
         [
@@ -201,16 +240,23 @@ def main() -> None:
         with urllib.request.urlopen(req) as r:
             assert r.headers["ETag"] == etag, "the server must serve the warmed manifest"
         wrk(base + "/healthz", 3, args.connections)  # warm both workers' imports and state
-        wrk(base + "/api/v1/manifest", args.warmup, args.connections, work / "manifest.lua")
-        results = {
-            "trivial JSON view (/healthz)": wrk(base + "/healthz", args.seconds, args.connections),
-            "manifest poll (warm, 200)": wrk(
-                base + "/api/v1/manifest", args.seconds, args.connections, work / "manifest.lua"
-            ),
-            "manifest poll (If-None-Match, 304)": wrk(
-                base + "/api/v1/manifest", args.seconds, args.connections, work / "manifest304.lua"
-            ),
-        }
+        wrk(
+            base + "/api/v1/manifest", args.warmup, args.connections, work / "hot.lua"
+        )  # every hot device, both workers
+        runs = [
+            ("trivial JSON view (/healthz)", None),
+            ("manifest 200, any of all devices", work / "manifest.lua"),
+            ("manifest 304, any of all devices", work / "manifest304.lua"),
+            (f"manifest 200, {args.hot} warm devices", work / "hot.lua"),
+            (f"manifest 304, {args.hot} warm devices", work / "hot304.lua"),
+        ]
+        results = {}
+        for name, script in runs:
+            url = base + ("/api/v1/manifest" if script else "/healthz")
+            spies = profile_workers(server.pid, args.profile, name, args.seconds) if args.profile else []
+            results[name] = wrk(url, args.seconds, args.connections, script)
+            for spy in spies:
+                spy.wait(60)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

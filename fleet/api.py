@@ -13,7 +13,7 @@ from ninja import Field, Router, Schema
 from pydantic import AwareDatetime, ConfigDict
 
 from fleet import presence, services
-from fleet.auth import DeviceSnapshot, device_auth
+from fleet.auth import device_auth
 from fleet.errors import ProtocolError, from_exception
 from fleet.limits import device_slot
 from ota import downloads, signing
@@ -201,27 +201,39 @@ def signing_key(request: HttpRequest) -> dict[str, str]:
 @router.get(
     "/manifest",
     response={200: ManifestOut, 304: None, **ERRORS},
-    auth=device_auth,
+    auth=None,  # checked in the view (manifests.poll), so a ready manifest needs no snapshot lookup
+    openapi_extra={"parameters": MANIFEST_HEADERS, "security": [{"DeviceBearer": []}]},
     summary="The signed desired state for this device",
-    openapi_extra={"parameters": MANIFEST_HEADERS},
 )
 def manifest(request: HttpRequest) -> HttpResponse:
     with device_slot():
-        return _manifest(request, request.auth)
+        return _manifest(request, _bearer(request))
 
 
-def _manifest(request: HttpRequest, snap: DeviceSnapshot) -> HttpResponse:
+def _bearer(request: HttpRequest) -> str:
+    """The token from ``Authorization: Bearer <token>``; 401 when missing or malformed."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise ProtocolError(401, "token_missing", "Send Authorization: Bearer <device token>.")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 200:
+        raise ProtocolError(401, "token_invalid", "The device token is not valid.")
+    return token
+
+
+def _manifest(request: HttpRequest, token: str) -> HttpResponse:
     try:
         state = presence.parse_state(request.headers.get("X-Agent-State"))
     except ValueError as e:
         raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
-    presence.touch(snap.id, state)
-    built = manifests.manifest_for(snap)
-    if request.headers.get("If-None-Match") == built.etag:
+    ready = manifests.poll(token)
+    presence.touch(ready.device_id, state)
+    if request.headers.get("If-None-Match") == ready.etag:
         resp = HttpResponse(status=304)
     else:
-        resp = HttpResponse(built.body, content_type="application/json")
-    resp["ETag"] = built.etag
+        resp = HttpResponse(ready.body, content_type="application/json")
+    resp["ETag"] = ready.etag
     return resp
 
 
@@ -234,10 +246,7 @@ def manifest_fast(request: HttpRequest) -> HttpResponse:
         if request.method != "GET":
             raise ProtocolError(405, "method_not_allowed", "Use GET.")
         with device_slot():
-            snap = device_auth(request)
-            if not snap:
-                raise ProtocolError(401, "token_invalid", "Send Authorization: Bearer <device token>.")
-            return _manifest(request, snap)
+            return _manifest(request, _bearer(request))
     except ProtocolError as e:
         return from_exception(e)
 

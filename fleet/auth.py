@@ -38,6 +38,17 @@ def token_key(token_hash: str) -> str:
     return f"ef:tok:{token_hash}"
 
 
+def poll_key(token_hash: str) -> str:
+    """Raw Redis key of the device's ready, signed manifest (rollout/manifest.py: ``poll``)."""
+    return f"ef:poll:{token_hash}"
+
+
+def forget_counter_key(token_hash: str) -> str:
+    """Raw Redis counter bumped by every :func:`forget_device`: a manifest built from a snapshot read
+    before the bump is not stored (a poll racing a revocation cannot re-cache the old snapshot)."""
+    return f"ef:fgt:{token_hash}"
+
+
 @dataclass(frozen=True)
 class DeviceSnapshot:
     """What a poll needs to know about a device; ``rev`` changes whenever labels or hardware do."""
@@ -120,10 +131,27 @@ def snapshot_for_token(token: str) -> DeviceSnapshot | None:
 
 
 def forget_device(token_hash: str) -> None:
-    """Drop a device's cached snapshot (revoke, rotate, label or hardware change) in every process."""
-    cache.delete(token_key(token_hash))
-    _local.pop(token_hash, None)
-    epochs.bump(epochs.AUTH_KEY)
+    """Drop a device's cached snapshot and ready manifest (revoke, rotate, label or hardware change)
+    in every process; again after the surrounding transaction commits, if there is one."""
+    from django.db import transaction
+
+    from fleet.presence import redis_client
+
+    def drop() -> None:
+        cache.delete(token_key(token_hash))
+        _local.pop(token_hash, None)
+        r = redis_client()
+        if r is not None:
+            pipe = r.pipeline(transaction=True)
+            pipe.incr(forget_counter_key(token_hash))
+            pipe.expire(forget_counter_key(token_hash), SNAPSHOT_TTL * 2)
+            pipe.delete(poll_key(token_hash))
+            pipe.execute()
+        epochs.bump(epochs.AUTH_KEY)
+
+    drop()
+    if not transaction.get_autocommit():
+        transaction.on_commit(drop)
 
 
 class DeviceBearer(HttpBearer):

@@ -14,9 +14,9 @@ Resolution is layered so the campaign layer can sit on top of releases:
 
 Everything resolution needs (releases, versions, artifacts, cohorts) is small: it is loaded once per
 *generation* into process memory. :func:`bump_generation` must be called after every change to
-releases, versions, variants, cohorts or campaigns. Manifests are cached per process: the canonical
-bytes per (generation, labels/hardware) and the signature per (device, generation), so a warm poll
-does no database query and no cache round trip (see ``fleet/epochs.py`` for how changes are seen).
+releases, versions, variants, cohorts or campaigns. Signed manifests are kept ready per device in
+Redis and in process memory (see "the poll path" below), so a poll does no database query, at most
+one Redis round trip, and signs only when the device's desired state changed.
 """
 
 import json
@@ -254,12 +254,6 @@ def desired_for(snapshot: DeviceSnapshot, state: State | None = None) -> list[De
 # ---------------------------------------------------------------- building and serving
 
 
-@dataclass(frozen=True)
-class Built:
-    etag: str
-    body: bytes
-
-
 def telemetry_settings() -> dict[str, Any]:
     return {
         "window_seconds": settings.EDGEFLEET_TELEMETRY_WINDOW,
@@ -308,56 +302,169 @@ def manifest_dict(snapshot: DeviceSnapshot, state: State) -> tuple[dict[str, Any
     return manifest, named
 
 
-# Hot-path caches, per process, all keyed by generation so a bump makes them unreachable:
-# - _shared[(gen, rev)]: the canonical bytes after "device_id" (same for every device with the same
-#   labels and hardware) and what they name; only when no hook (campaigns) is registered, since a
-#   hook may make the desired state device-specific;
-# - _signed[(device, gen, rev)]: that device's ETag and signature (and its whole canonical bytes when
-#   they are not shared).
-# Bounded by clearing when full. A warm poll thus only concatenates bytes: no query, no round trip.
-_shared: dict[tuple[str, str], tuple[bytes, frozenset[str]]] = {}
-_signed: dict[tuple[uuid.UUID, str, str], tuple[str, bytes, bytes | None]] = {}
-_SIGNED_MAX = 400_000
+# ---------------------------------------------------------------- the poll path
+#
+# A device's answer is kept ready and signed at two levels, both checked against the cache epochs
+# (fleet/epochs.py), so a poll neither queries the database nor signs unless something changed:
+# - process memory: token hash -> Ready (generation, auth epoch, ETag, the bytes). The canonical
+#   bytes after "device_id" are interned by content: thousands of devices share them, so 100,000
+#   ready devices cost tens of MB, not hundreds;
+# - Redis, so any worker can serve a device it has never seen: ef:poll:<token hash> ->
+#   "gen\netag\nsignature\nrest hash\nsnapshot json", and ef:rest:<hash> -> the shared bytes. A first
+#   poll in a process is one pipelined round trip (plus one for a rest it has not seen yet).
+# After a generation bump the entry's own snapshot rebuilds the manifest (no token lookup), and the
+# old signature is reused when the canonical bytes came out the same (the ETag did not change).
+# An entry is written only if the device's forget counter (fleet.auth.forget_device) is what it was
+# before the snapshot was read, so a poll racing a revocation cannot re-cache the old snapshot.
+
+POLL_TTL = 24 * 3600
+_SET_IF_NOT_FORGOTTEN = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+return 1
+"""
 
 
-def _prefix(snapshot: DeviceSnapshot) -> bytes:
-    return b'{"device_id":' + json.dumps(str(snapshot.id)).encode() + b","
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A device's signed manifest, ready to serve: ``body`` for 200, ``etag`` alone for 304."""
+
+    device_id: uuid.UUID
+    gen: str
+    auth: str
+    etag: str
+    prefix: bytes  # b'{"device_id":"<uuid>",'
+    rest: bytes  # the canonical bytes after it (shared between devices)
+    sig: bytes  # the signature object, JSON
+
+    @property
+    def body(self) -> bytes:
+        return b'{"manifest":' + self.prefix + self.rest + b',"signature":' + self.sig + b"}"
+
+    @property
+    def canonical(self) -> bytes:
+        return self.prefix + self.rest
 
 
-def _body(canon: bytes, sig: bytes) -> bytes:
-    return b'{"manifest":' + canon + b',"signature":' + sig + b"}"
+Built = Ready  # the older name
 
 
-def manifest_for(snapshot: DeviceSnapshot) -> Built:
-    """The device's signed manifest; the signature is made once per (device, generation, labels)."""
-    generation = current_generation()
-    skey = (snapshot.id, generation, snapshot.rev)
-    shkey = (generation, snapshot.rev)
-    signed = _signed.get(skey)
-    if signed is not None:
-        etag, sig, canon = signed
-        if canon is None and (shared := _shared.get(shkey)) is not None:
-            canon = _prefix(snapshot) + shared[0]
-        if canon is not None:
-            return Built(etag, _body(canon, sig))
-    shared = _shared.get(shkey)
-    if shared is not None:
-        canon, named = _prefix(snapshot) + shared[0], shared[1]
-    else:
-        manifest, named_set = manifest_dict(snapshot, load_state(generation))
-        canon, named = signing.canonical(manifest), frozenset(named_set)
-        prefix = _prefix(snapshot)
-        if not DESIRED_HOOKS and canon.startswith(prefix):  # device_id sorts first: the rest is shared
-            if len(_shared) > 10_000:
-                _shared.clear()
-            _shared[shkey] = (canon[len(prefix) :], named)
-    sig = json.dumps(signing.sign(canon), separators=(",", ":")).encode()
+_ready: dict[str, Ready] = {}
+_rests: dict[str, bytes] = {}
+_READY_MAX = 300_000
+_script: Any = None
+
+
+def _prefix(device_id: uuid.UUID) -> bytes:
+    return b'{"device_id":' + json.dumps(str(device_id)).encode() + b","
+
+
+def _intern(rest_hash: str, rest: bytes) -> bytes:
+    got = _rests.get(rest_hash)
+    if got is not None:
+        return got
+    if len(_rests) > 10_000:
+        _rests.clear()
+    _rests[rest_hash] = rest
+    return rest
+
+
+def _rest_key(rest_hash: str) -> str:
+    return f"ef:rest:{rest_hash}"
+
+
+def _authenticate(token: str) -> DeviceSnapshot:
+    from fleet.auth import snapshot_for_token
+    from fleet.errors import ProtocolError
+
+    snap = snapshot_for_token(token)
+    if snap is None:
+        raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.")
+    if snap.revoked:
+        raise ProtocolError(403, "token_revoked", "This device token was revoked.")
+    return snap
+
+
+def _build(
+    snapshot: DeviceSnapshot, gen: str, auth: str, stale: tuple[str, bytes] | None
+) -> tuple[Ready, str, set[str]]:
+    """Build and sign (unless ``stale`` = (etag, signature) already signs these exact bytes)."""
+    manifest, named = manifest_dict(snapshot, load_state(gen))
+    canon = signing.canonical(manifest)
+    prefix = _prefix(snapshot.id)
+    if not canon.startswith(prefix):  # "device_id" sorts first among the manifest's keys
+        raise RuntimeError("manifest keys changed: device_id no longer sorts first")
     etag = signing.etag_of(canon)
-    _remember_told(snapshot.id, set(named))
-    if len(_signed) >= _SIGNED_MAX:
-        _signed.clear()
-    _signed[skey] = (etag, sig, None if shkey in _shared else canon)
-    return Built(etag, _body(canon, sig))
+    if stale is not None and stale[0] == etag and signing.public_info()["key_id"].encode() in stale[1]:
+        sig = stale[1]
+    else:
+        sig = json.dumps(signing.sign(canon), separators=(",", ":")).encode()
+    rest = canon[len(prefix) :]
+    rest_hash = signing.etag_of(rest).strip('"')
+    return Ready(snapshot.id, gen, auth, etag, prefix, _intern(rest_hash, rest), sig), rest_hash, named
+
+
+def poll(token: str) -> Ready:
+    """The ready manifest for the device holding ``token``; ProtocolError 401/403 for a bad token."""
+    from fleet.auth import hash_token
+    from fleet.presence import redis_client
+
+    th = hash_token(token)
+    gen, auth = epochs.current()
+    ready = _ready.get(th)
+    if ready is not None and ready.gen == gen and ready.auth == auth:
+        return ready
+    r = redis_client()
+    if r is None:
+        stale = (ready.etag, ready.sig) if ready is not None else None
+        snap = _authenticate(token)
+        ready, _, named = _build(snap, gen, auth, stale)
+        _remember_told(snap.id, named)
+    else:
+        ready = _poll_redis(r, token, th, gen, auth)
+    if len(_ready) >= _READY_MAX:
+        _ready.clear()
+    _ready[th] = ready
+    return ready
+
+
+def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str) -> Ready:
+    global _script
+    from fleet.auth import forget_counter_key, poll_key
+
+    fkey, pkey = forget_counter_key(th), poll_key(th)
+    forgotten, raw = r.pipeline(transaction=False).get(fkey).get(pkey).execute()  # counter first
+    stale = None
+    if raw:
+        entry_gen, etag, sig, rest_hash, snap_json = raw.split(b"\n", 4)
+        snap = DeviceSnapshot.from_dict(json.loads(snap_json))
+        if entry_gen.decode() == gen:
+            rest = _rests.get(rest_hash.decode())
+            if rest is None and (fetched := r.get(_rest_key(rest_hash.decode()))) is not None:
+                rest = _intern(rest_hash.decode(), fetched)
+            if rest is not None:
+                return Ready(snap.id, gen, auth, etag.decode(), _prefix(snap.id), rest, sig)
+        stale = (etag.decode(), sig)
+    else:
+        snap = _authenticate(token)
+    ready, rest_hash, named = _build(snap, gen, auth, stale)
+    entry = b"\n".join(
+        [gen.encode(), ready.etag.encode(), ready.sig, rest_hash.encode(), json.dumps(snap.as_dict()).encode()]
+    )
+    if _script is None:
+        _script = r.register_script(_SET_IF_NOT_FORGOTTEN)
+    _script(keys=[pkey, fkey, _rest_key(rest_hash)], args=[entry, forgotten or b"", POLL_TTL, ready.rest], client=r)
+    _remember_told(snap.id, named)
+    return ready
+
+
+def manifest_for(snapshot: DeviceSnapshot) -> Ready:
+    """Build and sign the device's manifest now (no caching; the poll path is :func:`poll`)."""
+    gen, auth = epochs.current()
+    ready, _, named = _build(snapshot, gen, auth, None)
+    _remember_told(snapshot.id, named)
+    return ready
 
 
 # ---------------------------------------------------------------- what a device was told
