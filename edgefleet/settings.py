@@ -141,6 +141,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 try:  # Plotly's own JS served by the app ({% static 'vendor/plotly.min.js' %}), never a CDN.
     import plotly as _plotly

@@ -19,6 +19,7 @@ urlpatterns = [
     path("", include("rollout.urls")),
     path("", include("rollout.release_urls")),
     path("accounts/", include("accounts.urls")),
+    path("", include("demo.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),

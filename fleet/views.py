@@ -12,22 +12,18 @@ from django.views.decorators.http import require_POST
 
 from accounts.audit import record
 from accounts.roles import operator_required, viewer_required
+from fleet import overview as overview_data
 from fleet import selectors, services
 from fleet.models import Cohort, Device, EnrollmentKey
-from ota.models import Model, ModelVersion
 
 PAGE = 50
 
 
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    """The fleet at a glance; grows as the other pages land."""
-    context = {
-        "devices": Device.objects.count(),
-        "models": Model.objects.count(),
-        "staged": ModelVersion.objects.filter(status=ModelVersion.Status.STAGED).count(),
-    }
-    return render(request, "fleet/overview.html", context)
+    """The fleet at a glance; the ``live`` fragment refreshes in place every few seconds."""
+    template = "fleet/overview_live.html" if request.GET.get("live") else "fleet/overview.html"
+    return render(request, template, overview_data.context())
 
 
 # ---------------------------------------------------------------- devices
