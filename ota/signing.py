@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ def _load_or_create(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A unique temp name: threads of one process share a pid, and a shared name let one thread
+    # unlink the file another was about to link.
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(base64.b64encode(raw).decode())
     with contextlib.suppress(FileExistsError):  # another process may have won the race: keep its key

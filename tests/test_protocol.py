@@ -333,3 +333,29 @@ def test_events_bad_input(client: Client) -> None:
     assert_error(post(client, "/api/v1/events", "[1,", token), 400)
     assert_error(post(client, "/api/v1/events", {"events": [good]}), 401)
     assert DeviceEvent.objects.count() == 0
+
+
+def test_signing_key_is_made_once_when_many_threads_ask_at_once(tmp_path, settings) -> None:
+    """The first requests of a fresh install race to make the key: all must get the same one."""
+    import threading
+
+    from ota import signing
+
+    settings.EDGEFLEET_SIGNING_KEY = ""
+    path = tmp_path / "signing_key"
+    keys: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            keys.append(signing._load_or_create(path).public_key().public_bytes_raw())
+        except BaseException as exc:  # the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(keys)) == 1 and len(keys) == 16
+    assert [p.name for p in tmp_path.iterdir()] == ["signing_key"], "no temp files are left behind"
