@@ -1,5 +1,7 @@
 """The JSON API (device protocol v1 and the operator API), with its OpenAPI schema at /api/v1/docs."""
 
+from typing import Any
+
 from ninja import NinjaAPI
 
 from fleet.api import router as fleet_router
@@ -7,7 +9,30 @@ from ota.api import router as ota_router
 from rollout.api import router as rollout_router
 from telemetry.api import router as telemetry_router
 
-api = NinjaAPI(
+ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+
+
+class EdgeFleetAPI(NinjaAPI):
+    """Documents the protocol's errors on every device call: any token-checked call may answer 401,
+    403 or 429 (load shedding), any call with a body 400 or 413, whatever its route declares."""
+
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for ops in schema.get("paths", {}).values():
+            for method, op in ops.items():
+                if not isinstance(op, dict) or "responses" not in op:
+                    continue
+                codes = []
+                if any("DeviceBearer" in sec for sec in op.get("security", [])):
+                    codes += ["401", "403", "429"]
+                if method in ("post", "put", "patch"):
+                    codes += ["400", "413"]
+                for code in codes:
+                    op["responses"].setdefault(code, {"description": "Protocol error", "content": ERROR_REF})
+        return schema
+
+
+api = EdgeFleetAPI(
     title="EdgeFleet API",
     version="1",
     urls_namespace="api",
