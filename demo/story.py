@@ -127,7 +127,7 @@ class Director:
         self.stop = threading.Event()
 
     def setup(self) -> tuple[str, Pipeline]:
-        user = ensure_login()
+        self.user = user = ensure_login()
         ensure_cohorts(user)
         ApiToken.objects.filter(user=user, name="demo-pipeline").delete()
         _, token = ApiToken.issue(user, "demo-pipeline")
@@ -151,7 +151,7 @@ class Director:
         pipeline.wait_staged("v1")
         v1 = ModelVersion.objects.get(model__name=MODEL, label="v1")
         if not Release.objects.filter(model__name=MODEL).exists():
-            create_release(v1, note="demo: v1 for the whole fleet")
+            create_release(v1, note="demo: v1 for the whole fleet", user=self.user)
         say("v1 is released to the whole fleet; waiting for devices to install it")
         wait_for(lambda: self.live_versions().get("v1", 0) >= 0.8 * self.devices, 300)
         say("uploading version v2 (a refresh trained on fewer, noisier labels)")
@@ -159,7 +159,7 @@ class Director:
         pipeline.wait_staged("v2")
         v2 = ModelVersion.objects.get(model__name=MODEL, label="v2")
         for c in Campaign.objects.filter(model__name=MODEL, state__in=["running", "paused", "draft", "scheduled"]):
-            campaigns.abort(c.pk, reason="demo restart")
+            campaigns.abort(c.pk, user=self.user, reason="demo restart")
         time.sleep(20)  # a couple of telemetry windows of v1 as the control baseline
         n = Campaign.objects.filter(model__name=MODEL).count() + 1
         campaign = campaigns.create_campaign(
@@ -170,8 +170,9 @@ class Director:
             waves=WAVES,
             gates=GATES,
             on_failure=Campaign.OnFailure.ROLLBACK,
+            user=self.user,
         )
-        campaigns.start(campaign.pk, reason="demo: roll v2 out in waves")
+        campaigns.start(campaign.pk, user=self.user, reason="demo: roll v2 out in waves")
         say(f"campaign '{campaign.name}' started: wave 1 is 10% of the fleet")
         if not wait_for(lambda: self._campaign(campaign.pk).wave_index >= 1 or self._ended(campaign.pk), 900):
             return

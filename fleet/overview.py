@@ -19,6 +19,7 @@ from ota.models import Model
 from rollout.models import Campaign, CampaignDecision
 from telemetry.models import Alert
 
+AUTOMATIC = ["advance", "pause", "rollback", "complete"]  # what the gate job decides (holds are noise)
 ACTIVE = [Campaign.State.RUNNING, Campaign.State.PAUSED, Campaign.State.SCHEDULED]
 
 
@@ -79,7 +80,7 @@ def context() -> dict[str, Any]:
         "alerts": list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10]),
         "open_alerts": Alert.objects.filter(state=Alert.State.OPEN).count(),
         "decisions": list(
-            CampaignDecision.objects.filter(actor_label="system").exclude(kind="hold").select_related("campaign")[:8]
+            CampaignDecision.objects.filter(actor_label="system", kind__in=AUTOMATIC).select_related("campaign")[:8]
         ),
         "demo": demo_status,
     }

@@ -62,6 +62,7 @@ def test_campaigns_alerts_and_system_decisions_are_listed(viewer_client) -> None
     )
     CampaignDecision.objects.create(campaign=campaign, kind="hold", reason="soaking")
     rollback = CampaignDecision.objects.create(campaign=campaign, kind="rollback", reason="gate failed: error_rate")
+    CampaignDecision.objects.create(campaign=campaign, kind="start", reason="a script started it")
     CampaignDecision.objects.create(campaign=campaign, actor_label="olivia", kind="pause", reason="by hand")
     now = timezone.now()
     Alert.objects.create(
