@@ -282,9 +282,15 @@ def _line(s: dict[str, Any]) -> str:
     )
 
 
-def run_simulation(opts: SimOptions | None = None, **kw: Any) -> dict[str, Any]:
-    """Run the fleet for ``opts.duration`` wall seconds; return the summary (also for tests and benches)."""
+def run_simulation(
+    opts: SimOptions | None = None, *, until: threading.Event | None = None, **kw: Any
+) -> dict[str, Any]:
+    """Run the fleet for ``opts.duration`` wall seconds, or until ``until`` is set; return the summary.
+
+    ``until`` lets a test or the demo stop the fleet cleanly before the server it talks to goes away.
+    """
     opts = opts or SimOptions(**kw)
+    until = until or threading.Event()
     if opts.scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}")
     tmp = None if opts.data_dir else tempfile.TemporaryDirectory(prefix="edgefleet-sim-")
@@ -324,8 +330,8 @@ def run_simulation(opts: SimOptions | None = None, **kw: Any) -> dict[str, Any]:
     for t in threads:
         t.start()
     next_line = started + opts.summary_every
-    while time.monotonic() < deadline:
-        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    while time.monotonic() < deadline and not until.is_set():
+        until.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         if not opts.quiet and time.monotonic() >= next_line:
             print(_line(summarize(devices, started, opts, pool)), file=sys.stderr, flush=True)
             next_line += opts.summary_every
