@@ -571,7 +571,7 @@ def compare(campaign: Campaign, since: datetime, min_devices: int = 1) -> dict[s
         campaign.previous_version_id,
         since,
         cohort_selector=_selector_text(campaign.cohort) or None,
-        thresholds={**campaign.gates, "min_devices": max(1, min_devices)},
+        thresholds={**campaign.gates, "min_devices": gate_logic.statistical_floor(min_devices)},
     )
 
 

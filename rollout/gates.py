@@ -138,6 +138,18 @@ def evaluate(gates: Mapping[str, Any], comparison: Mapping[str, Mapping[str, Any
     return Outcome(verdict, rows)
 
 
+# Devices per side a comparison needs before it may say "fail". A wave's min_devices is how many must
+# report before it may *pass*; a regression seen on fewer devices (the tests fold the DP noise into
+# their standard errors) must still stop the campaign rather than hold it forever.
+FAIL_FLOOR_DEVICES = 5
+
+
+def statistical_floor(wave_min_devices: int) -> int:
+    """The ``min_devices`` handed to the canary/control comparison for a wave."""
+    wave_min = int(wave_min_devices or 0)
+    return max(1, min(wave_min, FAIL_FLOOR_DEVICES)) if wave_min > 0 else FAIL_FLOOR_DEVICES
+
+
 def readiness(elapsed_seconds: float, min_soak_minutes: float, reporting_devices: int, min_devices: int) -> str | None:
     """Why the current wave cannot be judged yet, or None when it can."""
     need = float(min_soak_minutes or 0) * 60

@@ -19,6 +19,10 @@ PASS, FAIL, NOT_ENOUGH = "pass", "fail", "not_enough_data"
 # at 4 sd a noise-only bin survives about 3 times in 100,000, so a gate evaluated every 30 s over
 # 12 bins fakes a tail about once a month rather than several times a day (as 3 sd would).
 NOISE_SDS = 4.0
+# The gate job re-tests a wave every gate interval on growing data; a one-sided 1% level keeps a
+# healthy canary from being rolled back by chance over a soak of many evaluations, while a real
+# regression (z well above 5 within a few windows) still fails at once.
+GATE_ALPHA = 0.01
 
 
 @dataclass
@@ -38,20 +42,25 @@ class Verdict:
         return asdict(self)
 
 
-def two_proportion_ztest(x1: float, n1: float, x2: float, n2: float) -> tuple[float, float]:
+def two_proportion_ztest(
+    x1: float, n1: float, x2: float, n2: float, noise_var1: float = 0.0, noise_var2: float = 0.0
+) -> tuple[float, float]:
     """Pooled two-proportion z-test of p1 > p2 (one-sided: we only fail a canary for being worse).
 
-    Returns (z, p). Counts may be DP-noisy floats; they are clipped into [0, n].
+    Counts may be DP-noisy floats; they are clipped into [0, n]. ``noise_var*`` is the variance of
+    the DP noise summed into each error count: it widens the standard error, so noise alone (which
+    matters most when few devices report) cannot look like a significant regression.
+    Returns (z, p).
     """
     n1, n2 = max(float(n1), 0.0), max(float(n2), 0.0)
     if n1 <= 0 or n2 <= 0:
         return 0.0, 1.0
     x1, x2 = min(max(float(x1), 0.0), n1), min(max(float(x2), 0.0), n2)
     pooled = (x1 + x2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
+    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2) + noise_var1 / n1**2 + noise_var2 / n2**2
+    if var <= 0:
         return 0.0, 1.0
-    z = (x1 / n1 - x2 / n2) / se
+    z = (x1 / n1 - x2 / n2) / math.sqrt(var)
     return z, float(stats.norm.sf(z))
 
 
@@ -82,7 +91,9 @@ def error_rate_verdict(
     n_control: int,
     max_increase: float = 0.02,
     min_devices: int = 20,
-    alpha: float = 0.05,
+    alpha: float = GATE_ALPHA,
+    canary_noise_var: float = 0.0,
+    control_noise_var: float = 0.0,
 ) -> Verdict:
     """Fail when the canary's error rate is significantly higher AND by more than ``max_increase``."""
     v = Verdict(NOT_ENOUGH, n_canary=n_canary, n_control=n_control, threshold=max_increase)
@@ -94,7 +105,9 @@ def error_rate_verdict(
         v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
         return v
     v.effect = v.canary - v.control
-    v.statistic, v.p_value = two_proportion_ztest(canary_errors, canary_inferences, control_errors, control_inferences)
+    v.statistic, v.p_value = two_proportion_ztest(
+        canary_errors, canary_inferences, control_errors, control_inferences, canary_noise_var, control_noise_var
+    )
     failed = v.effect > max_increase and v.p_value < alpha
     v.verdict = FAIL if failed else PASS
     v.detail = (

@@ -632,7 +632,16 @@ def canary_vs_control(
     nc, nk = len(can.devices), len(con.devices)
     out: dict[str, dict] = {}
     out["error_rate"] = regression.error_rate_verdict(
-        can.errors, can.inferences, con.errors, con.inferences, nc, nk, float(t["error_rate"]), min_dev
+        can.errors,
+        can.inferences,
+        con.errors,
+        con.inferences,
+        nc,
+        nk,
+        float(t["error_rate"]),
+        min_dev,
+        canary_noise_var=can.noise,
+        control_noise_var=con.noise,
     ).as_dict()
     for key, q in (("latency_p50", 0.5), ("latency_p95", 0.95)):
         out[key] = regression.latency_verdict(

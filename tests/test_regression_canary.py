@@ -167,3 +167,38 @@ def test_pure_noise_is_not_enough_data() -> None:
     con, con_var = _noisy_latency(rng, reports=20, per_report=0, latency_ms=1.0)
     v = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 20, 20, 1.5, 20, can_var, con_var)
     assert v.verdict == regression.NOT_ENOUGH and "noise" in v.detail
+
+
+def test_dp_noise_on_error_counts_widens_the_z_test() -> None:
+    """Five canary devices, no real errors: the noise on their error counts is not a regression."""
+    from telemetry import privacy
+
+    rng = np.random.default_rng(11)
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
+    var = privacy.noise_variance("laplace", 1.0, 4)
+    naive = noisy = 0
+    for _ in range(200):
+        can_err = sum(rng.laplace(0, scale) for _ in range(5 * 3))  # 5 devices x 3 windows, 0 true errors
+        con_err = sum(rng.laplace(0, scale) for _ in range(60 * 3))
+        args = (can_err, 5 * 3 * 64, con_err, 60 * 3 * 64, 5, 60, 0.02, 5)
+        naive += regression.error_rate_verdict(*args).verdict == regression.FAIL
+        noisy += regression.error_rate_verdict(
+            *args, canary_noise_var=15 * var, control_noise_var=180 * var
+        ).verdict == (regression.FAIL)
+    assert naive > 20, "ignoring the noise fails healthy canaries often"
+    assert noisy <= 4, "with the noise in the standard error, false fails are rare"
+
+
+def test_a_real_error_regression_on_five_devices_still_fails() -> None:
+    from telemetry import privacy
+
+    rng = np.random.default_rng(12)
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
+    var = privacy.noise_variance("laplace", 1.0, 4)
+    n_can, n_con = 5 * 3 * 64, 60 * 3 * 64
+    can_err = 0.3 * n_can + sum(rng.laplace(0, scale) for _ in range(15))
+    con_err = sum(rng.laplace(0, scale) for _ in range(180))
+    v = regression.error_rate_verdict(
+        can_err, n_can, con_err, n_con, 5, 60, 0.02, 5, canary_noise_var=15 * var, control_noise_var=180 * var
+    )
+    assert v.verdict == regression.FAIL and v.canary > 0.2

@@ -231,3 +231,12 @@ def test_readiness_waits_for_soak_then_devices() -> None:
     assert "waiting for devices: 3 of 10" in gates.readiness(600, 5, 3, 10)
     assert gates.readiness(600, 5, 10, 10) is None
     assert gates.readiness(0, 0, 0, 0) is None
+
+
+def test_statistical_floor_lets_few_devices_fail_but_not_pass() -> None:
+    from rollout import gates
+
+    assert gates.statistical_floor(20) == gates.FAIL_FLOOR_DEVICES
+    assert gates.statistical_floor(3) == 3
+    assert gates.statistical_floor(0) == gates.FAIL_FLOOR_DEVICES
+    assert gates.readiness(600, 0, 5, 20), "a wave still waits for its own min_devices before passing"
