@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -800,13 +800,15 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
 
     try:
         from telemetry.models import Rollup
-        from telemetry.regression import histogram_quantile
+        from telemetry.regression import denoise, histogram_quantile
+        from telemetry.services import rollup_seconds
     except ImportError:
         return {"series": [], "suppressed": 0}
     from telemetry.binning import LATENCY_EDGES_MS
 
     k = int(getattr(settings, "EDGEFLEET_MIN_COHORT", 20))
-    since = campaign.started_at or campaign.created_at
+    # Rollup windows are aligned buckets: the one the campaign started in counts too.
+    since = (campaign.started_at or campaign.created_at) - timedelta(seconds=rollup_seconds())
     out: list[dict[str, Any]] = []
     suppressed = 0
     for role, version in (("canary", campaign.version), ("control", campaign.previous_version)):
@@ -814,12 +816,14 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
             continue
         xs, err, p95 = [], [], []
         rows = Rollup.objects.filter(version=version, cohort="all", window_start__gte=since).order_by("window_start")
-        for r in rows.only("window_start", "n_devices", "inference_count", "error_count", "latency"):
+        for r in rows.only("window_start", "n_devices", "inference_count", "error_count", "latency", "noise_var"):
             if r.n_devices < k:
                 suppressed += 1
                 continue
             xs.append(r.window_start.isoformat())
             err.append(max(r.error_count, 0) / r.inference_count if r.inference_count > 0 else None)
-            p95.append(histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.95) if r.latency else None)
+            # Only bins that stand clear of the DP noise, as the latency gate reads them.
+            lat = denoise(r.latency, r.noise_var) if r.latency else None
+            p95.append(histogram_quantile(LATENCY_EDGES_MS, lat, 0.95) if lat is not None else None)
         out.append({"role": role, "version": version.label, "x": xs, "error_rate": err, "latency_p95": p95})
     return {"series": out, "suppressed": suppressed, "min_devices": k}

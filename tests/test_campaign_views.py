@@ -153,3 +153,51 @@ def test_live_fragment_and_series(viewer_client, setup) -> None:
     series = viewer_client.get(f"/campaigns/{c.pk}/series.json").json()
     assert {s["role"] for s in series["series"]} == {"canary", "control"}
     assert viewer_client.get("/campaigns/999999/").status_code == 404
+
+
+def test_series_includes_the_started_bucket_and_reads_latency_through_the_noise(viewer_client, setup, settings) -> None:
+    """Rollups are aligned buckets: the one a campaign starts in is charted; noise-only bins are not a tail."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from telemetry.binning import LATENCY_EDGES_MS
+    from telemetry.models import Rollup
+
+    settings.EDGEFLEET_MIN_COHORT = 20
+    settings.EDGEFLEET_ROLLUP_SECONDS = 3600
+    c = draft(setup)
+    campaigns.start(c.pk)
+    bucket = timezone.now().replace(minute=0, second=0, microsecond=0)
+    latency = [0.0] * (len(LATENCY_EDGES_MS) - 1)
+    latency[1] = 5000.0  # 1-2 ms: the real mass
+    latency[-1] = 90.0  # a noise-only bin, below 4 sd of the summed noise (sd = 30)
+    for v in (setup["v2"], setup["v1"]):
+        Rollup.objects.create(
+            version=v,
+            cohort="all",
+            window_start=bucket,
+            window_seconds=3600,
+            n_reports=100,
+            n_devices=25,
+            inference_count=5000,
+            error_count=50,
+            noise_var=900.0,
+            latency=latency,
+        )
+        Rollup.objects.create(
+            version=v,
+            cohort="all",
+            window_start=bucket - timedelta(hours=2),
+            window_seconds=3600,
+            n_reports=100,
+            n_devices=25,
+            inference_count=5000,
+            error_count=50,
+            noise_var=900.0,
+            latency=latency,
+        )
+    series = {s["role"]: s for s in viewer_client.get(f"/campaigns/{c.pk}/series.json").json()["series"]}
+    assert series["canary"]["x"] == [bucket.isoformat()], "the started bucket is in, older ones are out"
+    assert series["canary"]["error_rate"] == [0.01]
+    assert series["canary"]["latency_p95"][0] < 2.0
