@@ -76,6 +76,111 @@ def cohort_devices(cohort: Cohort | None) -> Iterator[tuple[Any, dict, dict]]:
             yield device_id, labels or {}, hardware or {}
 
 
+# Device scans that group in PostgreSQL. A dry run or a campaign page over 100,000 devices used to
+# fetch every device's labels and hardware and hash its id in Python (seconds); instead the database
+# computes each device's bucket (the same sha256 as ``placement.bucket``) and groups devices by what
+# placement looks at: labels, the hardware fields ``placement`` reads, the wave the bucket falls in
+# and whether free storage clears the version's threshold. Python then judges each of the few
+# hundred groups with the very same ``placement`` functions, so the answers are those of the
+# per-device loop (``tests/test_campaign_grouped.py`` holds the two paths to each other).
+
+# 2**64 mod 10000: the bucket takes the digest's first 8 bytes as an unsigned integer, PostgreSQL
+# reads them as a signed bigint.
+_WRAP = 2**64 % placement.BUCKETS
+_N = placement.BUCKETS
+_BUCKET_SQL = (
+    f"(SELECT CASE WHEN x >= 0 THEN x %% {_N} ELSE ((x %% {_N}) + {_N} + {_WRAP}) %% {_N} END FROM (SELECT "
+    "('x' || substr(encode(sha256(convert_to(\"fleet_device\".\"id\"::text || %s, 'UTF8')), 'hex'), 1, 16))"
+    "::bit(64)::bigint AS x) AS digest)"
+)
+_HW_FIELDS = ("arch", "ram_mb", "ort_version", "providers")
+_STORAGE = '("fleet_device"."hardware" -> \'storage_free_mb\')'
+
+
+def grouped_scan_available() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _storage_thresholds(req: placement.Requirements) -> tuple[float, float]:
+    """The free-storage levels ``placement.incompatibility`` demands for the fp32 and int8 build."""
+    fp32 = max(req.min_storage_mb, placement.STORAGE_FACTOR * (req.size_bytes or 0) / placement.MIB)
+    int8 = max(req.min_storage_mb, placement.STORAGE_FACTOR * (req.int8_size_bytes or 0) / placement.MIB)
+    return fp32, int8
+
+
+def _grouped_devices(
+    cohort: Cohort | None,
+    campaign_id: int,
+    limits: list[int],
+    req: placement.Requirements,
+    installed_model: str | None = None,
+    failed_label: str | None = None,
+) -> Iterator[tuple[int, dict, dict, int | None, Any, bool]]:
+    """``(n, labels, hardware, slot, installed, failed)`` per group of the cohort's devices.
+
+    ``slot`` is the first ``i`` with ``bucket < limits[i]`` (None if none). ``hardware`` holds the
+    fields placement reads; a numeric ``storage_free_mb`` is replaced by +inf or -inf according to
+    the SQL comparison with the threshold of the variant the device gets, which is all
+    ``incompatibility`` does with it.
+    """
+    from django.db.models import BooleanField, Count, IntegerField, JSONField
+    from django.db.models.expressions import RawSQL
+
+    match = selectors.predicate(selectors.parse(_selector_text(cohort)))
+    bucket = _BUCKET_SQL
+    cases = " ".join(f"WHEN {bucket} < {int(lim)} THEN {i}" for i, lim in enumerate(limits))
+    slot_sql = f"CASE {cases} ELSE NULL END" if limits else "NULL"
+    slot_params = [f":{campaign_id}"] * len(limits)
+    fp32, int8 = _storage_thresholds(req)
+    annotations: dict[str, Any] = {
+        "g_slot": RawSQL(slot_sql, slot_params, output_field=IntegerField()),
+        "g_storage_raw": RawSQL(
+            f"CASE WHEN jsonb_typeof({_STORAGE}) = 'number' THEN NULL ELSE {_STORAGE} END", [], output_field=JSONField()
+        ),
+        "g_ok_fp32": RawSQL(
+            f"CASE WHEN jsonb_typeof({_STORAGE}) = 'number' THEN ({_STORAGE})::text::float8 >= %s END",
+            [fp32],
+            output_field=BooleanField(),
+        ),
+        "g_ok_int8": RawSQL(
+            f"CASE WHEN jsonb_typeof({_STORAGE}) = 'number' THEN ({_STORAGE})::text::float8 >= %s END",
+            [int8],
+            output_field=BooleanField(),
+        ),
+    }
+    for name in _HW_FIELDS:
+        annotations[f"g_hw_{name}"] = RawSQL('"fleet_device"."hardware" -> %s', [name], output_field=JSONField())
+    if installed_model is not None:
+        annotations["g_installed"] = RawSQL(
+            '"fleet_device"."installed" -> %s', [installed_model], output_field=JSONField()
+        )
+        annotations["g_failed"] = RawSQL(
+            'EXISTS (SELECT 1 FROM fleet_deviceevent e WHERE e.device_id = "fleet_device"."id" '
+            "AND e.kind = 'install_failed' AND e.model_name = %s AND e.version_label = %s)",
+            [installed_model, failed_label or ""],
+            output_field=BooleanField(),
+        )
+    rows = (
+        Device.objects.filter(_cohort_prefilter(cohort))
+        .filter(token_revoked_at__isnull=True)
+        .annotate(**annotations)
+        .values("labels", *annotations)
+        .annotate(g_n=Count("id"))
+        .order_by()
+    )
+    for row in rows:
+        labels = row["labels"] or {}
+        if not match(labels):
+            continue
+        hw = {name: row[f"g_hw_{name}"] for name in _HW_FIELDS if row[f"g_hw_{name}"] is not None}
+        if row["g_storage_raw"] is not None:
+            hw["storage_free_mb"] = row["g_storage_raw"]
+        elif row["g_ok_fp32"] is not None:
+            ok = row["g_ok_int8"] if placement.choose_variant(hw, req) == "int8" else row["g_ok_fp32"]
+            hw["storage_free_mb"] = float("inf") if ok else float("-inf")
+        yield row["g_n"], labels, hw, row["g_slot"], row.get("g_installed"), bool(row.get("g_failed"))
+
+
 def overlapping_devices(a: Cohort | None, b: Cohort | None, limit: int = 5) -> list[str]:
     """Names of (up to ``limit``) devices that match both cohorts."""
     other = selectors.predicate(selectors.parse(_selector_text(b)))
@@ -163,22 +268,21 @@ def dry_run(
     ]
     reached_new = [0] * len(waves)
     total = compatible = 0
-    for device_id, labels, hw in cohort_devices(cohort):
-        total += 1
+    for n, labels, hw, k in _dry_run_groups(cohort, cid, waves, req):
+        total += n
         reason = placement.incompatibility(hw, req)
         if reason:
-            excluded[reason] += 1
+            excluded[reason] += n
             continue
-        compatible += 1
-        k = placement.wave_of(placement.bucket(device_id, cid), waves)
+        compatible += n
         if k is None:
             continue
-        reached_new[k] += 1
+        reached_new[k] += n
         stats = per_wave[k]
         for key, value in labels.items():
-            stats["labels"][f"{key}={value}"] += 1
-        stats["hardware"][_hardware_key(hw)] += 1
-        stats["variant"][placement.choose_variant(hw, req)] += 1
+            stats["labels"][f"{key}={value}"] += n
+        stats["hardware"][_hardware_key(hw)] += n
+        stats["variant"][placement.choose_variant(hw, req)] += n
     rows: list[dict[str, Any]] = []
     cum: dict[str, Counter] = {"labels": Counter(), "hardware": Counter(), "variant": Counter()}
     running = 0
@@ -199,6 +303,19 @@ def dry_run(
             }
         )
     return DryRun(total, compatible, dict(excluded), rows, campaign_id)
+
+
+def _dry_run_groups(
+    cohort: Cohort | None, cid: int, waves: list[dict[str, Any]], req: placement.Requirements
+) -> Iterator[tuple[int, dict, dict, int | None]]:
+    """``(n, labels, hardware, first wave reaching them)``: groups from PostgreSQL, else one per device."""
+    if grouped_scan_available():
+        limits = [placement.coverage(waves, i) for i in range(len(waves))]
+        for n, labels, hw, slot, _, _ in _grouped_devices(cohort, cid, limits, req):
+            yield n, labels, hw, slot
+        return
+    for device_id, labels, hw in cohort_devices(cohort):
+        yield 1, labels, hw, placement.wave_of(placement.bucket(device_id, cid), waves)
 
 
 def reserve_campaign_id() -> int | None:
@@ -525,6 +642,8 @@ def targeted_device_ids(campaign: Campaign) -> tuple[list[Any], dict[str, int]]:
 
 def install_progress(campaign: Campaign) -> dict[str, Any]:
     """How many targeted devices report the version installed, still the previous one, or something else."""
+    if grouped_scan_available():
+        return _install_progress_grouped(campaign)
     ids, excluded = targeted_device_ids(campaign)
     model = campaign.model.name
     counts: Counter[str] = Counter()
@@ -549,6 +668,34 @@ def install_progress(campaign: Campaign) -> dict[str, Any]:
         else 0
     )
     return {"targeted": len(ids), "excluded": excluded, "install_failed": failed, **counts}
+
+
+def _install_progress_grouped(campaign: Campaign) -> dict[str, Any]:
+    """``install_progress`` from grouped rows: one query however large the cohort."""
+    req = requirements_for(campaign.version, campaign.requirements)
+    covered = placement.coverage(campaign.waves, campaign.wave_index)
+    model, label = campaign.model.name, campaign.version.label
+    previous = campaign.previous_version.label if campaign.previous_version else None
+    excluded: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    targeted = failed = 0
+    groups = _grouped_devices(campaign.cohort, campaign.pk, [covered], req, installed_model=model, failed_label=label)
+    for n, _, hw, slot, installed, has_failed in groups:
+        reason = placement.incompatibility(hw, req)
+        if reason:
+            excluded[reason] += n
+            continue
+        if slot is None:
+            continue
+        targeted += n
+        failed += n if has_failed else 0
+        if installed == label:
+            counts["on_version"] += n
+        elif previous and installed == previous:
+            counts["on_previous"] += n
+        else:
+            counts["other"] += n
+    return {"targeted": targeted, "excluded": dict(excluded), "install_failed": failed, **counts}
 
 
 # --- the gate job -------------------------------------------------------------------------------
