@@ -10,6 +10,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,9 @@ class DeviceSnapshot:
         )
 
 
-# Process-local layer over the shared cache: token hash -> snapshot, valid while the auth epoch
-# stays the same (see fleet/epochs.py). Bounded: cleared whole when full (cheap, and rare).
+# Process-local layer over the shared cache: token hash -> snapshot. A forgotten device is dropped
+# by the forget log (fleet/epochs.py); everything when the auth counter changes (embedded mode) or
+# the log was lost. Bounded: cleared whole when full (cheap, and rare).
 _local: dict[str, DeviceSnapshot] = {}
 _local_epoch = ""
 
@@ -98,8 +100,30 @@ def _local_max() -> int:
     return int(getattr(settings, "EDGEFLEET_AUTH_LRU", 250_000))
 
 
-def snapshot_for_token(token: str) -> DeviceSnapshot | None:
-    """The device behind ``token`` (revoked ones included): process memory, then the cache, then the DB."""
+def _drop_local(token_hashes: Iterable[str] | None) -> None:
+    if token_hashes is None:
+        _local.clear()
+        return
+    for th in token_hashes:
+        _local.pop(th, None)
+
+
+epochs.on_forget(_drop_local)
+
+
+def _forget_count(th: str) -> bytes | None:
+    from fleet.presence import redis_client
+
+    r = redis_client()
+    return r.get(forget_counter_key(th)) if r is not None else None
+
+
+def snapshot_for_token(token: str, *, local: bool = True) -> DeviceSnapshot | None:
+    """The device behind ``token`` (revoked ones included): process memory, then the cache, then the DB.
+
+    ``local=False`` skips process memory: the poll path stores what it builds in Redis for every
+    process, so it must not build from a snapshot this process has not yet heard was forgotten.
+    """
     global _local_epoch
     from fleet.models import Device
 
@@ -108,9 +132,11 @@ def snapshot_for_token(token: str) -> DeviceSnapshot | None:
     if auth_epoch != _local_epoch:
         _local.clear()
         _local_epoch = auth_epoch
-    snap = _local.get(th)
-    if snap is not None:
-        return snap
+    if local:
+        snap = _local.get(th)
+        if snap is not None:
+            return snap
+    seq = epochs.applied()
     key = token_key(th)
     hit = cache.get(key)
     if hit is not None:
@@ -118,36 +144,49 @@ def snapshot_for_token(token: str) -> DeviceSnapshot | None:
             return None
         snap = DeviceSnapshot.from_dict(hit)
     else:
+        before = _forget_count(th)
         device = Device.objects.filter(token_hash=th).only("id", "labels", "hardware", "token_revoked_at").first()
         if device is None:
             cache.set(key, {}, NEGATIVE_TTL)
             return None
         snap = DeviceSnapshot.of(device)
         cache.set(key, snap.as_dict(), SNAPSHOT_TTL)
+        if _forget_count(th) != before:  # forgotten while we read the row: do not keep what we read
+            cache.delete(key)
     if len(_local) >= _local_max():
         _local.clear()
     _local[th] = snap
+    if epochs.forgotten_since(th, seq):  # forgotten here while we read: keep nothing
+        _local.pop(th, None)
     return snap
 
 
 def forget_device(token_hash: str) -> None:
     """Drop a device's cached snapshot and ready manifest (revoke, rotate, label or hardware change)
-    in every process; again after the surrounding transaction commits, if there is one."""
+    in every process; again after the surrounding transaction commits, if there is one.
+
+    Only this device is dropped from other processes' memory (the forget log, fleet/epochs.py),
+    within ``EDGEFLEET_EPOCH_CHECK_SECONDS``; in this process at once."""
     from django.db import transaction
 
     from fleet.presence import redis_client
 
     def drop() -> None:
-        cache.delete(token_key(token_hash))
-        _local.pop(token_hash, None)
+        # One transaction: count, then drop the cached snapshot (its raw key: the cache lives on
+        # REDIS_URL) and the ready manifest, then log. A reader that saw the old count stored
+        # nothing that outlives this (snapshot_for_token and the poll path check the count).
         r = redis_client()
+        seq = None
         if r is not None:
             pipe = r.pipeline(transaction=True)
             pipe.incr(forget_counter_key(token_hash))
             pipe.expire(forget_counter_key(token_hash), SNAPSHOT_TTL * 2)
-            pipe.delete(poll_key(token_hash))
-            pipe.execute()
-        epochs.bump(epochs.AUTH_KEY)
+            pipe.delete(cache.make_key(token_key(token_hash)), poll_key(token_hash))
+            epochs.queue_forget(pipe, token_hash)
+            seq = pipe.execute()[-1]
+        cache.delete(token_key(token_hash))  # the same key, or the cache is elsewhere
+        _local.pop(token_hash, None)
+        epochs.forgotten_here(token_hash, seq)
 
     drop()
     if not transaction.get_autocommit():

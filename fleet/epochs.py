@@ -1,43 +1,200 @@
-"""Two counters in the cache that let each process keep hot data in memory and still notice changes.
+"""What lets each process keep hot data in memory and still notice changes made elsewhere.
 
-``gen`` changes with releases/versions/cohorts/campaigns (resolution data), ``auth`` with token
-revocations, rotations and label changes (device snapshots). A process re-reads both at most every
-``EDGEFLEET_EPOCH_CHECK_SECONDS`` (default 0.5 s) with one MGET, so a warm poll usually makes no
-round trip at all; a change made in this process is seen here at once, elsewhere within that time.
+``gen`` (a counter in the cache) changes with releases/versions/cohorts/campaigns (resolution data):
+everything built from them is stale. Device changes (token revoked or rotated, labels or hardware
+changed) are per device: :func:`forget` appends the device's token hash to a log in Redis (a sorted
+set scored by a sequence number), and each process reads the log incrementally, dropping just those
+devices from its memory (:func:`on_forget` callbacks). So one revocation costs the fleet nothing
+but that device's entry, where a global epoch used to send every device to the cold path.
+
+A process re-reads ``gen`` and the new part of the log at most every ``EDGEFLEET_EPOCH_CHECK_SECONDS``
+(default 0.5 s): two small reads per process per interval, not per request. A change made in this
+process is applied here at once, elsewhere within that interval. If the log was trimmed past what a
+process last read (or Redis lost it), that process drops everything instead: slower, never stale.
+
+Without Redis (embedded mode) there is no log: :func:`forget` bumps the ``auth`` counter instead,
+which every process treats as "drop every device" (the old global behaviour).
+
+Filling memory races with a forget: a reader may fetch an entry just before a forget and store it
+just after the process applied it. :func:`applied` (read before fetching) and :func:`forgotten_since`
+(checked after storing) close that: the reader drops what it stored if the device was forgotten in
+between.
 """
 
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 
 GEN_KEY = "ef:manifest:gen"
 AUTH_KEY = "ef:auth:epoch"
+# Raw Redis keys of the forget log (not through the Django cache: they are read and written by Lua).
+SEQ_KEY = "ef:forget:seq"
+LOG_KEY = "ef:forget:log"  # sorted set: token hash -> the sequence number of its latest forget
+FLOOR_KEY = "ef:forget:floor"  # the highest sequence number trimmed from the log
+LOG_KEEP = 100_000  # entries kept; a process that falls further behind drops everything
+READ_MAX = 20_000  # entries applied per read; more than this behind also drops everything
+
 _lock = threading.Lock()
+_refresh_lock = threading.Lock()
 _memo: tuple[float, str, str] = (0.0, "", "")
+_applied = -1  # the log's sequence number this process has applied (-1: not read yet)
+_reset_seq = -1  # the sequence number at which this process last dropped everything
+_recent: dict[str, int] = {}  # token hash -> sequence number at which it was forgotten here
+_pruned_below = -1  # _recent no longer knows forgets at or below this number: assume forgotten
+_RECENT_MAX = 50_000
+_callbacks: list[Callable[[Iterable[str] | None], None]] = []
+
+# KEYS: seq, log, floor. ARGV: token hash, entries to keep. Returns the new sequence number.
+FORGET_LUA = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if extra > 0 then
+  local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+  redis.call('SET', KEYS[3], cut[2])
+end
+return seq
+"""
+
+# KEYS: seq, log, floor. ARGV: last applied, most entries to return.
+# Returns {seq, floor, hash, hash, ...}; no hashes when more than ARGV[2] are new (drop everything).
+_READ_LUA = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+local since = tonumber(ARGV[1])
+local out = {seq, floor}
+if seq <= since or since < 0 or seq - since > tonumber(ARGV[2]) then return out end
+local items = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. since, '+inf')
+for i = 1, #items do out[#out + 1] = items[i] end
+return out
+"""
+_read_script: Any = None
 
 
 def _new() -> str:
     return f"{time.time_ns():x}"
 
 
+def _redis() -> Any:
+    from fleet.presence import redis_client
+
+    return redis_client()
+
+
+def on_forget(callback: Callable[[Iterable[str] | None], None]) -> None:
+    """Register ``callback(token_hashes)`` to drop forgotten devices from a memory cache;
+    ``callback(None)`` means drop everything."""
+    if callback not in _callbacks:
+        _callbacks.append(callback)
+
+
+def _drop(hashes: Iterable[str] | None) -> None:
+    for cb in _callbacks:
+        cb(hashes)
+
+
 def current() -> tuple[str, str]:
-    """``(gen, auth)``, from process memory when checked less than the interval ago."""
+    """``(gen, auth)``, from process memory when checked less than the interval ago.
+
+    The check also applies new forget-log entries. One thread checks; the others keep the values
+    they have meanwhile (at most one interval old) instead of queueing behind it.
+    """
     global _memo
     checked, gen, auth = _memo
     now = time.monotonic()
     if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
         return gen, auth
-    got = cache.get_many([GEN_KEY, AUTH_KEY])
-    gen, auth = got.get(GEN_KEY), got.get(AUTH_KEY)
-    if gen is None or auth is None:
-        cache.add(GEN_KEY, "0", None)
-        cache.add(AUTH_KEY, "0", None)
+    if not _refresh_lock.acquire(blocking=not gen):
+        return gen, auth
+    try:
+        checked, gen, auth = _memo
+        if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
+            return gen, auth
         got = cache.get_many([GEN_KEY, AUTH_KEY])
-        gen, auth = got.get(GEN_KEY, "0"), got.get(AUTH_KEY, "0")
-    _memo = (now, str(gen), str(auth))
-    return _memo[1], _memo[2]
+        gen, auth = got.get(GEN_KEY), got.get(AUTH_KEY)
+        if gen is None or auth is None:
+            cache.add(GEN_KEY, "0", None)
+            cache.add(AUTH_KEY, "0", None)
+            got = cache.get_many([GEN_KEY, AUTH_KEY])
+            gen, auth = got.get(GEN_KEY, "0"), got.get(AUTH_KEY, "0")
+        r = _redis()
+        if r is not None:
+            _read_log(r)
+        _memo = (now, str(gen), str(auth))
+        return _memo[1], _memo[2]
+    finally:
+        _refresh_lock.release()
+
+
+def _read_log(r: Any) -> None:
+    """Apply the forget-log entries newer than :data:`_applied` (one round trip)."""
+    global _applied, _read_script
+    if _read_script is None:
+        _read_script = r.register_script(_READ_LUA)
+    got = _read_script(keys=[SEQ_KEY, LOG_KEY, FLOOR_KEY], args=[_applied, READ_MAX], client=r)
+    seq, floor, hashes = int(got[0]), int(got[1]), [h.decode() for h in got[2:]]
+    if _applied < 0:  # first read in this process: nothing in memory predates it
+        _applied = seq
+    elif seq == _applied:
+        return
+    elif seq < _applied or floor > _applied or seq - _applied > READ_MAX:
+        _forget_all(seq)  # Redis lost the log, or it was trimmed past us, or we are far behind
+    else:
+        _forget_here(hashes, seq)
+        _applied = seq
+
+
+def _forget_all(seq: int) -> None:
+    global _applied, _reset_seq
+    with _lock:
+        _reset_seq = max(_reset_seq, seq, _applied)
+        _applied = seq
+    _drop(None)
+
+
+def _forget_here(hashes: list[str], seq: int) -> None:
+    """Note the forgets first, then drop: a concurrent filler checks the note after it stores."""
+    global _pruned_below
+    with _lock:
+        for h in hashes:
+            _recent.pop(h, None)
+            _recent[h] = seq  # insertion order stays sequence order
+        if len(_recent) > _RECENT_MAX:
+            drop = list(_recent)[: len(_recent) // 2]
+            _pruned_below = max(_pruned_below, max(_recent[h] for h in drop))
+            for h in drop:
+                del _recent[h]
+    _drop(hashes)
+
+
+def applied() -> int:
+    """The log position this process has applied; read it before fetching data to keep."""
+    return max(_applied, _reset_seq)
+
+
+def forgotten_since(token_hash: str, seq: int) -> bool:
+    """Was the device forgotten in this process after :func:`applied` returned ``seq``?"""
+    return _reset_seq > seq or _pruned_below > seq or _recent.get(token_hash, -1) > seq
+
+
+def queue_forget(pipe: Any, token_hash: str) -> None:
+    """Queue the log append on a Redis pipeline (the caller's other deletes go in the same
+    transaction); pass the pipeline's last result to :func:`forgotten_here`."""
+    pipe.eval(FORGET_LUA, 3, SEQ_KEY, LOG_KEY, FLOOR_KEY, token_hash, LOG_KEEP)
+
+
+def forgotten_here(token_hash: str, seq: int | None) -> None:
+    """Drop a device this process forgot from its own memory at once (no waiting for the log);
+    ``seq`` None (no Redis) bumps the ``auth`` counter: every process drops every device."""
+    if seq is None:
+        bump(AUTH_KEY)
+    else:
+        _forget_here([token_hash], int(seq))
 
 
 def bump(key: str) -> str:

@@ -20,9 +20,11 @@ one Redis round trip, and signs only when the device's desired state changed.
 """
 
 import json
+import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from fleet.auth import DeviceSnapshot
 from ota import signing
 from telemetry.binning import DEFAULT_FEATURE_EDGES, DEFAULT_SCORE_EDGES, LATENCY_EDGES_MS, MAX_CLASSES
 
+logger = logging.getLogger(__name__)
 TOLD_TTL = 90 * 24 * 3600
 PROTOCOL = 1
 FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "directml", "coreml", "openvino-gpu"})
@@ -374,11 +377,11 @@ def _rest_key(rest_hash: str) -> str:
     return f"ef:rest:{rest_hash}"
 
 
-def _authenticate(token: str) -> DeviceSnapshot:
+def _authenticate(token: str, *, local: bool = True) -> DeviceSnapshot:
     from fleet.auth import snapshot_for_token
     from fleet.errors import ProtocolError
 
-    snap = snapshot_for_token(token)
+    snap = snapshot_for_token(token, local=local)
     if snap is None:
         raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.")
     if snap.revoked:
@@ -415,6 +418,7 @@ def poll(token: str) -> Ready:
     ready = _ready.get(th)
     if ready is not None and ready.gen == gen and ready.auth == auth:
         return ready
+    seq = epochs.applied()  # before reading anything we may keep (see fleet/epochs.py)
     r = redis_client()
     if r is None:
         stale = (ready.etag, ready.sig) if ready is not None else None
@@ -422,11 +426,44 @@ def poll(token: str) -> Ready:
         ready, _, named = _build(snap, gen, auth, stale)
         _remember_told(snap.id, named)
     else:
+        _start_warming(r)
         ready = _poll_redis(r, token, th, gen, auth)
     if len(_ready) >= _READY_MAX:
         _ready.clear()
     _ready[th] = ready
+    if epochs.forgotten_since(th, seq):  # forgotten while we read it: serve it this once, keep nothing
+        _ready.pop(th, None)
     return ready
+
+
+def _drop_ready(token_hashes: Iterable[str] | None) -> None:
+    if token_hashes is None:
+        _ready.clear()
+        return
+    for th in token_hashes:
+        _ready.pop(th, None)
+
+
+epochs.on_forget(_drop_ready)
+
+
+def _entry(gen: str, ready: Ready, rest_hash: str, snap: DeviceSnapshot) -> bytes:
+    """The Redis form of a ready manifest (see "the poll path" above)."""
+    fields = [gen, ready.etag, ready.sig.decode(), rest_hash, str(snap.id), json.dumps(snap.as_dict())]
+    return "\n".join(fields).encode()
+
+
+def _parse(raw: bytes) -> tuple[str, str, bytes, str, uuid.UUID | None, bytes]:
+    """``(gen, etag, signature, rest hash, device id, snapshot json)``; entries written before the
+    device id had its own line give None (read the id from the snapshot)."""
+    parts = raw.split(b"\n", 5)
+    if len(parts) == 6 and len(parts[4]) == 36:
+        gen, etag, sig, rest_hash, did, snap_json = parts
+        device_id: uuid.UUID | None = uuid.UUID(did.decode())
+    else:
+        gen, etag, sig, rest_hash, snap_json = raw.split(b"\n", 4)
+        device_id = None
+    return gen.decode(), etag.decode(), sig, rest_hash.decode(), device_id, snap_json
 
 
 def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str) -> Ready:
@@ -437,26 +474,95 @@ def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str) -> Ready:
     forgotten, raw = r.pipeline(transaction=False).get(fkey).get(pkey).execute()  # counter first
     stale = None
     if raw:
-        entry_gen, etag, sig, rest_hash, snap_json = raw.split(b"\n", 4)
-        snap = DeviceSnapshot.from_dict(json.loads(snap_json))
-        if entry_gen.decode() == gen:
-            rest = _rests.get(rest_hash.decode())
-            if rest is None and (fetched := r.get(_rest_key(rest_hash.decode()))) is not None:
-                rest = _intern(rest_hash.decode(), fetched)
+        entry_gen, etag, sig, rest_hash, device_id, snap_json = _parse(raw)
+        if entry_gen == gen:
+            rest = _rests.get(rest_hash)
+            if rest is None and (fetched := r.get(_rest_key(rest_hash))) is not None:
+                rest = _intern(rest_hash, fetched)
             if rest is not None:
-                return Ready(snap.id, gen, auth, etag.decode(), _prefix(snap.id), rest, sig)
-        stale = (etag.decode(), sig)
+                device_id = device_id or DeviceSnapshot.from_dict(json.loads(snap_json)).id
+                return Ready(device_id, gen, auth, etag, _prefix(device_id), rest, sig)
+        snap = DeviceSnapshot.from_dict(json.loads(snap_json))
+        stale = (etag, sig)
     else:
-        snap = _authenticate(token)
+        snap = _authenticate(token, local=False)
     ready, rest_hash, named = _build(snap, gen, auth, stale)
-    entry = b"\n".join(
-        [gen.encode(), ready.etag.encode(), ready.sig, rest_hash.encode(), json.dumps(snap.as_dict()).encode()]
-    )
     if _script is None:
         _script = r.register_script(_SET_IF_NOT_FORGOTTEN)
+    entry = _entry(gen, ready, rest_hash, snap)
     _script(keys=[pkey, fkey, _rest_key(rest_hash)], args=[entry, forgotten or b"", POLL_TTL, ready.rest], client=r)
     _remember_told(snap.id, named)
     return ready
+
+
+# ---------------------------------------------------------------- warming a process's memory
+#
+# A worker that has just started would answer each device's first poll with a Redis round trip.
+# Instead, its first poll starts one background thread that reads every ready manifest of the
+# current generation from Redis in bulk (SCAN + MGET, a few thousand a round trip) into memory, up
+# to _READY_MAX; polls meanwhile take the normal path. Entries are guarded against forgets like
+# any other fill (fleet/epochs.py: applied / forgotten_since).
+
+_warm_lock = threading.Lock()
+_warm_started = False
+WARM_BATCH = 2000
+
+
+def _start_warming(r: Any) -> None:
+    global _warm_started
+    if _warm_started or not getattr(settings, "EDGEFLEET_POLL_WARM", True):
+        return
+    with _warm_lock:
+        if _warm_started:
+            return
+        _warm_started = True
+    threading.Thread(target=_warm_quietly, args=(r,), name="poll-warmer", daemon=True).start()
+
+
+def _warm_quietly(r: Any) -> None:
+    try:
+        warm(r)
+    except Exception:  # Redis away for a moment: polls still take the normal path
+        logger.warning("poll: could not warm the ready manifests", exc_info=True)
+
+
+def warm(r: Any = None, limit: int = _READY_MAX) -> int:
+    """Load the current generation's ready manifests from Redis into this process; returns how many."""
+    from fleet.presence import redis_client
+
+    r = r or redis_client()
+    if r is None:
+        return 0
+    gen, auth = epochs.current()
+    loaded, cursor = 0, 0
+    while True:
+        cursor, keys = r.scan(cursor, match="ef:poll:*", count=WARM_BATCH)
+        keys = [k for k in keys if k[8:].decode() not in _ready]
+        if keys:
+            seq = epochs.applied()
+            parsed = []
+            for key, raw in zip(keys, r.mget(keys), strict=True):
+                if raw:
+                    entry = _parse(raw)
+                    if entry[0] == gen and entry[4] is not None:
+                        parsed.append((key[8:].decode(), entry))
+            unseen = sorted({e[3] for _, e in parsed if e[3] not in _rests})
+            if unseen:
+                for rest_hash, rest in zip(unseen, r.mget([_rest_key(h) for h in unseen]), strict=True):
+                    if rest is not None:
+                        _intern(rest_hash, rest)
+            for th, (_, etag, sig, rest_hash, device_id, _) in parsed:
+                rest = _rests.get(rest_hash)
+                if rest is None or th in _ready or len(_ready) >= limit:
+                    continue
+                _ready[th] = Ready(device_id, gen, auth, etag, _prefix(device_id), rest, sig)
+                loaded += 1
+                if epochs.forgotten_since(th, seq):
+                    _ready.pop(th, None)
+                    loaded -= 1
+        if cursor == 0 or len(_ready) >= limit or epochs.current() != (gen, auth):
+            return loaded
+        time.sleep(0.001)  # let request threads have the GIL between batches
 
 
 def manifest_for(snapshot: DeviceSnapshot) -> Ready:
