@@ -225,6 +225,13 @@ def build_telemetry(v1: Any, v2: Any, rng: Any, devices: int = 1000, windows: in
     lat_p = np.asarray([0, 2, 10, 40, 30, 12, 4, 1, 0.5, 0.3, 0.1, 0.1], float)
     lat_p = lat_p / lat_p.sum()
     assert len(lat_p) == len(LATENCY_EDGES_MS) - 1
+    ramp = {len(p): np.linspace(0.3, 1.7, len(p)) for _, p in feats}
+
+    def tilt(p: Any) -> Any:
+        """Input drift in apac: mass moves towards the upper bins (quantile bins are equal-mass)."""
+        q = p * ramp[len(p)]
+        return q / q.sum()
+
     rows, total = [], 0
     for j, (dev, labels) in enumerate(ids):
         canary = j % 5 == 0 and labels.get("region") == "eu"  # a fifth of eu: the running campaign's wave
@@ -236,7 +243,7 @@ def build_telemetry(v1: Any, v2: Any, rng: Any, devices: int = 1000, windows: in
             noise = rng.laplace(0, 1.0, size=3)
             features = {}
             for name, p in feats:
-                q = np.roll(p, 2) if shift and w > windows // 2 else p
+                q = tilt(p) if shift and w > windows // 2 else p
                 features[name] = np.round(n * q + rng.laplace(0, 1.0, size=len(q)), 2).tolist()
             rows.append(
                 Report(

@@ -231,6 +231,25 @@ def count_matching(selector_text: str) -> int:
     return devices_matching(selector_text).count()
 
 
+def cohort_counts(cohorts: list[Cohort]) -> list[tuple[Cohort, int | None]]:
+    """Devices matching each cohort, all counted in ONE scan of the fleet (filtered counts).
+
+    A count per cohort was a full scan each: ten cohorts over 100,000 devices took a second.
+    A cohort whose selector no longer parses counts as ``None``.
+    """
+    from django.db.models import Count
+
+    filters: dict[str, Q] = {}
+    for i, c in enumerate(cohorts):
+        try:
+            filters[f"c{i}"] = selector_q(selectors.parse(c.selector))
+        except selectors.SelectorError:
+            continue
+    aggregates = {k: Count("pk", filter=q) if q else Count("pk") for k, q in filters.items()}
+    counts = Device.objects.aggregate(**aggregates) if aggregates else {}
+    return [(c, counts.get(f"c{i}")) for i, c in enumerate(cohorts)]
+
+
 def save_cohort(name: str, selector_text: str, description: str = "", user: Any = None) -> Cohort:
     from rollout.manifest import bump_generation
 

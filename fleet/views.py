@@ -231,13 +231,7 @@ def cohorts(request: HttpRequest) -> HttpResponse:
             )
             messages.success(request, f"Cohort {cohort.name} saved.")
             return redirect("cohorts")
-    rows = []
-    for c in Cohort.objects.all():
-        try:
-            count = services.count_matching(c.selector)
-        except selectors.SelectorError:
-            count = None
-        rows.append({"c": c, "count": count})
+    rows = [{"c": c, "count": n} for c, n in services.cohort_counts(list(Cohort.objects.all()))]
     return render(
         request, "fleet/cohorts.html", {"rows": rows, "errors": errors, "form": form}, status=400 if errors else 200
     )
