@@ -91,3 +91,125 @@ def _sig(ready: manifest.Ready) -> str:
     import json
 
     return json.loads(ready.sig)["value"]
+
+
+# ---------------------------------------------------------------- per-device forgetting
+
+
+@pytest.fixture
+def check_now(settings) -> None:
+    """Every epochs.current() re-reads Redis (the default is at most every 0.5 s)."""
+    settings.EDGEFLEET_EPOCH_CHECK_SECONDS = 0
+
+
+def _forget_in_another_process(token_hash: str) -> None:
+    """fleet.auth.forget_device run by a separate Python process on the same Redis."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    code = f"import django; django.setup(); from fleet.auth import forget_device; forget_device({token_hash!r})"
+    env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "DJANGO_SETTINGS_MODULE": "edgefleet.settings"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_a_revocation_in_another_process_drops_only_that_device_here(check_now) -> None:
+    from fleet.models import Device
+
+    factories.release(factories.staged_version("fraud", "v1", seed=1))
+    (a, a_token), (b, b_token) = factories.device(name="a"), factories.device(name="b")
+    manifest.poll(a_token)
+    b_ready = manifest.poll(b_token)
+    Device.objects.filter(pk=a.pk).update(token_revoked_at=a.enrolled_at)  # the row, without forgetting here
+    assert manifest.poll(a_token).device_id == a.id, "not yet told: memory still answers"
+
+    _forget_in_another_process(a.token_hash)
+    with pytest.raises(ProtocolError) as e:
+        manifest.poll(a_token)
+    assert e.value.status == 403
+    assert manifest._ready.get(b.token_hash) is b_ready, "another device's ready manifest stays in memory"
+    assert manifest.poll(b_token) is b_ready
+
+
+@pytest.mark.django_db(transaction=True)  # the other thread has its own database connection
+def test_a_forget_reaches_other_threads_of_this_process(device, check_now) -> None:
+    import threading
+
+    dev, token = device
+    manifest.poll(token)
+    services.revoke_token(dev)
+    seen: list[int] = []
+
+    def poll_in_thread() -> None:
+        try:
+            manifest.poll(token)
+            seen.append(200)
+        except ProtocolError as e:
+            seen.append(e.status)
+
+    t = threading.Thread(target=poll_in_thread)
+    t.start()
+    t.join(10)
+    assert seen == [403]
+
+
+def test_a_fill_that_read_before_a_forget_is_not_kept(device, check_now, monkeypatch) -> None:
+    """A poll reads the ready entry from Redis, the device is forgotten elsewhere and this process
+    applies that, then the poll stores what it read: it must not stay in memory."""
+    from fleet import epochs
+
+    dev, token = device
+    manifest.poll(token)
+    manifest._ready.clear()
+    real = manifest._poll_redis
+
+    def read_then_forgotten(*args: Any, **kwargs: Any) -> Any:
+        got = real(*args, **kwargs)
+        _forget_in_another_process(dev.token_hash)
+        epochs.current()  # this process applies the log before the poll stores its answer
+        return got
+
+    monkeypatch.setattr(manifest, "_poll_redis", read_then_forgotten)
+    manifest.poll(token)
+    assert dev.token_hash not in manifest._ready
+
+
+def test_a_process_that_missed_trimmed_log_entries_drops_everything(device, check_now) -> None:
+    from fleet import epochs
+
+    _, token = device
+    manifest.poll(token)
+    assert manifest._ready
+    behind = epochs.applied()
+    r = redis_client()
+    r.set(epochs.SEQ_KEY, behind + 10)
+    r.set(epochs.FLOOR_KEY, behind + 5)  # entries this process never read were trimmed away
+    epochs.current()
+    assert not manifest._ready
+    assert epochs.applied() == behind + 10
+
+
+def test_warming_loads_ready_manifests_without_signing_or_queries(
+    device, monkeypatch, django_assert_num_queries
+) -> None:
+    dev, token = device
+    _, other_token = factories.device(name="other")
+    first = manifest.poll(token)
+    manifest.poll(other_token)
+    manifest._ready.clear()
+    manifest._rests.clear()
+    monkeypatch.setattr(signing, "sign", lambda data: pytest.fail("warming must not sign"))
+    with django_assert_num_queries(0):
+        assert manifest.warm() == 2
+    assert manifest._ready[dev.token_hash].body == first.body
+
+
+def test_warming_skips_a_device_forgotten_meanwhile(device, check_now) -> None:
+    dev, token = device
+    manifest.poll(token)
+    manifest._ready.clear()
+    services.revoke_token(dev)  # deletes the entry in Redis and logs the forget
+    assert manifest.warm() == 0
+    assert dev.token_hash not in manifest._ready
