@@ -116,6 +116,7 @@ def campaign_preview(request: HttpRequest) -> HttpResponse:
             waves=values["waves"],
             campaign_id=values["reserved_id"],
             requirements=values["requirements"],
+            cached=True,
         )
     except campaign_services.CampaignError as err:
         return render(request, "rollout/campaign_dry_run.html", {"error": str(err)})
@@ -133,7 +134,7 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         if campaign.state == Campaign.State.COMPLETED:
             status = "done"
         waves.append({**w, "number": i + 1, "status": status})
-    progress = campaign_services.install_progress(campaign) if campaign.wave_index >= 0 else None
+    progress = campaign_services.install_progress(campaign, cached=True) if campaign.wave_index >= 0 else None
     return {
         "campaign": campaign,
         "waves": waves,
@@ -163,6 +164,7 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
             waves=campaign.waves,
             campaign_id=campaign.pk,
             requirements=campaign.requirements,
+            cached=True,
         )
         context.update(dry=dry, reasons=_reasons(dry.excluded))
     return render(request, "rollout/campaign_detail.html", context)
