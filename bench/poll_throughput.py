@@ -1,18 +1,24 @@
 """Manifest poll throughput and latency with 100,000 enrolled devices, under gunicorn, on this machine.
 
-Measures in one run and one server configuration (gunicorn, 2 workers x 4 threads, as deployed):
-(a) a trivial Django JSON view (/healthz); (b) GET /api/v1/manifest for a random device among all of
-them, 200 and 304 (If-None-Match). Every device's signed manifest is made ready in Redis before the
-server starts (as its first poll would), but the workers start cold: in a 15 s run most polls are a
-device's first in that worker, so (b) measures the one-Redis-round-trip path, the worst steady
-state (e.g. right after a worker restart). (c) the same for ``--hot`` devices that every worker has
-already served (warmed for ``--warmup`` s): the process-memory path, what a long-running worker
-answers. Load comes from wrk (``apt-get install -y wrk``) with a Lua script that picks a random
-device per request. Prints figures; asserts nothing.
+Measures in one run and one server configuration (gunicorn, ``--workers`` x ``--threads``, default
+2 x 4 as deployed): (a) a trivial Django JSON view (/healthz); (b) GET /api/v1/manifest for a random
+device among all of them, 200 and 304 (If-None-Match). Every device's signed manifest is made ready
+in Redis before the server starts (as its first poll would). A worker's first poll starts its bulk
+warming from Redis (rollout/manifest.py: ``warm``), so (b) is what a worker answers a few seconds
+after it started, for any device. (c) the same for ``--hot`` devices every worker has served: the
+process-memory path. (d) (b) while another process revokes-and-forgets ``--forgets`` random devices
+a second (fleet/epochs.py: per-device forgetting; those devices then answer 403). ``--cold`` adds
+(e): (b) from workers started with ``EDGEFLEET_POLL_WARM=0``, where a device's first poll in a
+worker is one Redis round trip (the worst steady state, e.g. before warming finishes). Load comes
+from wrk (``apt-get install -y wrk``) with a Lua script that picks a random device per request.
+Prints figures; asserts nothing.
 
-    .venv/bin/python bench/poll_throughput.py [--devices 100000] [--seconds 15] [--connections 16]
+    .venv/bin/python bench/poll_throughput.py [--devices 100000] [--seconds 10] [--rounds 3] [--connections 16]
+        [--workers 2] [--threads 4] [--cold] [--reuse]
 
-Uses its own PostgreSQL database (edgefleet_bench_poll) and Redis db 11 on 127.0.0.1; both are reset.
+Uses its own PostgreSQL database (edgefleet_bench_poll) and Redis db 11 on 127.0.0.1; both are reset
+(``--reuse`` keeps them from the previous run with the same ``--devices``, skipping the minutes of
+signing 100,000 manifests; revoked devices are restored first).
 """
 
 import argparse
@@ -20,9 +26,11 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -179,15 +187,97 @@ def profile_workers(master: int, folder: str, name: str, seconds: int) -> list[s
     ]
 
 
+def start_server(env: dict[str, str], workers: int, threads: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "edgefleet.wsgi",
+            "-b",
+            f"127.0.0.1:{PORT}",
+            "-w",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+
+
+def prepare(args: argparse.Namespace, env: dict[str, str], pairs_file: Path) -> list[tuple[str, str]]:
+    """Devices and their ready manifests: made now, or (``--reuse``) kept from the previous run."""
+    import redis
+
+    if args.reuse and pairs_file.exists() and redis.Redis.from_url(REDIS).dbsize() > args.devices:
+        pairs = [tuple(line.split()) for line in pairs_file.read_text().splitlines()]
+        if len(pairs) == args.devices:
+            import django
+
+            django.setup()
+            from fleet.auth import forget_device, hash_token
+            from fleet.models import Device
+            from rollout import manifest
+
+            revoked = list(Device.objects.filter(token_revoked_at__isnull=False).values_list("token_hash", flat=True))
+            Device.objects.filter(token_revoked_at__isnull=False).update(token_revoked_at=None)
+            by_hash = {hash_token(tok): tok for tok, _ in pairs}
+            for th in revoked:
+                forget_device(th)
+                manifest.poll(by_hash[th])  # ready again, as before the last run
+            print(f"reusing {len(pairs)} devices (restored {len(revoked)} revoked)")
+            return pairs
+    reset_db()
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    pairs = populate(args.devices)
+    pairs_file.write_text("".join(f"{tok} {etag}\n" for tok, etag in pairs))
+    return pairs
+
+
+def forget_churn(pairs: list[tuple[str, str]], per_second: float, stop: threading.Event) -> None:
+    """Revoke random devices as an operator would (fleet.services.revoke_token), ``per_second``."""
+    import random
+
+    from fleet import services
+    from fleet.auth import hash_token
+    from fleet.models import Device
+
+    rng = random.Random(7)
+    while not stop.wait(1 / per_second):
+        tok = rng.choice(pairs)[0]
+        device = Device.objects.filter(token_hash=hash_token(tok)).first()
+        if device is not None and device.token_revoked_at is None:
+            services.revoke_token(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=100_000)
-    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every path")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=10, help="seconds of polls to warm the workers on the hot devices")
     ap.add_argument("--hot", type=int, default=2000, help="devices in the process-warm runs")
+    ap.add_argument("--forgets", type=float, default=10.0, help="revocations per second during run (d)")
+    ap.add_argument("--cold", action="store_true", help="also measure workers that do not warm from Redis")
+    ap.add_argument("--reuse", action="store_true", help="keep the previous run's devices and manifests")
     ap.add_argument("--profile", default="", help="directory: py-spy the workers during each manifest run")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -198,79 +288,81 @@ def main() -> None:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", PORT)) == 0:
             sys.exit(f"port {PORT} is in use: another server would answer the bench")
-    data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-")
-    env = setup_env(data_dir)
-    reset_db()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    pairs = populate(args.devices)
-    work = Path(data_dir)
+    data_dir = Path(tempfile.gettempdir()) / "edgefleet-bench-poll"  # kept for --reuse (the signing key)
+    if not args.reuse:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(exist_ok=True)
+    env = setup_env(str(data_dir))
+    work = data_dir
+    pairs = prepare(args, env, work / "pairs.txt")
     lua_script(work / "manifest.lua", pairs, with_etag=False)
     lua_script(work / "manifest304.lua", pairs, with_etag=True)
     lua_script(work / "hot.lua", pairs[: args.hot], with_etag=False)
     lua_script(work / "hot304.lua", pairs[: args.hot], with_etag=True)
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "edgefleet.wsgi",
-            "-b",
-            f"127.0.0.1:{PORT}",
-            "-w",
-            str(args.workers),
-            "--threads",
-            str(args.threads),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
     base = f"http://127.0.0.1:{PORT}"
+    server = start_server(env, args.workers, args.threads)
+    results: dict[str, list[dict[str, float]]] = {}
+    latest = {"trivial": 1.0}
+
+    def run(name: str, script: Path | None) -> None:
+        url = base + ("/api/v1/manifest" if script else "/healthz")
+        spies = profile_workers(server.pid, args.profile, name, args.seconds) if args.profile else []
+        got = wrk(url, args.seconds, args.connections, script)
+        latest["trivial"] = got["rps"] if script is None else latest["trivial"]
+        got["x"] = got["rps"] / latest["trivial"]  # against the trivial view of the same round
+        results.setdefault(name, []).append(got)
+        for spy in spies:
+            spy.wait(60)
+
+    trivial, churned = "trivial JSON view (/healthz)", f"manifest 200, any, {args.forgets:g} revocations/s"
+    loads = []
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
         tok, etag = pairs[0]
         req = urllib.request.Request(base + "/api/v1/manifest", headers={"Authorization": f"Bearer {tok}"})
         with urllib.request.urlopen(req) as r:
             assert r.headers["ETag"] == etag, "the server must serve the warmed manifest"
         wrk(base + "/healthz", 3, args.connections)  # warm both workers' imports and state
-        wrk(
-            base + "/api/v1/manifest", args.warmup, args.connections, work / "hot.lua"
-        )  # every hot device, both workers
-        runs = [
-            ("trivial JSON view (/healthz)", None),
-            ("manifest 200, any of all devices", work / "manifest.lua"),
-            ("manifest 304, any of all devices", work / "manifest304.lua"),
-            (f"manifest 200, {args.hot} warm devices", work / "hot.lua"),
-            (f"manifest 304, {args.hot} warm devices", work / "hot304.lua"),
-        ]
-        results = {}
-        for name, script in runs:
-            url = base + ("/api/v1/manifest" if script else "/healthz")
-            spies = profile_workers(server.pid, args.profile, name, args.seconds) if args.profile else []
-            results[name] = wrk(url, args.seconds, args.connections, script)
-            for spy in spies:
-                spy.wait(60)
+        wrk(base + "/api/v1/manifest", args.warmup, args.connections, work / "hot.lua")  # both workers
+        for _ in range(args.rounds):  # interleaved: the other engineers' load drifts between runs
+            loads.append(os.getloadavg()[0])
+            run(trivial, None)
+            run("manifest 200, any of all devices", work / "manifest.lua")
+            run("manifest 304, any of all devices", work / "manifest304.lua")
+            run(f"manifest 200, {args.hot} warm devices", work / "hot.lua")
+            run(f"manifest 304, {args.hot} warm devices", work / "hot304.lua")
+            if args.forgets > 0:
+                stop = threading.Event()
+                churn = threading.Thread(target=forget_churn, args=(pairs, args.forgets, stop), daemon=True)
+                churn.start()
+                run(churned, work / "manifest.lua")
+                stop.set()
+                churn.join(10)
+        if args.cold:
+            stop_server(server)
+            server = start_server({**env, "EDGEFLEET_POLL_WARM": "0"}, args.workers, args.threads)
+            wrk(base + "/healthz", 3, args.connections)
+            for _ in range(args.rounds):
+                run("trivial JSON view, unwarmed server", None)
+                run("manifest 200, any, unwarmed workers", work / "manifest.lua")
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        stop_server(server)
     print(
         f"\n{args.devices} devices, gunicorn {args.workers} workers x {args.threads} threads, "
-        f"wrk {args.connections} connections, {args.seconds} s each, {os.cpu_count()} cores shared with wrk"
+        f"wrk {args.connections} connections, {args.rounds} interleaved rounds of {args.seconds} s per path, "
+        f"{os.cpu_count()} cores shared with wrk, 1-min load at each round: {', '.join(f'{x:.1f}' for x in loads)}"
     )
-    print(f"{'path':40} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(f"{name:40} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:8d}")
-    trivial = results["trivial JSON view (/healthz)"]["rps"]
-    for name in list(results)[1:]:
-        print(f"{name}: {results[name]['rps'] / trivial:.2f} x trivial (goal >= 0.8 and >= 1,700 polls/s)")
-    shutil.rmtree(data_dir, ignore_errors=True)
+    print("medians over the rounds; ratio = median of (path / trivial in the same round)")
+    print(f"{'path':44} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'x trivial':>9}  req/s per round")
+    for name, runs in results.items():
+        pick = statistics.median
+        rounds = " ".join(f"{r['rps']:.0f}" for r in runs)
+        print(
+            f"{name:44} {pick(r['rps'] for r in runs):7.0f} {pick(r['p50'] for r in runs):7.2f} "
+            f"{pick(r['p99'] for r in runs):7.2f} {sum(int(r['errors']) for r in runs):7d} "
+            f"{pick(r['x'] for r in runs):9.2f}  {rounds}"
+        )
+    print("goal: poll paths >= 0.8 x trivial and >= 1,700 polls/s; non-2xx under revocations are their 403s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ one Redis round trip, and signs only when the device's desired state changed.
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -313,8 +314,11 @@ def manifest_dict(snapshot: DeviceSnapshot, state: State) -> tuple[dict[str, Any
 #   bytes after "device_id" are interned by content: thousands of devices share them, so 100,000
 #   ready devices cost tens of MB, not hundreds;
 # - Redis, so any worker can serve a device it has never seen: ef:poll:<token hash> ->
-#   "gen\netag\nsignature\nrest hash\nsnapshot json", and ef:rest:<hash> -> the shared bytes. A first
-#   poll in a process is one pipelined round trip (plus one for a rest it has not seen yet).
+#   "gen\netag\nsignature\nrest hash\ndevice id\nsnapshot json", and ef:rest:<hash> -> the shared
+#   bytes. A first poll in a process is one pipelined round trip (plus one for a rest it has not seen
+#   yet); a background thread loads them all in bulk at a process's first poll (``warm``).
+# A forgotten device (revoked, rotated, relabelled) is dropped from every process's memory by the
+# forget log (fleet/epochs.py), one device at a time; the rest of the fleet stays ready.
 # After a generation bump the entry's own snapshot rebuilds the manifest (no token lookup), and the
 # old signature is reused when the canonical bytes came out the same (the ETag did not change).
 # An entry is written only if the device's forget counter (fleet.auth.forget_device) is what it was
@@ -510,7 +514,7 @@ WARM_BATCH = 2000
 
 def _start_warming(r: Any) -> None:
     global _warm_started
-    if _warm_started or not getattr(settings, "EDGEFLEET_POLL_WARM", True):
+    if _warm_started or not getattr(settings, "EDGEFLEET_POLL_WARM", os.environ.get("EDGEFLEET_POLL_WARM") != "0"):
         return
     with _warm_lock:
         if _warm_started:
