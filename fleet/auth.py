@@ -176,17 +176,16 @@ def forget_device(token_hash: str) -> None:
         # REDIS_URL) and the ready manifest, then log. A reader that saw the old count stored
         # nothing that outlives this (snapshot_for_token and the poll path check the count).
         r = redis_client()
-        seq = None
         if r is not None:
             pipe = r.pipeline(transaction=True)
             pipe.incr(forget_counter_key(token_hash))
             pipe.expire(forget_counter_key(token_hash), SNAPSHOT_TTL * 2)
             pipe.delete(cache.make_key(token_key(token_hash)), poll_key(token_hash))
             epochs.queue_forget(pipe, token_hash)
-            seq = pipe.execute()[-1]
+            pipe.execute()
         cache.delete(token_key(token_hash))  # the same key, or the cache is elsewhere
         _local.pop(token_hash, None)
-        epochs.forgotten_here(token_hash, seq)
+        epochs.forgotten_here(token_hash, logged=r is not None)
 
     drop()
     if not transaction.get_autocommit():

@@ -42,9 +42,12 @@ _lock = threading.Lock()
 _refresh_lock = threading.Lock()
 _memo: tuple[float, str, str] = (0.0, "", "")
 _applied = -1  # the log's sequence number this process has applied (-1: not read yet)
-_reset_seq = -1  # the sequence number at which this process last dropped everything
-_recent: dict[str, int] = {}  # token hash -> sequence number at which it was forgotten here
-_pruned_below = -1  # _recent no longer knows forgets at or below this number: assume forgotten
+# Fills are compared against a counter of this process's own (Redis's sequence restarts if Redis
+# loses the log): every drop advances it.
+_local_seq = 0
+_reset_at = 0  # the local count at which this process last dropped everything
+_recent: dict[str, int] = {}  # token hash -> local count at which it was forgotten here
+_pruned_below = 0  # _recent no longer knows drops at or below this count: assume forgotten
 _RECENT_MAX = 50_000
 _callbacks: list[Callable[[Iterable[str] | None], None]] = []
 
@@ -143,27 +146,29 @@ def _read_log(r: Any) -> None:
     elif seq == _applied:
         return
     elif seq < _applied or floor > _applied or seq - _applied > READ_MAX:
-        _forget_all(seq)  # Redis lost the log, or it was trimmed past us, or we are far behind
+        _forget_all()  # Redis lost the log, or it was trimmed past us, or we are far behind
+        _applied = seq
     else:
-        _forget_here(hashes, seq)
+        _forget_here(hashes)
         _applied = seq
 
 
-def _forget_all(seq: int) -> None:
-    global _applied, _reset_seq
+def _forget_all() -> None:
+    global _local_seq, _reset_at
     with _lock:
-        _reset_seq = max(_reset_seq, seq, _applied)
-        _applied = seq
+        _local_seq += 1
+        _reset_at = _local_seq
     _drop(None)
 
 
-def _forget_here(hashes: list[str], seq: int) -> None:
+def _forget_here(hashes: list[str]) -> None:
     """Note the forgets first, then drop: a concurrent filler checks the note after it stores."""
-    global _pruned_below
+    global _local_seq, _pruned_below
     with _lock:
+        _local_seq += 1
         for h in hashes:
             _recent.pop(h, None)
-            _recent[h] = seq  # insertion order stays sequence order
+            _recent[h] = _local_seq  # insertion order stays count order
         if len(_recent) > _RECENT_MAX:
             drop = list(_recent)[: len(_recent) // 2]
             _pruned_below = max(_pruned_below, max(_recent[h] for h in drop))
@@ -173,28 +178,28 @@ def _forget_here(hashes: list[str], seq: int) -> None:
 
 
 def applied() -> int:
-    """The log position this process has applied; read it before fetching data to keep."""
-    return max(_applied, _reset_seq)
+    """How many drops this process has applied; read it before fetching data to keep."""
+    return _local_seq
 
 
 def forgotten_since(token_hash: str, seq: int) -> bool:
-    """Was the device forgotten in this process after :func:`applied` returned ``seq``?"""
-    return _reset_seq > seq or _pruned_below > seq or _recent.get(token_hash, -1) > seq
+    """Was the device dropped in this process after :func:`applied` returned ``seq``?"""
+    return _reset_at > seq or _pruned_below > seq or _recent.get(token_hash, -1) > seq
 
 
 def queue_forget(pipe: Any, token_hash: str) -> None:
     """Queue the log append on a Redis pipeline (the caller's other deletes go in the same
-    transaction); pass the pipeline's last result to :func:`forgotten_here`."""
+    transaction), then call :func:`forgotten_here`."""
     pipe.eval(FORGET_LUA, 3, SEQ_KEY, LOG_KEY, FLOOR_KEY, token_hash, LOG_KEEP)
 
 
-def forgotten_here(token_hash: str, seq: int | None) -> None:
+def forgotten_here(token_hash: str, logged: bool) -> None:
     """Drop a device this process forgot from its own memory at once (no waiting for the log);
-    ``seq`` None (no Redis) bumps the ``auth`` counter: every process drops every device."""
-    if seq is None:
-        bump(AUTH_KEY)
+    not ``logged`` (no Redis) bumps the ``auth`` counter: every process drops every device."""
+    if logged:
+        _forget_here([token_hash])
     else:
-        _forget_here([token_hash], int(seq))
+        bump(AUTH_KEY)
 
 
 def bump(key: str) -> str:
