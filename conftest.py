@@ -30,6 +30,27 @@ def celery_worker(transactional_db: None) -> Iterator[object]:
 
 
 @pytest.fixture
+def roles() -> None:
+    """The role groups a migration made; transactional tests flush them, so they come back here."""
+    from django.contrib.auth.models import Group
+
+    for name in ("viewer", "operator", "admin"):
+        Group.objects.get_or_create(name=name)
+
+
+@pytest.fixture
+def store(settings: object, tmp_path: Path) -> Path:
+    """Artifacts go to a fresh directory per test, so 'nothing stored' can be checked on disk."""
+    root = tmp_path / "store"
+    root.mkdir()
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
+    }
+    return root
+
+
+@pytest.fixture
 def operator(db: None, django_user_model: type) -> object:
     from django.contrib.auth.models import Group
 

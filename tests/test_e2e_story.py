@@ -40,17 +40,13 @@ def shot(page: object, name: str) -> None:
 
 
 @pytest.fixture
-def fast_fleet(settings: object, tmp_path: Path) -> None:
+def fast_fleet(settings: object, store: Path) -> None:
     """Compressed time (1 s polls, 3 s windows, 10 s rollups) and a k small enough for 40 devices."""
     settings.EDGEFLEET_POLL_INTERVAL = 1
     settings.EDGEFLEET_TELEMETRY_WINDOW = 3
     settings.EDGEFLEET_ROLLUP_SECONDS = 10
     settings.EDGEFLEET_MIN_COHORT = 5
     settings.EDGEFLEET_DP_DAILY_BUDGET = 100_000
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}},
-    }
 
 
 @pytest.fixture

@@ -8,28 +8,15 @@ import pytest
 
 from tests.onnx_models import large_mlp, save
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("roles"),
+]
 
 # Playwright's sync API keeps an event loop in this thread; the ORM calls here are still synchronous.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
-@pytest.fixture(autouse=True)
-def roles(transactional_db: None) -> None:
-    """Transactional tests flush the tables, so the role groups a migration made come back here."""
-    from django.contrib.auth.models import Group
-
-    for name in ("viewer", "operator", "admin"):
-        Group.objects.get_or_create(name=name)
-
-
-@pytest.fixture
-def store(settings: object, tmp_path: Path) -> Path:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}},
-    }
-    return tmp_path
 
 
 # Progress widths are kept in sessionStorage: the upload page navigates away once the upload is done.

@@ -38,18 +38,6 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def store(settings: object, tmp_path: Path) -> Path:
-    """Artifacts go to a fresh directory per test, so 'nothing stored' can be checked on disk."""
-    root = tmp_path / "store"
-    root.mkdir()
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
-    }
-    return root
-
-
 def stored_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 

@@ -17,25 +17,7 @@ from ota.models import Model, ModelVersion
 from ota.tasks import recover_stuck_validations
 from tests.onnx_models import mlp_classifier
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def roles(transactional_db: None) -> None:
-    """Transactional tests flush the tables, so the role groups a migration made come back here."""
-    from django.contrib.auth.models import Group
-
-    for name in ("viewer", "operator", "admin"):
-        Group.objects.get_or_create(name=name)
-
-
-@pytest.fixture
-def store(settings: object, tmp_path: Path) -> Path:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}},
-    }
-    return tmp_path
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("roles")]
 
 
 def wait_for(version_id: int, timeout: float = 60) -> ModelVersion:
