@@ -50,7 +50,7 @@ def setup_env(data_dir: str) -> dict[str, str]:
         EDGEFLEET_DATA_DIR=data_dir,
         DJANGO_SETTINGS_MODULE="edgefleet.settings",
         DEBUG="0",
-        LOG_LEVEL="ERROR",  # not a "Forbidden" line per poll of a device revoked by run (d)
+        LOG_LEVEL="WARNING",  # a 403 still logs "Forbidden" (django.request), as in production
         SECRET_KEY="bench-only-secret-key-not-for-production-0123456789",
     )
     os.environ.update(env)
@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep the previous run's devices and manifests")
     ap.add_argument("--profile", default="", help="directory: py-spy the workers during each manifest run")
     args = ap.parse_args()
+    if args.worker_class == "sync":
+        args.threads = 1  # gunicorn runs gthread instead when sync is given more than one thread
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install -y wrk")
 
