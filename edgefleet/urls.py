@@ -13,6 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("api/v1/manifest", manifest_fast),  # the hottest route first (fleet/api.py)
+    path("healthz", healthz, name="healthz"),  # early too: load balancers and the poll bench's baseline
     path("", include("fleet.urls")),
     path("", include("ota.urls")),
     path("telemetry/", include("telemetry.urls")),
@@ -24,5 +25,4 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
-    path("healthz", healthz, name="healthz"),
 ]

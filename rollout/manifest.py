@@ -34,7 +34,8 @@ from django.conf import settings
 from fleet import epochs, selectors
 from fleet.auth import DeviceSnapshot
 from ota import signing
-from telemetry.binning import DEFAULT_FEATURE_EDGES, DEFAULT_SCORE_EDGES, LATENCY_EDGES_MS, MAX_CLASSES
+from telemetry.binning import LATENCY_EDGES_MS
+from telemetry.profiles import expected_bins
 
 logger = logging.getLogger(__name__)
 TOLD_TTL = 90 * 24 * 3600
@@ -120,36 +121,6 @@ class State:
         return bool(pred and pred(labels))
 
 
-def telemetry_block(report: dict[str, Any], profile: dict[str, Any] | None) -> dict[str, Any]:
-    """Per-model telemetry settings: features and output binning from the reference profile or shapes."""
-    profile = profile or {}
-    features: list[dict[str, Any]] = []
-    raw = profile.get("features")
-    if isinstance(raw, list):
-        features = [{"name": str(f["name"]), "edges": [float(x) for x in f["edges"]]} for f in raw]
-    elif isinstance(raw, dict):
-        for name, f in raw.items():
-            edges = f.get("edges") if isinstance(f, dict) else f
-            features.append({"name": str(name), "edges": [float(x) for x in edges]})
-    else:
-        inputs = report.get("inputs") or []
-        if inputs:
-            shape = inputs[0].get("shape") or []
-            cols = shape[-1] if shape and isinstance(shape[-1], int) else 1
-            name = inputs[0].get("name", "input")
-            features = [{"name": f"{name}[{i}]", "edges": list(DEFAULT_FEATURE_EDGES)} for i in range(min(cols, 256))]
-    output = profile.get("output")
-    if not isinstance(output, dict):
-        outs = report.get("outputs") or []
-        shape = (outs[0].get("shape") or []) if outs else []
-        n = shape[-1] if shape and isinstance(shape[-1], int) else None
-        if n is not None and 2 <= n <= MAX_CLASSES:
-            output = {"kind": "classes", "n": n}
-        else:
-            output = {"kind": "bins", "edges": list(DEFAULT_SCORE_EDGES)}
-    return {"features": features, "output": output}
-
-
 def _load(generation: str) -> State:
     from fleet.models import Cohort
     from ota.models import ModelVersion
@@ -182,7 +153,7 @@ def _load(generation: str) -> State:
             artifacts=arts,
             inputs=list(report.get("inputs") or []),
             outputs=list(report.get("outputs") or []),
-            telemetry=telemetry_block(report, v.reference_profile),
+            telemetry=expected_bins(v),
         )
     for r in releases:
         if r.version_id not in state.versions:
@@ -264,7 +235,7 @@ def telemetry_settings() -> dict[str, Any]:
         "privacy": {
             "mechanism": settings.EDGEFLEET_DP_MECHANISM,
             "epsilon": settings.EDGEFLEET_DP_EPSILON,
-            "unit": "device-window",
+            "unit": "inference",  # each report spends epsilon once per device-window (docs/privacy.md)
             "daily_budget": settings.EDGEFLEET_DP_DAILY_BUDGET,
         },
         "latency_edges_ms": list(LATENCY_EDGES_MS),

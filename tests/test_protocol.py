@@ -359,3 +359,29 @@ def test_signing_key_is_made_once_when_many_threads_ask_at_once(tmp_path, settin
         t.join()
     assert errors == [] and len(set(keys)) == 1 and len(keys) == 16
     assert [p.name for p in tmp_path.iterdir()] == ["signing_key"], "no temp files are left behind"
+
+
+def test_manifest_bins_are_the_ones_ingest_checks(client: Client) -> None:
+    """Devices are told exactly the bins the server will accept, with and without a reference profile."""
+    from telemetry.profiles import expected_bins
+
+    _, token = factories.device(labels={"region": "eu"})
+    plain = factories.staged_version("plain", "v1", seed=2)
+    profiled = factories.staged_version("profiled", "v1", seed=3)
+    profiled.reference_profile = {
+        "source": "reference_set",
+        "n": 10,
+        "features": [
+            {"name": f"input[{j}]", "edges": [-1.0, 0.0, 1.0], "counts": [5, 5], "mean": 0, "std": 1} for j in range(4)
+        ],
+        "output": {"kind": "classes", "n": 3, "counts": [3, 3, 4]},
+    }
+    profiled.save(update_fields=["reference_profile"])
+    factories.release(plain)
+    factories.release(profiled)
+    m = get(client, "/api/v1/manifest", token).json()["manifest"]
+    by_model = {e["model"]: e["telemetry"] for e in m["models"]}
+    assert by_model["plain"] == expected_bins(plain)
+    assert by_model["profiled"] == expected_bins(profiled)
+    assert by_model["profiled"]["features"][0]["edges"] == [-1.0, 0.0, 1.0]
+    assert m["telemetry"]["privacy"]["unit"] == "inference"
