@@ -17,17 +17,6 @@ from fleet.auth import forget_device, hash_token, new_token
 from fleet.models import Cohort, Device, DeviceEvent, EnrollmentKey
 
 KEY_PREFIX = "efk_"
-EVENT_KINDS = (
-    "download_started",
-    "download_finished",
-    "download_failed",
-    "verify_failed",
-    "installed",
-    "install_failed",
-    "activated",
-    "fell_back",
-    "spool_dropped",
-)
 MAX_LABELS = 32
 INSTALL_KINDS = ("installed", "activated", "fell_back")
 
