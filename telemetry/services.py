@@ -692,9 +692,15 @@ def _drift_verdict(version_id: int, control_id: int, can: _Side, con: _Side, lim
     if v.canary is None or len(can.devices) < min_dev:
         v.detail = why if v.canary is None else f"needs {min_dev} reporting canary devices (have {len(can.devices)})"
         return v.as_dict()
-    v.statistic = v.effect = v.canary
-    v.verdict = regression.FAIL if (v.canary > limit and v.canary > (level or 0)) else regression.PASS
-    v.detail = f"max PSI {v.canary:.3f} ({why}); noise-aware level {level:.3f}; fails above {limit}"
+    # Input drift reaches canary and control devices alike; a version is to blame only for the drift
+    # it sees beyond what the control sees (e.g. outputs that moved), so the effect is the difference.
+    v.statistic = v.canary
+    v.effect = v.canary - (v.control or 0.0)
+    v.verdict = regression.FAIL if (v.effect > limit and v.canary > (level or 0)) else regression.PASS
+    v.detail = (
+        f"max PSI {v.canary:.3f} ({why}) vs control {v.control or 0:.3f}; noise-aware level {level:.3f}; "
+        f"fails when the canary drifts more than the control by over {limit}"
+    )
     return v.as_dict()
 
 

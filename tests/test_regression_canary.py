@@ -202,3 +202,16 @@ def test_a_real_error_regression_on_five_devices_still_fails() -> None:
         can_err, n_can, con_err, n_con, 5, 60, 0.02, 5, canary_noise_var=15 * var, control_noise_var=180 * var
     )
     assert v.verdict == regression.FAIL and v.canary > 0.2
+
+
+def test_input_drift_on_both_sides_does_not_fail_the_canary(versions) -> None:
+    """Drift that reaches canary and control alike is the world changing, not the version regressing."""
+    old, new = versions
+    rng = np.random.default_rng(7)
+    fleet_on(old, 22, rng, "control", shift=1.0)
+    canary = fleet_on(new, 22, rng, "canary", shift=1.0)
+    installs(new, canary, failed=0)
+    out = services.canary_vs_control(new.id, old.id, timezone.now() - timedelta(hours=1))
+    drift = out["drift"]
+    assert drift["canary"] > 0.25 and drift["control"] > 0.25, "both sides see the shift"
+    assert drift["verdict"] == "pass" and abs(drift["effect"]) < 0.25
