@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,37 +34,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _server import django_env, fresh_database, start_gunicorn
+
 DB = "edgefleet_bench_poll"
 REDIS = "redis://127.0.0.1:6379/11"
 PORT = 18731  # not 8765: other benches and demos use it
-
-
-def setup_env(data_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
-        REDIS_URL=REDIS,
-        EDGEFLEET_DATA_DIR=data_dir,
-        DJANGO_SETTINGS_MODULE="edgefleet.settings",
-        DEBUG="0",
-        LOG_LEVEL="WARNING",  # a 403 still logs "Forbidden" (django.request), as in production
-        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789",
-    )
-    os.environ.update(env)
-    return env
-
-
-def reset_db() -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB}")
-    conn.close()
 
 
 def populate(n: int) -> list[tuple[str, str]]:
@@ -187,41 +160,6 @@ def profile_workers(master: int, folder: str, name: str, seconds: int) -> list[s
     ]
 
 
-def start_server(env: dict[str, str], workers: int, threads: int, worker_class: str = "gthread") -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "edgefleet.wsgi",
-            "-b",
-            f"127.0.0.1:{PORT}",
-            "-w",
-            str(workers),
-            "--threads",
-            str(threads),
-            "-k",
-            worker_class,
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    return server
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    server.wait(30)
-
-
 def prepare(args: argparse.Namespace, env: dict[str, str], pairs_file: Path) -> list[tuple[str, str]]:
     """Devices and their ready manifests: made now, or (``--reuse``) kept from the previous run."""
     import redis
@@ -244,8 +182,7 @@ def prepare(args: argparse.Namespace, env: dict[str, str], pairs_file: Path) -> 
                 manifest.poll(by_hash[th])  # ready again, as before the last run
             print(f"reusing {len(pairs)} devices (restored {len(revoked)} revoked)")
             return pairs
-    reset_db()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    fresh_database(DB, env)
     pairs = populate(args.devices)
     pairs_file.write_text("".join(f"{tok} {etag}\n" for tok, etag in pairs))
     return pairs
@@ -299,7 +236,8 @@ def main() -> None:
     if not args.reuse:
         shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(exist_ok=True)
-    env = setup_env(str(data_dir))
+    # a 403 still logs "Forbidden" (django.request), as in production
+    env = django_env(DB, REDIS, str(data_dir), LOG_LEVEL="WARNING")
     work = data_dir
     pairs = prepare(args, env, work / "pairs.txt")
     lua_script(work / "manifest.lua", pairs, with_etag=False)
@@ -308,7 +246,6 @@ def main() -> None:
     lua_script(work / "hot304.lua", pairs[: args.hot], with_etag=True)
 
     base = f"http://127.0.0.1:{PORT}"
-    server = start_server(env, args.workers, args.threads, args.worker_class)
     results: dict[str, list[dict[str, float]]] = {}
     latest = {"trivial": 1.0}
 
@@ -324,7 +261,9 @@ def main() -> None:
 
     trivial, churned = "trivial JSON view (/healthz)", f"manifest 200, any, {args.forgets:g} revocations/s"
     loads = []
-    try:
+    gunicorn = ["-w", str(args.workers), "--threads", str(args.threads), "-k", args.worker_class]
+    gunicorn += ["--log-level", "warning"]
+    with start_gunicorn(env, PORT, *gunicorn) as server:
         tok, etag = pairs[0]
         req = urllib.request.Request(base + "/api/v1/manifest", headers={"Authorization": f"Bearer {tok}"})
         with urllib.request.urlopen(req) as r:
@@ -345,15 +284,12 @@ def main() -> None:
                 run(churned, work / "manifest.lua")
                 stop.set()
                 churn.join(10)
-        if args.cold:
-            stop_server(server)
-            server = start_server({**env, "EDGEFLEET_POLL_WARM": "0"}, args.workers, args.threads, args.worker_class)
+    if args.cold:
+        with start_gunicorn({**env, "EDGEFLEET_POLL_WARM": "0"}, PORT, *gunicorn) as server:
             wrk(base + "/healthz", 3, args.connections)
             for _ in range(args.rounds):
                 run("trivial JSON view, unwarmed server", None)
                 run("manifest 200, any, unwarmed workers", work / "manifest.lua")
-    finally:
-        stop_server(server)
     print(
         f"\n{args.devices} devices, gunicorn {args.workers} {args.worker_class} workers x {args.threads} threads, "
         f"wrk {args.connections} connections, {args.rounds} interleaved rounds of {args.seconds} s per path, "

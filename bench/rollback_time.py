@@ -22,51 +22,19 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _server import ROOT, django_env, fresh_database, gunicorn_command, wait_until_up
+
 DB = "edgefleet_bench_rollback"
 REDIS = "redis://127.0.0.1:6379/12"
 PORT = 18742
-
-
-def setup_env(data_dir: str, gate: float) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
-        REDIS_URL=REDIS,
-        EDGEFLEET_DATA_DIR=data_dir,
-        EDGEFLEET_GATE_INTERVAL=str(int(gate)),
-        DJANGO_SETTINGS_MODULE="edgefleet.settings",
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        ORT_NUM_THREADS="1",
-        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789",
-    )
-    os.environ.update(env)
-    return env
-
-
-def reset() -> None:
-    import psycopg2
-    import redis
-
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB}")
-    conn.close()
-    redis.Redis.from_url(REDIS).flushdb()
 
 
 def simulate(opts: dict[str, Any]) -> None:
@@ -96,9 +64,13 @@ def main() -> None:
     a = ap.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-rollback-")
-    env = setup_env(data_dir, a.gate)
-    reset()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    env = django_env(
+        DB, REDIS, data_dir, EDGEFLEET_GATE_INTERVAL=str(int(a.gate)), LOG_LEVEL="WARNING", ORT_NUM_THREADS="1"
+    )
+    import redis
+
+    redis.Redis.from_url(REDIS).flushdb()
+    fresh_database(DB, env)
 
     import django
 
@@ -121,18 +93,13 @@ def main() -> None:
     def start(cmd: list[str]) -> None:
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log))
 
-    start([sys.executable, "-m", "gunicorn", "edgefleet.wsgi", "-b", f"127.0.0.1:{PORT}", "-w", "2", "--threads", "4"])
+    start(gunicorn_command(PORT, "-w", "2", "--threads", "4"))
     celery = [sys.executable, "-m", "celery", "-A", "edgefleet"]
     start([*celery, "worker", "--pool", "threads", "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle"])
     start(
         [*celery, "beat", "-l", "warning", "-S", "celery.beat:PersistentScheduler", "-s", f"{data_dir}/beat-schedule"]
     )
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_until_up(base + "/healthz", tries=150)
 
     speed = 60.0 / a.poll
     sim_opts = dict(

@@ -21,41 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _server import ROOT, django_env, fresh_database, start_gunicorn
+
 DB = "edgefleet_bench_agent"
 REDIS = "redis://127.0.0.1:6379/6"
 PORT = 8771
-
-
-def setup_env(data_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
-        REDIS_URL=REDIS,
-        EDGEFLEET_DATA_DIR=data_dir,
-        DJANGO_SETTINGS_MODULE="edgefleet.settings",
-        DEBUG="0",
-        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789",
-    )
-    os.environ.update(env)
-    return env
-
-
-def reset() -> None:
-    import psycopg2
-    import redis
-
-    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB}")
-    conn.close()
-    redis.Redis.from_url(REDIS).flushdb()
 
 
 def seed() -> str:
@@ -76,41 +48,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=8, help="simulator threads")
     a = ap.parse_args()
+    import redis
 
     data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-sim-")
-    env = setup_env(data_dir)
-    reset()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    env = django_env(DB, REDIS, data_dir)
+    redis.Redis.from_url(REDIS).flushdb()
+    fresh_database(DB, env)
     key = seed()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "edgefleet.wsgi",
-            "-b",
-            f"127.0.0.1:{PORT}",
-            "-w",
-            "2",
-            "--threads",
-            "4",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
     base = f"http://127.0.0.1:{PORT}"
     rows = []
     log = open(Path(data_dir) / "simulator.log", "w")  # noqa: SIM115 (open for the whole run)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    gunicorn = ["-w", "2", "--threads", "4", "--log-level", "warning"]
+    with start_gunicorn(env, PORT, *gunicorn, stderr=subprocess.DEVNULL):
         for speed in [float(s) for s in a.speeds.split(",")]:
             summary_file = Path(data_dir) / f"sim-{speed:g}.json"
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -168,9 +117,6 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     best = max((r for r in rows if r["keeps_up"] >= 0.9), key=lambda r: r["equivalent_devices"], default=None)
     per_poll = min(r["cpu_ms_per_device_poll"] for r in rows)
     print(f"\ncost per device per 60 s (poll + inference call + window report): ~{per_poll:.1f} ms CPU")
