@@ -1,0 +1,95 @@
+"""Backing services away: devices get 503 + Retry-After (they back off and keep their spool), never a
+500, and what they re-send once the service is back is accepted."""
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from fleet.presence import redis_client
+from rollout.manifest import bump_generation
+from telemetry.models import Report
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+DEAD_REDIS = "redis://127.0.0.1:6399/0"  # nothing listens here
+
+
+@pytest.fixture
+def redis_away(settings: object) -> Iterator[None]:
+    settings.REDIS_URL = DEAD_REDIS
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": DEAD_REDIS}}
+    redis_client.cache_clear()
+    yield
+    redis_client.cache_clear()
+
+
+def _report(version: object) -> dict:
+    from telemetry.profiles import expected_bins
+
+    bins = expected_bins(version)
+    end = timezone.now() - timedelta(seconds=5)
+    return {
+        "id": str(uuid.uuid4()),
+        "model": version.model.name,
+        "version": version.label,
+        "window_start": (end - timedelta(seconds=300)).isoformat(),
+        "window_end": end.isoformat(),
+        "inference_count": 100.0,
+        "error_count": 1.0,
+        "latency_ms": {"counts": [0.0] * 12},
+        "outputs": {"counts": [0.0] * bins["output"]["n"]},
+        "features": {f["name"]: {"counts": [0.0] * (len(f["edges"]) - 1)} for f in bins["features"]},
+        "privacy": {"mechanism": "laplace", "epsilon": 1.0},
+    }
+
+
+def test_redis_down_known_devices_carry_on_new_ones_are_told_to_come_back(settings) -> None:
+    bump_generation()
+    client = Client()
+    _, token = factories.device(labels={"region": "eu"})
+    _, stranger = factories.device(labels={"region": "eu"}, name="stranger")
+    v1 = factories.staged_version("fraud", "v1")
+    factories.release(v1)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    assert client.get("/api/v1/manifest", **auth).status_code == 200  # the device was told v1
+    batch = {"reports": [_report(v1)]}
+    saved_url, saved_caches = settings.REDIS_URL, settings.CACHES
+
+    settings.REDIS_URL = DEAD_REDIS
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": DEAD_REDIS}}
+    redis_client.cache_clear()
+    try:
+        # A device this worker already knows is served from memory: polls and durable telemetry
+        # (acknowledged = committed in PostgreSQL) carry on through a Redis outage.
+        assert client.get("/api/v1/manifest", **auth).status_code == 200
+        sent = client.post("/api/v1/telemetry", json.dumps(batch), content_type="application/json", **auth)
+        assert sent.status_code == 202 and sent.json()["accepted"] == [batch["reports"][0]["id"]]
+        # A device this worker has never seen cannot be checked now: come back later, never a 500.
+        response = client.get("/api/v1/manifest", HTTP_AUTHORIZATION=f"Bearer {stranger}")
+        assert response.status_code == 503, response.content
+        assert response["Retry-After"] == "30"
+        assert response.json()["error"]["code"] == "unavailable"
+    finally:
+        settings.REDIS_URL, settings.CACHES = saved_url, saved_caches
+        redis_client.cache_clear()
+
+    again = client.post("/api/v1/telemetry", json.dumps(batch), content_type="application/json", **auth)
+    assert again.status_code == 202 and again.json()["duplicates"] == [batch["reports"][0]["id"]]
+    assert Report.objects.count() == 1
+    assert client.get("/api/v1/manifest", HTTP_AUTHORIZATION=f"Bearer {stranger}").status_code == 200
+
+
+def test_pages_say_the_service_is_away(operator_client, redis_away) -> None:
+    """A page whose data lives behind the away service answers 503 with a sentence, not a 500."""
+    from demo.story import STATUS_KEY  # the overview reads the demo status from the cache
+
+    assert STATUS_KEY
+    response = operator_client.get("/")
+    assert response.status_code == 503
+    assert "unavailable" in response.content.decode() and response["Retry-After"] == "30"
