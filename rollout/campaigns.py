@@ -827,7 +827,23 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
             pause(campaign.pk, reason=f"gate failed: {', '.join(outcome.failed)}", numbers=numbers, expect_wave=k)
     except CampaignError:
         return "skip"  # another beat or an operator acted first
+    if what in ("rollback", "pause"):
+        _record_regression(campaign, what, outcome.failed, numbers)
     return what
+
+
+def _record_regression(campaign: Campaign, what: str, failed: list[str], numbers: dict[str, Any]) -> None:
+    """The finding behind an automatic rollback or pause becomes an alert operators see and resolve."""
+    from telemetry.services import open_regression_alert
+
+    done = "rolled back" if what == "rollback" else "paused"
+    open_regression_alert(
+        campaign.version_id,
+        campaign.cohort.name if campaign.cohort else "all",
+        f"{campaign.version} regressed against {campaign.previous_version} ({', '.join(failed)}); "
+        f"campaign “{campaign.name}” {done}",
+        {**numbers, "campaign": campaign.pk},
+    )
 
 
 def evaluate_running() -> dict[str, int]:

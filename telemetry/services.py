@@ -514,6 +514,27 @@ def update_drift_alerts(version_id: int, cohort: str, now: datetime | None = Non
     return opened, resolved
 
 
+def open_regression_alert(version_id: int, cohort: str, message: str, numbers: dict) -> Alert:
+    """Record that a version regressed against its control (the gate job found it and acted).
+
+    One open regression alert per version and cohort: a second failing campaign updates it.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        alert, created = Alert.objects.select_for_update().get_or_create(
+            kind=Alert.Kind.REGRESSION,
+            version_id=version_id,
+            cohort=cohort,
+            feature="",
+            state=Alert.State.OPEN,
+            defaults={"opened_at": now, "updated_at": now, "numbers": numbers, "message": message},
+        )
+        if not created:
+            alert.updated_at, alert.numbers, alert.message = now, numbers, message
+            alert.save(update_fields=["updated_at", "numbers", "message"])
+    return alert
+
+
 def resolve_alert(alert_id: int, by: str, now: datetime | None = None) -> Alert:
     """An operator closes an alert (the caller checks the role and writes the audit entry)."""
     now = now or timezone.now()

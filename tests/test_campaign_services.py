@@ -338,3 +338,31 @@ def test_a_stale_evaluation_does_not_act_twice(fleet, synthetic) -> None:
     with pytest.raises(CampaignError, match="moved on"):
         campaigns.advance(c.pk, numbers={}, expect_wave=0)
     assert Campaign.objects.get(pk=c.pk).wave_index == 1
+
+
+def test_an_automatic_rollback_opens_one_regression_alert(fleet, synthetic) -> None:
+    from telemetry.models import Alert
+
+    synthetic["value"] = comparison("fail", error_canary=0.2)
+    c = make(fleet)
+    campaigns.start(c.pk)
+    assert campaigns.evaluate_campaign(c.pk) == "rollback"
+    alert = Alert.objects.get(kind="regression", state="open")
+    assert alert.version_id == c.version_id and "error_rate" in alert.message and "rolled back" in alert.message
+    assert alert.numbers["campaign"] == c.pk
+    # A second failing campaign of the same version updates the open alert instead of adding one.
+    again = make(fleet)
+    campaigns.start(again.pk)
+    assert campaigns.evaluate_campaign(again.pk) == "rollback"
+    assert Alert.objects.filter(kind="regression", state="open").count() == 1
+    assert Alert.objects.get(kind="regression").numbers["campaign"] == again.pk
+
+
+def test_a_passing_or_holding_gate_opens_no_alert(fleet, synthetic) -> None:
+    from telemetry.models import Alert
+
+    synthetic["value"] = comparison("not_enough_data")
+    c = make(fleet)
+    campaigns.start(c.pk)
+    assert campaigns.evaluate_campaign(c.pk) == "hold"
+    assert not Alert.objects.filter(kind="regression").exists()
