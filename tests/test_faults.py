@@ -2,6 +2,8 @@
 500, and what they re-send once the service is back is accepted."""
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -93,3 +95,74 @@ def test_pages_say_the_service_is_away(operator_client, redis_away) -> None:
     response = operator_client.get("/")
     assert response.status_code == 503
     assert "unavailable" in response.content.decode() and response["Retry-After"] == "30"
+
+
+def _worker(env: dict) -> subprocess.Popen:
+    """A real Celery worker process on the test database, which the test can SIGKILL."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "edgefleet", "worker", "--pool", "solo", "-l", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_worker_killed_mid_validation_loses_nothing(settings, roles) -> None:
+    """SIGKILL a real worker process in the middle of a validation: the version is not lost and not
+    stuck; the stuck-validation job re-queues it and another worker stages it."""
+    import io
+    import os
+    import signal
+    import time
+
+    import onnx
+    from django.db import connection
+
+    from ota import services
+    from ota.models import Model, ModelVersion
+    from ota.tasks import recover_stuck_validations
+    from tests.onnx_models import large_mlp
+
+    buf = io.BytesIO()
+    onnx.save(large_mlp(30 * 1024 * 1024, n_features=8, n_classes=3), buf)
+    model = Model.objects.create(name="heavy")
+    version = ModelVersion.objects.create(
+        model=model, label="v1", artifact=factories.artifact(buf.getvalue()), want_int8=True, validation_attempts=1
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "edgefleet.settings",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "EDGEFLEET_DATA_DIR": str(settings.DATA_DIR),
+        "ORT_NUM_THREADS": "1",
+    }
+    first = _worker(env)
+    try:
+        services.enqueue_validation(version.pk)
+        deadline = time.monotonic() + 90
+        while ModelVersion.objects.get(pk=version.pk).validation_started_at is None:
+            assert time.monotonic() < deadline, "the worker never started the validation"
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert ModelVersion.objects.get(pk=version.pk).status == "validating", "killed before it could finish"
+
+    settings.EDGEFLEET_VALIDATION_TIMEOUT = 0
+    assert recover_stuck_validations() == {"requeued": 1, "rejected": 0}
+    second = _worker(env)
+    try:
+        deadline = time.monotonic() + 180
+        while (v := ModelVersion.objects.get(pk=version.pk)).status == "validating":
+            assert time.monotonic() < deadline, "the re-queued validation never finished"
+            time.sleep(0.5)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert v.status == "staged" and v.validation_attempts == 2
+    assert v.variants.filter(kind="int8").exists()
