@@ -66,7 +66,9 @@ def beat(celery_worker: object) -> Iterator[None]:
     def tick() -> None:
         while not stop.wait(1.5):
             for task in (flush_presence, evaluate_campaigns, rollup_and_drift):
-                task.delay()
+                # Expiring like a beat entry that is not allowed to pile up: when the worker is slow,
+                # stale ticks are dropped instead of queueing behind each other.
+                task.apply_async(expires=3)
 
     t = threading.Thread(target=tick, daemon=True)
     t.start()
@@ -75,13 +77,17 @@ def beat(celery_worker: object) -> Iterator[None]:
     t.join()
 
 
-def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def wait(cond: Callable[[], bool], timeout: float, what: str, campaign: Campaign | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return
         time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    why = ""
+    if campaign is not None:  # the gate job's last words say what it was waiting for
+        last = campaign.decisions.order_by("-at")[:3]
+        why = "; last decisions: " + " | ".join(f"{d.kind}: {d.reason} {d.numbers.get('gates', '')}" for d in last)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{why}")
 
 
 def on_version(label: str) -> int:
@@ -193,7 +199,7 @@ def story_after_enrollment(page: object, live_server: object, sam: object, main:
     assert "Running" in page.inner_text("#campaign-state")
 
     # 5. The first wave passes its gates and the campaign advances by itself.
-    wait(lambda: Campaign.objects.get(pk=campaign.pk).wave_index >= 1, 180, "the gate job to advance wave 1")
+    wait(lambda: Campaign.objects.get(pk=campaign.pk).wave_index >= 1, 180, "the gate job to advance wave 1", campaign)
     assert Campaign.objects.get(pk=campaign.pk).state == "running"
     page.reload()
     page.wait_for_selector("#chart-error .main-svg")
