@@ -141,8 +141,11 @@ def latency_verdict(
     min_devices: int = 20,
     canary_noise_var: float = 0.0,
     control_noise_var: float = 0.0,
+    min_delta_ms: float = 5.0,
 ) -> Verdict:
-    """Fail when the canary's latency quantile is more than ``max_ratio`` times the control's.
+    """Fail when the canary's latency quantile is more than ``max_ratio`` times the control's AND
+    more than ``min_delta_ms`` slower: an effect-size floor, because a 2x ratio between two
+    sub-millisecond models is scheduler noise on a busy device, not a regression.
 
     Quantiles are read from the histograms after ``denoise``; when nothing stands clear of the noise
     the answer is not-enough-data, never a guess. The statistic is a two-sample KS on the binned
@@ -163,9 +166,10 @@ def latency_verdict(
     a = np.clip(np.asarray(canary_counts, float), 0, None)
     b = np.clip(np.asarray(control_counts, float), 0, None)
     v.statistic = float(np.max(np.abs(np.cumsum(a) / a.sum() - np.cumsum(b) / b.sum())))
-    v.verdict = FAIL if v.effect > max_ratio else PASS
+    v.verdict = FAIL if (v.effect > max_ratio and v.canary - v.control > min_delta_ms) else PASS
     v.detail = (
-        f"p{round(quantile * 100)} {v.canary:.2f} ms vs {v.control:.2f} ms (×{v.effect:.3f}); fails above ×{max_ratio}"
+        f"p{round(quantile * 100)} {v.canary:.2f} ms vs {v.control:.2f} ms (×{v.effect:.3f}); "
+        f"fails above ×{max_ratio} when also more than {min_delta_ms:g} ms slower"
     )
     return v
 

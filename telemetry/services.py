@@ -570,6 +570,7 @@ DEFAULT_THRESHOLDS = {
     "install_failure_rate": 0.05,
     "drift": 0.25,
     "min_devices": 20,
+    "latency_min_delta_ms": 5.0,
 }
 
 
@@ -666,7 +667,17 @@ def canary_vs_control(
     ).as_dict()
     for key, q in (("latency_p50", 0.5), ("latency_p95", 0.95)):
         out[key] = regression.latency_verdict(
-            LATENCY_EDGES_MS, can.latency, con.latency, q, nc, nk, float(t[key]), min_dev, can.noise, con.noise
+            LATENCY_EDGES_MS,
+            can.latency,
+            con.latency,
+            q,
+            nc,
+            nk,
+            float(t[key]),
+            min_dev,
+            can.noise,
+            con.noise,
+            float(t["latency_min_delta_ms"]),
         ).as_dict()
     out["install_failure_rate"] = _install_verdict(version_id, control_version_id, since, until, device_ids, t)
     out["drift"] = _drift_verdict(version_id, control_version_id, can, con, float(t["drift"]), min_dev)

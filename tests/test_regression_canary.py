@@ -215,3 +215,17 @@ def test_input_drift_on_both_sides_does_not_fail_the_canary(versions) -> None:
     drift = out["drift"]
     assert drift["canary"] > 0.25 and drift["control"] > 0.25, "both sides see the shift"
     assert drift["verdict"] == "pass" and abs(drift["effect"]) < 0.25
+
+
+def test_a_few_milliseconds_on_a_fast_model_is_not_a_latency_regression() -> None:
+    """p95 6.7 ms vs 3.3 ms (2x) on a busy machine: under the effect-size floor, so it passes."""
+    from telemetry.binning import LATENCY_EDGES_MS
+
+    rng = np.random.default_rng(9)
+    can, can_var = _noisy_latency(rng, reports=60, per_report=200, latency_ms=7.0)
+    con, con_var = _noisy_latency(rng, reports=300, per_report=200, latency_ms=3.0)
+    v = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 11, 30, 1.25, 5, can_var, con_var)
+    assert v.effect > 1.25 and v.canary - v.control < 5.0
+    assert v.verdict == regression.PASS
+    slow = regression.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 11, 30, 1.25, 5, can_var, con_var, 1.0)
+    assert slow.verdict == regression.FAIL, "with a 1 ms floor the same numbers fail"
