@@ -215,3 +215,33 @@ def implausible(layout: Layout, total: np.ndarray, survivors: int, noise_bound: 
         if a_lo > a_hi + 1e-9:
             return f"{b.name}: mass {s:.0f} fits no count of active devices among {survivors}"
     return None
+
+
+def window_vectors(
+    window: object, resolution_bits: int = DEFAULT_RESOLUTION_BITS
+) -> dict[str, tuple[Layout, np.ndarray]]:
+    """Both vectors of one ``agent.aggregate.WindowAggregator`` (read by attribute, so this module
+    stays free of the aggregator's imports): ``{"drift": (layout, vector), "health": (...)}``.
+
+    The output block's last bin holds the failed rows; the other bins share the successful rows in
+    proportion to the output histogram, whatever its unit (a multi-dimensional score output counts
+    every value, a class output one per row), so the block's mass is fixed either way.
+    """
+    features = [(name, len(edges) - 1) for name, edges in window.features]  # type: ignore[attr-defined]
+    outputs = np.asarray(window.outputs, dtype=np.float64)  # type: ignore[attr-defined]
+    rows, errors = float(window.inferences), float(window.errors)  # type: ignore[attr-defined]
+    ok = max(rows - errors, 0.0)
+    out_total = outputs.sum()
+    out_rows = outputs / out_total * ok if out_total > 0 else np.zeros_like(outputs)
+    drift = drift_layout(features, outputs.size, resolution_bits)
+    hist = {f"feature:{name}": window.feature_counts[name] for name, _ in features}  # type: ignore[attr-defined]
+    hist["output"] = np.concatenate([out_rows, [errors]])
+    health = health_layout(len(window.latency), resolution_bits)  # type: ignore[attr-defined]
+    active = rows > 0
+    return {
+        "drift": (drift, encode(drift, active, hist)),
+        "health": (
+            health,
+            encode(health, active, {"latency": window.latency}, {"error_fraction": (errors, rows)}),  # type: ignore[attr-defined]
+        ),
+    }
