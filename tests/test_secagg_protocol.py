@@ -96,7 +96,7 @@ def test_ring_edge_wraps_and_decodes():
     ring = Ring(16)
     m = make_round(6, 4, k=5, t=4, ring_bits=16, min_survivors=4)
     x = {u: np.array([5000, -5000, 0, 32767 // 6], dtype=np.int64) for u in range(1, 7)}
-    server, total = run_round(m, x)
+    _, total = run_round(m, x)
     assert ring.centred(total).tolist() == [30000, -30000, 0, 6 * (32767 // 6)]
     ring.check_capacity(32767)
     with pytest.raises(RingOverflow):
@@ -109,7 +109,7 @@ def test_ring_edge_wraps_and_decodes():
 def test_wire_forms_round_trip_and_refuse_hostile_input():
     m = make_round(5, 3, k=4, t=3, min_survivors=3)
     cfg, ids = m.config, m.identities
-    st, adv = cl.advertise(cfg, 1, ids[1])
+    _, adv = cl.advertise(cfg, 1, ids[1])
     assert AdvertiseKeys.from_wire(adv.to_wire()) == adv
     for bad in (
         None,
@@ -217,7 +217,9 @@ def test_client_refusals(staged):
     st, _ = cl.advertise(cfg, 1, ids[1])
     refused("bad_signature", cl.share_keys, st, [dataclasses.replace(good[2], c_pk=os.urandom(32))], ids[1])
     refused("replay", cl.share_keys, st, [good[2], good[2]], ids[1])
-    refused("duplicate_key", cl.share_keys, st, [good[2], dataclasses.replace(good[3], c_pk=good[2].c_pk)], ids[1])
+    copier = cl.advertise_payload(cfg.round_id, 3, good[2].c_pk, good[3].s_pk)  # signs another's key
+    copied = dataclasses.replace(good[3], c_pk=good[2].c_pk, signature=ids[3].sign(copier))
+    refused("duplicate_key", cl.share_keys, st, [good[2], copied], ids[1])
     refused("too_few", cl.share_keys, st, [good[2], good[3]], ids[1])
     refused("replay", cl.share_keys, states[1], keys[1], ids[1])  # already past the share phase
     # masked phase: misaddressed, wrong length, tampered ciphertext, unknown sender
@@ -273,7 +275,7 @@ def test_inconsistent_dealer_voids_the_round_with_its_name():
     # A dealer whose seed commitment does not match what its shares reconstruct:
     cfg, ids = m.config, m.identities
     s = ServerRound(cfg)
-    st, msgs = {}, {}
+    st = {}
     for u in range(1, 9):
         st[u], a = cl.advertise(cfg, u, ids[u])
         s.receive_advertise(a)
