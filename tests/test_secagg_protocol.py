@@ -280,9 +280,9 @@ def test_inconsistent_dealer_voids_the_round_with_its_name(monkeypatch):
     real_split = cl.shamir.split
     for u in range(1, 9):
         if u == 3:
-            calls = []
+            calls: list[int] = []
 
-            def cheat(secret, threshold, xs):
+            def cheat(secret, threshold, xs, calls=calls):
                 calls.append(1)
                 if len(calls) == 2:  # the second split is the self-mask seed's
                     return {v: (12345 + v).to_bytes(33, "big") for v in xs}
