@@ -248,3 +248,9 @@ def summary(s: Setting) -> dict[str, float]:
         "canary_error_rise_1_window": detectable_error_rise(s, 1),
         "canary_error_rise_3_windows": detectable_error_rise(s, 3),
     }
+
+
+def canary_power(s: Setting, rise: float, windows: int = 1, base: float = 0.01, max_increase: float = 0.02) -> float:
+    """Probability the gate fails a canary whose error rate rose by ``rise`` within ``windows``."""
+    sd = canary_sd(s, windows, base + rise)
+    return float(stats.norm.sf((max(max_increase, stats.norm.isf(GATE_ALPHA) * sd) - rise) / sd))
