@@ -79,7 +79,7 @@ def test_ring_refuses_parameters_that_could_wrap_and_holds_the_extremes():
         check_ring(ring, 4001, 8, edge_noise)
     members = make_round(8, 3, k=7, t=5, ring_bits=16, min_survivors=5)
     x = {u: np.array([4000 + 95, -95, 4000 - 95]) for u in range(1, 9)}
-    server, total = run_round(members, x)
+    _server, total = run_round(members, x)
     assert ring.centred(total).tolist() == [8 * 4095, -8 * 95, 8 * 3905]
 
 
