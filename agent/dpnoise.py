@@ -4,7 +4,8 @@ Each device adds N_Z(0, σ²_dev) to every coordinate of its integer contributio
 The server only ever sees sums, and the sum of the t_min devices that must survive a round carries
 variance t_min·σ²_dev = σ²_total, the noise the accountant charged the round for (more survivors only
 add noise). Sums of discrete Gaussians are not exactly discrete Gaussian; the theorem's extra Rényi
-term τ·d (``ddg_tau``) is charged by the accountant and vanishes for σ_dev ≥ 2.
+term τ·d (``telemetry.accounting.ddg_tau``) is charged by the accountant; it is below 1e-16 per
+coordinate once σ_dev ≥ 2 (the defaults are in the thousands).
 
 The sampler is Canonne, Kamath and Steinke (NeurIPS 2020, "The Discrete Gaussian for Differential
 Privacy", Algorithms 1–3): rejection from a discrete Laplace, with every Bernoulli(exp(−γ)) done in

@@ -3,7 +3,8 @@
 The protected unit is one device's whole contribution to a round (``agent.encoding``, replace-one).
 A round with distributed discrete Gaussian noise of total variance σ²_total on the sum of the
 t_min devices that must survive is, by Kairouz–Liu–Steinke 2021 (Thm. on sums of discrete
-Gaussians), (ξ, ρ)-zCDP with ρ = Δ2²/(2σ²_total) and ξ = τ·d (``ddg_tau``; zero for σ_dev ≥ 2);
+Gaussians), (ξ, ρ)-zCDP with ρ = Δ2²/(2σ²_total) and ξ = τ·d (``ddg_tau``; below 1e-16 per
+coordinate for σ_dev ≥ 2, and charged whatever its size);
 truncating each device's noise at ``agent.dpnoise.truncation_bound`` adds at most 2^−40 to δ.
 Rounds compose by adding their Rényi curves: ``dp-accounting``'s RdpAccountant on ZCDpEvents gives
 (ε, δ) for the day at δ (default 1e-6), with its tight RDP → (ε, δ) conversion. Not a sum of
@@ -65,8 +66,14 @@ class RoundCharge:
         return dp_accounting.ZCDpEvent(rho=self.rho, xi=self.xi)
 
 
+def _fresh() -> RdpAccountant:
+    """An RDP accountant. ρ is already computed from the replace-one sensitivity, so the events are
+    stated as they are (the library's REPLACE_ONE would double a Gaussian's sensitivity in PLD)."""
+    return RdpAccountant()
+
+
 def _accountant(charges: Iterable[RoundCharge]) -> RdpAccountant:
-    acc = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    acc = _fresh()
     events = [c.event() for c in charges]
     if events:
         acc.compose(dp_accounting.ComposedDpEvent(events))
@@ -142,7 +149,7 @@ def calibrate(
         )
 
     mult = dp_accounting.calibrate_dp_mechanism(
-        lambda: RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE),
+        _fresh,
         event,
         epsilon_day,
         delta - rounds_per_day * TRUNCATION_DELTA,
