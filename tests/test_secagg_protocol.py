@@ -196,12 +196,15 @@ def test_server_refuses_bad_signatures_and_misrouted_shares():
     keys = s.close_advertise()
     states[1], dealt = cl.share_keys(states[1], keys[1], ids[1])
     tampered = dataclasses.replace(dealt, b_seed_commit=os.urandom(16))
-    refused("bad_signature", s.receive_share_keys, tampered)
+    s.receive_share_keys(tampered)  # accepted: recipients authenticate shares; the signature is evidence
+    assert not s.dealer_signed(1)
+    s.dealt.pop(1)
     short = dataclasses.replace(dealt, shares=dealt.shares[:-1])
     refused("not_neighbour", s.receive_share_keys, short)
     dup = dataclasses.replace(dealt, shares=(*dealt.shares[:-1], dealt.shares[0]))
     refused("not_neighbour", s.receive_share_keys, dup)
     s.receive_share_keys(dealt)
+    assert s.dealer_signed(1)
     refused("replay", s.receive_share_keys, dealt)
 
 
@@ -301,7 +304,7 @@ def test_inconsistent_dealer_voids_the_round_with_its_name(monkeypatch):
         st[u], msg = cl.unmask(st[u], req)
         s.receive_unmask(msg)
     assert s.finish() is None
-    assert s.phase == "failed" and s.reason == "device 3 dealt inconsistent shares of its self-mask seed"
+    assert s.phase == "failed" and s.reason == "device 3 dealt inconsistent shares of its self-mask seed (signed)"
 
 
 def test_server_keeps_no_individual_vector(staged):

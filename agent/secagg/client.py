@@ -50,7 +50,7 @@ def advertise_payload(round_id: str, sender: int, c_pk: bytes, s_pk: bytes) -> b
 def share_keys_payload(msg: ShareKeys) -> bytes:
     parts: list[bytes | str | int] = ["share-keys", msg.round_id, msg.sender, msg.b_seed_commit]
     for s in sorted(msg.shares, key=lambda s: s.recipient):
-        parts += [s.recipient, s.s_commit, s.b_commit, pr.digest(s.nonce, s.ciphertext)]
+        parts += [s.recipient, s.s_commit, s.b_commit, s.nonce, s.ciphertext]
     return pr.encode(*parts)
 
 

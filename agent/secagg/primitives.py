@@ -29,7 +29,7 @@ TAG_BYTES = 16
 
 def encode(*fields: bytes | str | int) -> bytes:
     """Canonical length-prefixed concatenation: distinct field lists never give equal bytes."""
-    out = bytearray(PROTOCOL)
+    parts = [PROTOCOL]
     for f in fields:
         if isinstance(f, int):
             b = f.to_bytes(8, "big", signed=False)
@@ -37,8 +37,9 @@ def encode(*fields: bytes | str | int) -> bytes:
             b = f.encode("utf-8")
         else:
             b = bytes(f)
-        out += len(b).to_bytes(4, "big") + b
-    return bytes(out)
+        parts.append(len(b).to_bytes(4, "big"))
+        parts.append(b)
+    return b"".join(parts)
 
 
 def digest(*fields: bytes | str | int, size: int = 32) -> bytes:
