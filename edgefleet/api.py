@@ -87,6 +87,8 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
     return error_response(exc.status_code, f"http_{exc.status_code}", str(exc))
 
 
