@@ -14,7 +14,9 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = REQUEST_ID.get() or None
+            # Django logs 4xx/5xx responses after the middleware chain returned, with the request.
+            request = getattr(record, "request", None)
+            record.request_id = getattr(request, "request_id", None) or REQUEST_ID.get() or None
         return True
 
 
