@@ -414,3 +414,13 @@ def test_status_models_and_versions(fleet: dict, view: Api) -> None:
     assert versions["items"][0]["label"] == "v2" and versions["next_cursor"]
     assert view.get("/models/fraud/versions", status="rejected")[1]["items"] == []
     error(view.get("/models/nope/versions"), 404, "not_found")
+
+
+def test_the_tokens_page_makes_read_only_tokens(operator_client: Client) -> None:
+    r = operator_client.post("/accounts/tokens/", {"name": "grafana", "role": "viewer"})
+    token = ApiToken.objects.get()
+    assert r.status_code == 200 and token.role == "viewer"
+    plain = r.content.decode().split('id="new-token">')[1].split("<")[0]
+    api = Api(plain)
+    assert api.get("/whoami")[1]["role"] == "viewer"
+    error(api.post("/cohorts", {"name": "eu", "selector": "region=eu"}), 403, "forbidden")
