@@ -10,8 +10,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements.txt $(PY)
+$(VENV)/.installed: requirements.txt pyproject.toml $(PY)
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -e .  # the `edgefleet` command (python -m edgefleet_cli works without)
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed

@@ -6,7 +6,7 @@ from ninja.security import HttpBearer
 from ninja.utils import check_csrf
 
 from accounts.models import ApiToken, hash_token
-from accounts.roles import OPERATOR, has_role
+from accounts.roles import OPERATOR, ORDER, has_role, token_role
 
 
 class OperatorToken(HttpBearer):
@@ -29,7 +29,7 @@ class OperatorToken(HttpBearer):
             .filter(token_hash=hash_token(token), revoked_at__isnull=True)
             .first()
         )
-        if row is None or not has_role(row.user, OPERATOR):
+        if row is None or token_role(row) not in ORDER[ORDER.index(OPERATOR) :]:
             return None
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
         request.user = row.user

@@ -39,6 +39,12 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    role = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        help_text="highest role the token acts with (viewer: read-only); empty: its owner's role",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -47,8 +53,8 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, user: object, name: str) -> tuple["ApiToken", str]:
+    def issue(cls, user: object, name: str, role: str = "") -> tuple["ApiToken", str]:
         """Make a token; the plain value is returned once and never stored."""
         plain = "efa_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, prefix=plain[:12], token_hash=hash_token(plain))
+        token = cls.objects.create(user=user, name=name, prefix=plain[:12], token_hash=hash_token(plain), role=role)
         return token, plain

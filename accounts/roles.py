@@ -47,3 +47,12 @@ def role_required(role: str) -> Callable:
 viewer_required = role_required(VIEWER)
 operator_required = role_required(OPERATOR)
 admin_required = role_required(ADMIN)
+
+
+def token_role(token: Any) -> str | None:
+    """The role an API token acts with: its owner's, capped by the token's own ``role`` if set."""
+    held = role_of(token.user)
+    cap = getattr(token, "role", "") or ""
+    if held is None or cap not in ORDER:
+        return held
+    return ORDER[min(ORDER.index(held), ORDER.index(cap))]

@@ -27,8 +27,9 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
         if not name:
             messages.error(request, "Give the token a name, e.g. the pipeline that will use it.")
         else:
-            token, plain = ApiToken.issue(request.user, name)
-            record("api_token.create", token, request=request)
+            cap = request.POST.get("role", "")
+            token, plain = ApiToken.issue(request.user, name, role=cap if cap in ("viewer", "operator") else "")
+            record("api_token.create", token, request=request, details={"role": token.role or "owner's"})
     tokens = ApiToken.objects.filter(user=request.user)
     return render(request, "accounts/tokens.html", {"tokens": tokens, "plain": plain})
 

@@ -4,9 +4,14 @@ from typing import Any
 
 from ninja import NinjaAPI
 
+import ota.registry_api  # noqa: F401  (registers the registry's read routes on ota's router)
+from accounts.api import router as accounts_router
 from fleet.api import router as fleet_router
+from fleet.manage_api import router as fleet_manage_router
+from notify.api import router as notify_router
 from ota.api import router as ota_router
 from rollout.api import router as rollout_router
+from telemetry.alerts_api import router as alerts_router
 from telemetry.api import router as telemetry_router
 
 ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
@@ -25,6 +30,9 @@ class EdgeFleetAPI(NinjaAPI):
                 codes = []
                 if any("DeviceBearer" in sec for sec in op.get("security", [])):
                     codes += ["401", "403", "429"]
+                if any("RoleAuth" in sec for sec in op.get("security", [])):
+                    # Management routes: bad query/path values, unknown objects, refused transitions.
+                    codes += ["400", "401", "403", "404", "409"]
                 if method in ("post", "put", "patch"):
                     codes += ["400", "413"]
                 for code in codes:
@@ -42,6 +50,10 @@ api.add_router("", fleet_router)
 api.add_router("", ota_router)
 api.add_router("", telemetry_router)
 api.add_router("", rollout_router)
+api.add_router("", fleet_manage_router)
+api.add_router("", alerts_router)
+api.add_router("", accounts_router)
+api.add_router("", notify_router)
 
 
 # Every API error has the protocol's shape {"error": {"code", "message", "field"}} (docs/protocol.md).
@@ -75,6 +87,8 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
     return error_response(exc.status_code, f"http_{exc.status_code}", str(exc))
 
 

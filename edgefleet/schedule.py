@@ -13,4 +13,6 @@ BEAT_SCHEDULE: dict = {
     "ota-recover-stuck-validations": {"task": "ota.tasks.recover_stuck_validations", "schedule": 60},
     "ota-delete-orphan-artifacts": {"task": "ota.tasks.delete_orphan_artifacts", "schedule": 3600},
     "fleet-flush-presence": {"task": "fleet.tasks.flush_presence", "schedule": 15},
+    "notify-send-due": {"task": "notify.send_due", "schedule": 10},
+    "notify-sweep": {"task": "notify.sweep", "schedule": 60},
 }

@@ -5,6 +5,7 @@ so ``make run`` works on a machine with only Python. Set ``DATABASE_URL`` and ``
 PostgreSQL and Redis (what production and the test suite use).
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -61,10 +62,14 @@ INSTALLED_APPS = [
     "ota",
     "telemetry",
     "rollout",
+    "notify",
+    "ops",
     "demo",
 ]
 
 MIDDLEWARE = [
+    "ops.middleware.RequestIdMiddleware",  # outermost: every log line of the request carries its id
+    "ops.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "edgefleet.middleware.ServiceAwayMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -224,10 +229,36 @@ from edgefleet.schedule import BEAT_SCHEDULE  # noqa: E402
 
 CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# Notifications (notify/): outbound webhooks, Slack and e-mail.
+EDGEFLEET_PUBLIC_URL = env.get("EDGEFLEET_PUBLIC_URL", "")  # e.g. https://fleet.example.com, for links
+EDGEFLEET_SECRETS_KEY = env.get("EDGEFLEET_SECRETS_KEY", "")  # stored webhook secrets; default SECRET_KEY
+EDGEFLEET_NOTIFY_TIMEOUT = env_float("EDGEFLEET_NOTIFY_TIMEOUT", 10.0)
+EDGEFLEET_NOTIFY_ALLOW_PRIVATE = env_bool("EDGEFLEET_NOTIFY_ALLOW_PRIVATE", False)
+EDGEFLEET_NOTIFY_RETRY_HOURS = env_float("EDGEFLEET_NOTIFY_RETRY_HOURS", 24.0)
+EDGEFLEET_NOTIFY_BACKOFF_BASE = env_float("EDGEFLEET_NOTIFY_BACKOFF_BASE", 10.0)
+EDGEFLEET_NOTIFY_BACKOFF_CAP = env_float("EDGEFLEET_NOTIFY_BACKOFF_CAP", 3600.0)
+EMAIL_BACKEND = env.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env.get("DEFAULT_FROM_EMAIL", "edgefleet@localhost")
+
+# Metrics (ops/): /metrics needs the token or an allowed address (see docs/operations.md).
+EDGEFLEET_METRICS_TOKEN = env.get("EDGEFLEET_METRICS_TOKEN", "")
+EDGEFLEET_METRICS_ALLOW = [
+    str(ipaddress.ip_network(n.strip(), strict=False)) for n in env.get("EDGEFLEET_METRICS_ALLOW", "").split(",")
+    if n.strip()
+]  # fmt: skip
+EDGEFLEET_METRICS_CACHE_SECONDS = env_int("EDGEFLEET_METRICS_CACHE_SECONDS", 10)
+
+# Logs: EDGEFLEET_LOG_FORMAT=json gives one JSON object per line with the request id (ops/logs.py).
+EDGEFLEET_LOG_FORMAT = env.get("EDGEFLEET_LOG_FORMAT", "text").strip().lower()
+EDGEFLEET_ACCESS_LOG = env_bool("EDGEFLEET_ACCESS_LOG", False)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = EDGEFLEET_LOG_FORMAT != "json"  # JSON in workers too
+
+from ops.logs import logging_config  # noqa: E402
+
+LOGGING = logging_config(EDGEFLEET_LOG_FORMAT, env.get("LOG_LEVEL", "INFO"))

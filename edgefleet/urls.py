@@ -5,6 +5,7 @@ from django.urls import include, path
 
 from edgefleet.api import api
 from fleet.api import manifest_fast
+from ops.views import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -14,6 +15,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("api/v1/manifest", manifest_fast),  # the hottest route first (fleet/api.py)
     path("healthz", healthz, name="healthz"),  # early too: load balancers and the poll bench's baseline
+    path("metrics", metrics_view, name="metrics"),
+    path("notifications/", include("notify.urls")),
     path("", include("fleet.urls")),
     path("", include("ota.urls")),
     path("telemetry/", include("telemetry.urls")),

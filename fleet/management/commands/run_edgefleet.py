@@ -53,6 +53,8 @@ class Command(BaseCommand):
                 "4",
                 "--access-logfile",
                 "-",
+                "-c",
+                "python:ops.gunicorn_conf",  # Prometheus multiprocess mode: /metrics sums every worker
             ],
             "worker": [py, "-m", "celery", "-A", "edgefleet", "worker", "-l", "info", "--concurrency", "2"],
             "beat": [py, "-m", "celery", "-A", "edgefleet", "beat", "-l", "info"],
@@ -61,6 +63,7 @@ class Command(BaseCommand):
             demo = self.demo_command(py, f"http://{host}:{port}")
             if demo:
                 procs["demo"] = demo
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.DATA_DIR / "prometheus"))
         running = {name: subprocess.Popen(cmd) for name, cmd in procs.items()}
         db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
         self.stdout.write(

@@ -1,0 +1,3 @@
+"""``edgefleet``: the command-line client of EdgeFleet's management API (for people and CI)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from edgefleet_cli.main import main
+
+sys.exit(main())

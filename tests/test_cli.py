@@ -1,0 +1,146 @@
+"""The ``edgefleet`` CLI as a CI job runs it: a separate process speaking HTTP to a LIVE server.
+
+The server is pytest-django's ``live_server`` with a real Celery worker validating uploads and
+judging gates; the rollout story uses the fleet simulator's regressing devices exactly as
+``tests/test_campaign_e2e.py`` does. The CLI runs as ``python -m edgefleet_cli`` (what the
+``edgefleet`` console script calls) with its token and URL in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accounts.models import ApiToken
+from rollout.models import Campaign
+from tests.onnx_models import mlp_classifier
+from tests.test_campaign_e2e import Simulation, _fresh_generation, all_on_v1, simulations, wait_for, world  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(url: str, token: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(EDGEFLEET_URL=url, EDGEFLEET_TOKEN=token, EDGEFLEET_CONFIG=str(tmp_path / "none.toml"),
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet_cli", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- without a server
+
+
+def test_usage_errors_and_missing_configuration_have_their_own_exit_codes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(PYTHONPATH=str(ROOT), EDGEFLEET_CONFIG=str(tmp_path / "missing.toml"))
+    bad = run(["rollout"], env)
+    assert bad.returncode == 64 and "usage" in bad.stderr  # never 2, which means "rolled back"
+    unconfigured = run(["status"], env)
+    assert unconfigured.returncode == 4 and "EDGEFLEET_URL" in unconfigured.stderr
+    # a config file is read when the environment says nothing; the server here is not listening
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('url = "http://127.0.0.1:9"\ntoken = "efa_x"\n')
+    unreachable = run(["status"], {**env, "EDGEFLEET_CONFIG": str(cfg)})
+    assert unreachable.returncode == 4 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_waves_syntax() -> None:
+    from edgefleet_cli.main import parse_waves
+
+    assert parse_waves("5,25,100", 30, 20) == [
+        {"percent": 5.0, "min_soak_minutes": 30, "min_devices": 20},
+        {"percent": 25.0, "min_soak_minutes": 30, "min_devices": 20},
+        {"percent": 100.0, "min_soak_minutes": 30, "min_devices": 20},
+    ]
+    assert parse_waves("10%:1:3, 100::5", 30, 0) == [
+        {"percent": 10.0, "min_soak_minutes": 1.0, "min_devices": 3},
+        {"percent": 100.0, "min_soak_minutes": 30, "min_devices": 5},
+    ]
+
+
+# ---------------------------------------------------------------------------------- a live server
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.usefixtures("roles")
+def test_push_stages_a_good_model_and_names_why_a_bad_one_is_rejected(
+    live_server: Any, celery_worker: Any, operator: Any, viewer: Any, store: Path, tmp_path: Path
+) -> None:
+    env = cli_env(live_server.url, ApiToken.issue(operator, "ci")[1], tmp_path)
+    good = tmp_path / "model.onnx"
+    good.write_bytes(mlp_classifier().SerializeToString())
+    done = run(["push", "fraud", str(good), "--label", "v3", "--wait", "--interval", "0.3", "--timeout", "120"], env)
+    assert done.returncode == 0, done.stderr
+    assert "uploaded fraud:v3 (validating)" in done.stdout and "staged: fraud:v3" in done.stdout
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07" + bytes(range(256)) * 8)
+    bad = run(["push", "fraud", str(junk), "--label", "v4", "--wait", "--interval", "0.3"], env)
+    assert bad.returncode == 1 and "rejected:" in bad.stderr and "ONNX" in bad.stderr, bad.stderr
+
+    dup = run(["push", "fraud", str(good), "--label", "v3"], env)  # the server refuses: exit 1 with its message
+    assert dup.returncode == 1 and "v3" in dup.stderr
+
+    # read-only commands work with a viewer's token; acting with it is refused with exit 4
+    view_env = cli_env(live_server.url, ApiToken.issue(viewer, "ro")[1], tmp_path)
+    status = run(["status"], view_env)
+    assert status.returncode == 0 and "devices: 0" in status.stdout
+    refused = run(["push", "fraud", str(good), "--label", "v5"], view_env)
+    assert refused.returncode == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.usefixtures("roles")
+def test_a_rollout_that_the_gate_rolls_back_exits_2_with_the_gates_reason(
+    request: pytest.FixtureRequest, operator: Any, tmp_path: Path
+) -> None:
+    from rollout.tasks import evaluate_campaigns
+
+    fleet, sims = request.getfixturevalue("world"), request.getfixturevalue("simulations")
+
+    Simulation(
+        fleet,
+        sims,
+        duration=30.0,
+        scenario="regression",
+        regress_version="v2",
+        regress_error_rate=0.3,
+        regress_latency_ms=80.0,
+        guard_min_samples=10**9,
+    )
+    wait_for(all_on_v1, 15, "every device on v1")
+    env = cli_env(fleet["url"], ApiToken.issue(operator, "ci")[1], tmp_path)
+    args = ["rollout", "fraud", "v2", "--cohort", "ring notin (lab)", "--waves", "30:1:3,100:0.05:10",
+            "--gate", "error_rate=0.02", "--gate", "install_failure_rate=0.05", "--gate", "latency_p95=1.25",
+            "--wait", "--interval", "0.5", "--timeout", "90"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet_cli", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        evaluate_campaigns.delay()  # the test plays beat, as the e2e tests do
+        time.sleep(1.0)
+    if proc.poll() is None:
+        proc.kill()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, (out, err)
+    assert "started: wave 1 of 2 (30%)" in out and "rollback" in out
+    assert "rolled back: gate failed" in err and "error_rate: observed" in err, err
+    campaign = Campaign.objects.get()
+    assert campaign.state == "rolled_back" and campaign.cohort.selector == "ring notin (lab)"
+    assert campaign.decisions.get(kind="rollback").actor_label == "system"
