@@ -92,6 +92,10 @@ def cases() -> list[tuple[str, onnx.ModelProto, dict]]:
     return out
 
 
+def run(sess: ort.InferenceSession, feeds: dict) -> dict[str, np.ndarray]:
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+
+
 def released(agg: WindowAggregator) -> np.ndarray:
     """The report's numbers in one fixed order, as they leave the device (no noise)."""
     r = agg.report({"mechanism": "none", "epsilon": 1.0}, np.random.default_rng(0), window=WINDOW)
@@ -127,8 +131,8 @@ def test_one_more_inference_moves_the_report_by_at_most_the_sensitivity(
         without = WindowAggregator("m", "v", layout, LATENCY_EDGES_MS)
         with_one = WindowAggregator("m", "v", layout, LATENCY_EDGES_MS)
         for agg in (without, with_one):
-            agg.record(base, dict(zip([o.name for o in sess.get_outputs()], sess.run(None, base))), 3.0)
-        out = None if extra_fails else dict(zip([o.name for o in sess.get_outputs()], sess.run(None, extra)))
+            agg.record(base, run(sess, base), 3.0)
+        out = None if extra_fails else run(sess, extra)
         with_one.record(extra, out, 700.0)
         d = released(with_one) - released(without)
         assert np.abs(d).sum() <= l1 + 1e-3, (name, batch, np.abs(d).sum(), l1)
@@ -139,7 +143,7 @@ def test_one_more_inference_moves_the_report_by_at_most_the_sensitivity(
 
 def test_the_worst_case_reaches_the_l2_sensitivity() -> None:
     """One score a row: every histogram's unit lands in one bin, so the L2 bound is tight."""
-    name, model, layout = cases()[0]
+    _, model, layout = cases()[0]
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = {"x": np.zeros((1, 4), np.float32)}
     without = WindowAggregator("m", "v", layout, LATENCY_EDGES_MS)
@@ -152,7 +156,7 @@ def test_the_worst_case_reaches_the_l2_sensitivity() -> None:
 
 
 def test_a_fifty_score_model_no_longer_moves_the_report_by_56() -> None:
-    name, model, layout = cases()[1]
+    _, model, layout = cases()[1]
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = {"x": np.random.default_rng(1).normal(size=(1, 4)).astype(np.float32)}
     agg = WindowAggregator("m", "v", layout, LATENCY_EDGES_MS)

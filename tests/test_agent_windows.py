@@ -7,7 +7,7 @@ the footprint bench does, and a clock the test moves (the only thing faked: time
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,12 @@ def manifest(mechanism: str = "none", models: tuple[str, ...] = ("m",), version:
     }
 
 
-def make_agent(data: Path, clock: Clock, mechanism: str = "none", **kw: object) -> Agent:
-    cfg = AgentConfig(server="http://127.0.0.1:9", enrollment_key="-", data_dir=data)
+def make_agent(data: Path, clock: Clock, mechanism: str = "none", w_from_manifest: bool = False, **kw: object) -> Agent:
+    """An agent as after a restart with its manifest on disk: W in force from the first window (by
+    default through the config override; ``w_from_manifest`` takes it from the manifest once it is set)."""
+    cfg = AgentConfig(
+        server="http://127.0.0.1:9", enrollment_key="-", data_dir=data, window_seconds=None if w_from_manifest else W
+    )
     agent = Agent(cfg, clock=clock, seed=5, **kw)
     agent.manifest = manifest(mechanism, models=tuple(sorted(agent.store.state)))
     return agent
@@ -79,7 +83,8 @@ def test_window_bounds_are_multiples_of_the_window_since_the_epoch() -> None:
     assert window_bounds(T0, 60) == (T0, T0 + 60)  # a boundary starts the window it bounds
     assert window_bounds(T0 - 0.000001, 60) == (T0 - 60, T0)
     assert window_bounds(T0 + 299.999, 300) == (T0, T0 + 300)
-    assert window_bounds(T0 + 86_399, 86_400) == (T0 - T0 % 86_400, T0 - T0 % 86_400 + 86_400)
+    midnight = T0 - T0 % 86_400
+    assert window_bounds(midnight + 86_399.5, 86_400) == (midnight, midnight + 86_400)
     assert window_iso(T0) == "2027-01-15T08:00:00Z"
     with pytest.raises(ValueError):
         window_bounds(T0, 0)
@@ -88,7 +93,7 @@ def test_window_bounds_are_multiples_of_the_window_since_the_epoch() -> None:
 def test_a_report_names_its_grid_window_not_the_first_inference(tmp_path: Path) -> None:
     install(tmp_path / "d", tmp_path, "m", "v1")
     clock = Clock(T0 + 17.25)
-    agent = make_agent(tmp_path / "d", clock)
+    agent = make_agent(tmp_path / "d", clock, w_from_manifest=True)
     agent.predict(rows())
     clock.t = T0 + 59.999
     assert agent.close_window() == 0  # the window is not over: nothing is reported early
@@ -261,3 +266,26 @@ def test_a_fractional_or_compressed_window_is_whole_seconds(tmp_path: Path) -> N
     assert agent.close_window() == 1
     (r,) = reports(agent)
     assert (r["window_start"], r["window_end"]) == (window_iso(T0), window_iso(T0 + 2))
+
+
+def test_when_the_server_changes_the_window_the_open_one_moves_onto_the_new_grid(tmp_path: Path) -> None:
+    install(tmp_path / "d", tmp_path, "m", "v1")
+    clock = Clock(T0 + 10)
+    agent = make_agent(tmp_path / "d", clock, w_from_manifest=True)
+    agent.predict(rows(3))
+    clock.t = T0 + 30
+    agent.manifest["telemetry"]["window_seconds"] = 300
+    agent.predict(rows(1))
+    clock.t = T0 + 299
+    assert agent.close_window() == 0
+    clock.t = T0 + 300
+    assert agent.close_window() == 1
+    (r,) = reports(agent)
+    assert (r["window_start"], r["window_end"], r["inference_count"]) == (window_iso(T0), window_iso(T0 + 300), 4)
+
+
+def test_the_simulator_refuses_a_compressed_window_that_is_not_whole_seconds() -> None:
+    from agent.simulate import SimOptions, run_simulation
+
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        run_simulation(SimOptions(server="http://127.0.0.1:9", enrollment_key="-", window_seconds=100, speed=60))
