@@ -208,3 +208,56 @@ def test_the_noise_the_agent_adds_is_the_variance_the_server_assumes(mechanism: 
             samples.extend([r["inference_count"], r["error_count"], *r["outputs"]["counts"]])
             samples.extend(c for f in r["features"].values() for c in f["counts"])
         assert np.var(samples) == pytest.approx(privacy.noise_variance(mechanism, epsilon, layout), rel=0.05), name
+
+
+@pytest.mark.django_db
+def test_rollups_assume_the_noise_the_agent_added_for_the_versions_real_layout() -> None:
+    """A 50-score, multi-feature version through ingest and rollups: the server's summed noise variance
+    is n reports x the per-report variance of that version's layout, and matches the agent's noise."""
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from ota.models import Model, ModelVersion
+    from telemetry import services
+    from telemetry.api import BatchIn
+    from telemetry.models import Rollup
+    from telemetry.profiles import expected_bins
+    from tests import factories
+
+    model = scorer(6, (50,), seed=9)
+    data = model.SerializeToString()
+    version = ModelVersion.objects.create(
+        model=Model.objects.get_or_create(name="scores")[0],
+        label="v1",
+        status="staged",
+        artifact=factories.artifact(data),
+        report=contract_of(model),
+    )
+    factories.release(version)
+    layout = expected_bins(version)
+    assert len(layout["features"]) == 6 and layout["output"]["kind"] == "bins"
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    w = 300
+    start = int(time.time() // w) * w - w  # the last window that is over
+    devices = [factories.device(name=f"d{i}")[0] for i in range(30)]
+    sums = []
+    for i, d in enumerate(devices):
+        agg = WindowAggregator("scores", "v1", layout, LATENCY_EDGES_MS)
+        if i % 3:  # a third of the fleet was idle: its reports are noise around zero
+            feeds = synthetic_inputs(sess, batch=16, rng=rng)
+            agg.record(feeds, run(sess, feeds), 4.0)
+        r = agg.report({"mechanism": "laplace", "epsilon": 1.0}, rng, window=(start, start + w))
+        feats = [c for f in layout["features"] for c in r["features"][f["name"]]["counts"]]
+        sent = [r["inference_count"], r["error_count"], *r["latency_ms"]["counts"], *r["outputs"]["counts"], *feats]
+        sums.append(np.array(sent) - agg.vector())
+        out = services.ingest_reports(d.id, BatchIn.model_validate({"reports": [r]}).reports)
+        assert out["accepted"] == [r["id"]], out
+    services.update_rollups(now=timezone.now() + timedelta(seconds=60))
+    roll = Rollup.objects.get(version=version, cohort="all")
+    per_report = privacy.noise_variance("laplace", 1.0, layout)
+    assert per_report == 2 * (3 + 6) ** 2  # F = 6 features, whatever the 50 outputs
+    assert roll.n_reports == 30 and roll.noise_var == pytest.approx(30 * per_report)
+    assert np.var(np.concatenate(sums)) == pytest.approx(per_report, rel=0.1)  # what the agent added
