@@ -135,7 +135,7 @@ def test_every_installed_model_reports_every_window_busy_or_idle(tmp_path: Path)
     assert empty["inference_count"] == empty["error_count"] == 0
 
 
-def test_an_empty_window_carries_the_same_noise_as_a_busy_one(tmp_path: Path) -> None:
+def test_an_idle_window_carries_the_calibrated_noise_all_the_same(tmp_path: Path) -> None:
     install(tmp_path / "d", tmp_path, "m", "v1")
     clock = Clock(T0 + 1)
     agent = make_agent(tmp_path / "d", clock, mechanism="laplace")
