@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.run(stop)
-    agent.close_window()  # what was measured so far waits in the spool for the next start
+    agent.shutdown()  # windows that are over go to the spool; the open one is resumed at the next start
     return 0
 
 

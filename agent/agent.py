@@ -32,6 +32,7 @@ from agent.runtime import ModelLoadError, Runtime, SessionPool
 from agent.spool import Spool
 from agent.store import Installed, ModelStore, atomic_write
 from agent.verify import VerifyError, verify_artifact, verify_manifest
+from agent.window import Window, WindowLog, grid_seconds, next_window
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ class Agent:
         guard_policy: GuardPolicy | None = None,
         fault: Fault | None = None,
         seed: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = config
+        self.clock = clock  # wall-clock epoch seconds: telemetry windows lie on its grid
         self.data = config.data_dir
         self.data.mkdir(parents=True, exist_ok=True)
         self.identity_path = self.data / "identity.json"
@@ -86,14 +89,17 @@ class Agent:
         self.lock = threading.RLock()
         self.runtimes: dict[str, Runtime] = {}
         self.guards: dict[str, Guard] = {}
-        self.aggs: dict[tuple[str, str], WindowAggregator] = {}
-        self.window_started = time.monotonic()
+        self.window: Window | None = None
+        self.closing: list[Window] = []  # windows that are over, waiting for their reports
+        self.report_lock = threading.Lock()
         self.next_net_at = 0.0
         self.verify_failures: Counter[str] = Counter()
         self.manifest: dict[str, Any] | None = None
         self.etag: str | None = None
         self._load_manifest()
         self._start_runtimes()
+        self.windows = WindowLog(self.data / "windows.json")
+        self._resume_window()
 
     # -- persistence --------------------------------------------------------------------------------
     @staticmethod
@@ -114,8 +120,8 @@ class Agent:
 
     def _start_runtimes(self) -> None:
         """After a restart (or a power cut): repair the store, then load what is active."""
-        for note in self.store.recover():
-            self.event("fell_back", details={"reason": note, "at_start": True})
+        for note in self.store.recover():  # a file check, not an observation: the note names versions only
+            self.event("fell_back", details={"rule": "file_check", "at_start": True, "reason": note})
         for model in list(self.store.state):
             inst = self.store.active(model)
             if inst is None:
@@ -125,7 +131,7 @@ class Agent:
             except ModelLoadError as e:
                 self.event("install_failed", model, inst.version, reason=f"at start: {e}")
                 self.store.block(model, inst.sha256, "does not load at start")
-                self._fall_back(model, Verdict(True, f"active version does not load: {e}"))
+                self._fall_back(model, Verdict(True, f"active version does not load: {e}", rule="load_failed"))
 
     # -- enrollment ---------------------------------------------------------------------------------
     @property
@@ -167,10 +173,14 @@ class Agent:
             return float(self.manifest.get("poll_interval", DEFAULT_POLL))
         return float((self.identity or {}).get("poll_interval") or DEFAULT_POLL)
 
-    def window_seconds(self) -> float:
-        if self.cfg.window_seconds:
-            return self.cfg.window_seconds
-        return float(((self.manifest or {}).get("telemetry") or {}).get("window_seconds", DEFAULT_WINDOW))
+    def window_seconds(self) -> int:
+        """The grid's W: the config's override (tests, the simulator's time compression), else the
+        manifest's ``telemetry.window_seconds``; whole seconds, as the server checks."""
+        value = self.cfg.window_seconds or ((self.manifest or {}).get("telemetry") or {}).get("window_seconds")
+        try:
+            return grid_seconds(value or DEFAULT_WINDOW)
+        except (TypeError, ValueError):
+            return int(DEFAULT_WINDOW)
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -183,7 +193,7 @@ class Agent:
         """Do what is due now; return the seconds until something is due again."""
         now = time.monotonic()
         self.roll_window_if_due()
-        until_window = max(0.05, self.window_started + self.window_seconds() - time.monotonic())
+        until_window = max(0.05, self.window.end - self.clock())
         if now < self.next_net_at:
             return min(self.next_net_at - now, until_window)
         try:
@@ -299,6 +309,8 @@ class Agent:
     def _set_runtime(self, model: str, rt: Runtime) -> None:
         self.runtimes[model] = rt
         self.guards.setdefault(model, Guard(self.guard_policy))
+        if self.window is not None:  # active at any time in a window: reported for it, busy or not
+            self.window.versions.add((model, rt.version))
 
     def _fall_back(self, model: str, verdict: Verdict) -> bool:
         """Go back to the previous version on disk without asking the server; report ``fell_back``."""
@@ -308,7 +320,7 @@ class Agent:
                 self.store.block(model, cur.sha256, f"local guard: {verdict.reason}")
             if prev is None:
                 self.runtimes.pop(model, None)
-                self.event("fell_back", model, cur.version if cur else None, reason=verdict.reason, to=None)
+                self.event("fell_back", model, cur.version if cur else None, **verdict.public(), to=None)
                 return False
             try:
                 rt = self._load(model, prev)
@@ -316,17 +328,11 @@ class Agent:
                 self.event("install_failed", model, prev.version, reason=f"previous does not load: {e}")
                 return False
             self.store.activate(model, prev)
-            self.runtimes[model] = rt
-            self.guards.setdefault(model, Guard(self.guard_policy)).reset()
+            self._set_runtime(model, rt)
+            self.guards[model].reset()
             self.stats["fallbacks"] += 1
-            self.event(
-                "fell_back",
-                model,
-                cur.version if cur else None,
-                to=prev.version,
-                reason=verdict.reason,
-                numbers=verdict.numbers or {},
-            )
+            # the decision and its rule only: the observed error rate and latency stay on the device
+            self.event("fell_back", model, cur.version if cur else None, **verdict.public(), to=prev.version)
             return True
 
     # -- inference ----------------------------------------------------------------------------------
@@ -351,6 +357,7 @@ class Agent:
             error, extra = e, 0.0
         latency = (time.perf_counter() - t0) * 1000 + extra
         with self.lock:
+            self._advance_window(self.clock())  # an inference counts in the window it ended in
             self._aggregator(model, rt.version).record(feeds, out, latency)
             self.stats["inferences"] += 1
             if error:
@@ -371,35 +378,91 @@ class Agent:
                 return entry.get("telemetry") or {}
         return {}
 
+    def _names(self, model: str) -> bool:
+        return any(e.get("model") == model for e in (self.manifest or {}).get("models", []))
+
+    def _new_aggregator(self, model: str, version: str) -> WindowAggregator:
+        tel = (self.manifest or {}).get("telemetry") or {}
+        edges = tel.get("latency_edges_ms") or LATENCY_EDGES_MS
+        return WindowAggregator(model, version, self._model_spec(model), edges)
+
     def _aggregator(self, model: str, version: str) -> WindowAggregator:
         key = (model, version)
-        agg = self.aggs.get(key)
+        agg = self.window.aggs.get(key)
         if agg is None:
-            tel = (self.manifest or {}).get("telemetry") or {}
-            edges = tel.get("latency_edges_ms") or LATENCY_EDGES_MS
-            agg = self.aggs[key] = WindowAggregator(model, version, self._model_spec(model), edges)
+            agg = self.window.aggs[key] = self._new_aggregator(model, version)
         return agg
 
+    def _open_window(self, now: float) -> Window:
+        w = next_window(now, self.window_seconds(), self.windows.reported_until)
+        w.versions = {(m, rt.version) for m, rt in self.runtimes.items()}
+        return w
+
+    def _resume_window(self) -> None:
+        """At start: the window saved at a clean stop is resumed, or reported if it is over. Windows
+        while the agent was not running are not back-filled."""
+        now = self.clock()
+        saved = self.windows.take_saved()
+        with self.lock:
+            if saved is not None and saved.end > now:
+                saved.versions |= {(m, rt.version) for m, rt in self.runtimes.items()}
+                self.window = saved
+                return
+            if saved is not None:
+                self.closing.append(saved)
+            self.window = self._open_window(now)
+
+    def _advance_window(self, now: float) -> None:
+        """Under ``self.lock``: if the open window is over, queue it and open the one holding ``now``
+        (a gap of several windows, e.g. a suspend, is not back-filled). When the server changes W,
+        the open window moves onto the new grid with what it holds: every report keeps the server's W."""
+        w = self.window
+        if w.end - w.start != self.window_seconds():
+            self.window = self._open_window(now)
+            self.window.versions |= w.versions
+            self.window.aggs = w.aggs
+            return
+        if now >= w.end:
+            self.closing.append(self.window)
+            self.window = self._open_window(now)
+
     def roll_window_if_due(self) -> int:
-        if time.monotonic() - self.window_started < self.window_seconds():
-            return 0
-        return self.close_window()
+        """Report every window that is over; returns how many reports went into the spool."""
+        with self.lock:
+            self._advance_window(self.clock())
+            closing, self.closing = self.closing, []
+        return self._report(closing)
 
     def close_window(self) -> int:
-        """Turn the window's aggregates into noisy reports in the spool; returns how many."""
-        with self.lock:
-            aggs, self.aggs = self.aggs, {}
-            self.window_started = time.monotonic()
+        """The same as ``roll_window_if_due``: a window is reported once it is over, never earlier."""
+        return self.roll_window_if_due()
+
+    def _report(self, windows: list[Window]) -> int:
+        """One noisy report per (model, version) of each window: every version active in it, busy or
+        idle, that the manifest names a layout for. Marked reported before spooling (at most once)."""
+        if not windows:
+            return 0
         privacy = ((self.manifest or {}).get("telemetry") or {}).get("privacy") or {}
         n = 0
-        for agg in aggs.values():
-            if agg.inferences == 0:
-                continue
-            report = agg.report(privacy, self.np_rng)
-            self.spool.put("report", report)
-            n += 1
+        with self.report_lock:
+            for w in windows:
+                self.windows.mark_reported(w.end)
+                for model, version in w.report_keys():
+                    agg = w.aggs.get((model, version))
+                    if agg is None:
+                        if not self._names(model):
+                            continue  # no layout from the server: a report would only be refused
+                        agg = self._new_aggregator(model, version)
+                    self.spool.put("report", agg.report(privacy, self.np_rng, window=(w.start, w.end)))
+                    n += 1
         self.stats["reports_made"] += n
         return n
+
+    def shutdown(self) -> None:
+        """A clean stop: report what is over; keep the open window on disk for the next start."""
+        self.roll_window_if_due()
+        with self.lock:
+            self.windows.save_open(self.window)
 
     # -- events and delivery ------------------------------------------------------------------------
     def event(self, kind: str, model: str | None = None, version: str | None = None, **details: Any) -> None:

@@ -4,12 +4,17 @@ The baseline is the previous version's recent behaviour on this very device (sam
 inputs), so the comparison needs no server and no fleet. A spike must be both relatively large
 (a ratio) and absolutely large (a margin), so a baseline of zero errors does not make one error a
 "spike".
+
+What leaves the device about a fallback is the decision and the rule that made it, with the rule's
+own limits (``Verdict.public()``); the error rate and latency it observed stay here, because they are
+exact, un-noised measurements of this device's inferences (docs/privacy.md).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +33,14 @@ class GuardPolicy:
 @dataclass(frozen=True)
 class Verdict:
     fall_back: bool
-    reason: str = ""
-    numbers: dict | None = None
+    reason: str = ""  # for local logs and the local block list: it may quote observed numbers
+    numbers: dict | None = None  # observed values, local only
+    rule: str = ""  # which rule decided: "error_rate", "error_rate_vs_previous", "latency_p90_vs_previous", ...
+    limits: dict[str, Any] = field(default_factory=dict)  # the rule's configured limits, never observations
+
+    def public(self) -> dict[str, Any]:
+        """What a ``fell_back`` event may carry: the rule and its limits."""
+        return {"rule": self.rule, **self.limits}
 
 
 class Stats:
@@ -84,9 +95,12 @@ class Guard:
         nums = {"samples": len(cur), "error_rate": round(err, 4), "baseline_error_rate": base_err}
         if base_err is None:
             if err > p.max_error_rate:
-                return Verdict(True, f"error rate {err:.0%} with no baseline", nums)
+                limits = {"threshold": p.max_error_rate}
+                return Verdict(True, f"error rate {err:.0%} with no baseline", nums, "error_rate", limits)
         elif err > max(base_err * p.error_ratio, base_err + p.error_margin):
-            return Verdict(True, f"error rate {err:.1%} vs baseline {base_err:.1%}", nums)
+            limits = {"ratio": p.error_ratio, "margin": p.error_margin}
+            why = f"error rate {err:.1%} vs baseline {base_err:.1%}"
+            return Verdict(True, why, nums, "error_rate_vs_previous", limits)
         lat, base_lat = cur.p90(), base.p90() if base else None
         nums.update(p90_ms=lat, baseline_p90_ms=base_lat)
         if (
@@ -95,5 +109,7 @@ class Guard:
             and len(cur.latency) >= p.min_samples
             and lat > max(base_lat * p.latency_ratio, base_lat + p.latency_margin_ms)
         ):
-            return Verdict(True, f"p90 latency {lat:.1f} ms vs baseline {base_lat:.1f} ms", nums)
+            limits = {"ratio": p.latency_ratio, "margin_ms": p.latency_margin_ms}
+            why = f"p90 latency {lat:.1f} ms vs baseline {base_lat:.1f} ms"
+            return Verdict(True, why, nums, "latency_p90_vs_previous", limits)
         return Verdict(False, "", nums)

@@ -4,7 +4,8 @@ Real HTTP, real signature and hash checks, real onnxruntime inference on synthet
 shared session per artifact sha256, so thousands of devices fit). Faults are injected only at
 boundaries: the HTTP transport (flaky), the download stream (crash, corruption) and the inference
 hook (a regressing version). ``--speed`` compresses time: poll and window intervals are divided by
-it, so a 300 s telemetry window passes in seconds.
+it, so a 300 s telemetry window passes in seconds (window / speed must be whole seconds, and the
+server's ``EDGEFLEET_TELEMETRY_WINDOW`` must equal it: reports name windows of its grid).
 
     python -m agent.simulate --devices 200 --server http://127.0.0.1:8000 --enrollment-key efk_… \
         --scenario drift --duration 60 --speed 30
@@ -293,6 +294,10 @@ def run_simulation(
     until = until or threading.Event()
     if opts.scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}")
+    window = opts.window_seconds / opts.speed
+    if round(window) < 1 or abs(window - round(window)) > 1e-6:
+        # reports name windows of the UTC epoch grid in whole seconds (agent/window.py)
+        raise ValueError(f"--window / --speed must be a whole number of seconds, got {window:g}")
     tmp = None if opts.data_dir else tempfile.TemporaryDirectory(prefix="edgefleet-sim-")
     root = Path(opts.data_dir or tmp.name)
     pool = SessionPool(threads=1)

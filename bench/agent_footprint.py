@@ -51,7 +51,10 @@ def main() -> None:
     shutil.copy(model, store.path_for(sha))
     store.activate("m", Installed("v1", sha))
     edges = [-3, -2, -1, -0.5, 0, 0.5, 1, 2, 3]
-    agent = Agent(AgentConfig(server="http://127.0.0.1:9", enrollment_key="-", data_dir=tmp / "data"))
+    now = [time.time()]  # the agent's wall clock, moved one window per round so each round closes one
+    agent = Agent(
+        AgentConfig(server="http://127.0.0.1:9", enrollment_key="-", data_dir=tmp / "data"), clock=lambda: now[0]
+    )
     agent.manifest = {
         "telemetry": {"privacy": {"mechanism": "laplace", "epsilon": 1.0}},
         "models": [
@@ -75,6 +78,7 @@ def main() -> None:
         for _ in range(a.calls):
             agent.predict(x)
         w1 = time.perf_counter()
+        now[0] += agent.window_seconds()
         agent.close_window()
         c1, w2 = time.process_time(), time.perf_counter()
         cpu_window.append(c1 - c0)

@@ -27,8 +27,9 @@ def alarm_rates(trials: int) -> None:
     edges, per_device, nf = DEFAULT_FEATURE_EDGES, 300, 4
     ref_sample = rng.normal(size=100_000)
     ref = histogram(ref_sample, edges)
-    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(nf))
-    var = privacy.noise_variance("laplace", 1.0, nf)
+    layout = {"features": [f"input[{j}]" for j in range(nf)]}
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(layout))
+    var = privacy.noise_variance("laplace", 1.0, layout)
     print(f"noise-aware PSI check, ε=1 Laplace (scale {scale:g} per count), {trials} fleet-windows per cell")
     print(f"{'devices':>8} {'false alarms (no drift)':>24} {'detected (0.5σ shift)':>22} {'mean level':>11}")
     for n in (20, 100, 1000, 10_000, 100_000):
@@ -64,7 +65,7 @@ def copy_reports(version, devices: list, total: int) -> float:
     rng = np.random.default_rng(1)
     bins = expected_bins(version)
     names = [f["name"] for f in bins["features"]]
-    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(len(names)))
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(bins))
     base = {n: histogram(rng.normal(size=300), DEFAULT_FEATURE_EDGES) for n in names}
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=20)
     per_window = len(devices)

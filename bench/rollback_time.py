@@ -65,7 +65,13 @@ def main() -> None:
 
     data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-rollback-")
     env = django_env(
-        DB, REDIS, data_dir, EDGEFLEET_GATE_INTERVAL=str(int(a.gate)), LOG_LEVEL="WARNING", ORT_NUM_THREADS="1"
+        DB,
+        REDIS,
+        data_dir,
+        EDGEFLEET_GATE_INTERVAL=str(int(a.gate)),
+        EDGEFLEET_TELEMETRY_WINDOW=str(round(a.window)),  # the simulator's compressed window is the server's
+        LOG_LEVEL="WARNING",
+        ORT_NUM_THREADS="1",
     )
     import redis
 

@@ -8,6 +8,9 @@ the target; a level is sustained when both keep up. Prints figures; asserts noth
 
     .venv/bin/python bench/simulator_capacity.py [--devices 100] [--speeds 10,30,60] [--seconds 30]
 
+Each level gets a server whose telemetry window is the simulator's compressed one (60 s / speed,
+whole seconds), as the window grid requires.
+
 Uses its own PostgreSQL database (edgefleet_bench_agent) and Redis db 6 on 127.0.0.1; both are reset.
 """
 
@@ -59,8 +62,10 @@ def main() -> None:
     rows = []
     log = open(Path(data_dir) / "simulator.log", "w")  # noqa: SIM115 (open for the whole run)
     gunicorn = ["-w", "2", "--threads", "4", "--log-level", "warning"]
-    with start_gunicorn(env, PORT, *gunicorn, stderr=subprocess.DEVNULL):
-        for speed in [float(s) for s in a.speeds.split(",")]:
+    for speed in [float(s) for s in a.speeds.split(",")]:
+        # the server's window is the simulator's compressed one: reports name windows of its grid
+        server_env = {**env, "EDGEFLEET_TELEMETRY_WINDOW": str(round(60 / speed))}
+        with start_gunicorn(server_env, PORT, *gunicorn, stderr=subprocess.DEVNULL):
             summary_file = Path(data_dir) / f"sim-{speed:g}.json"
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()

@@ -14,6 +14,7 @@ from accounts.audit import record
 from accounts.roles import operator_required, viewer_required
 from fleet import overview as overview_data
 from fleet import selectors, services
+from fleet.event_text import detail_pairs
 from fleet.models import Cohort, Device, EnrollmentKey
 
 PAGE = 50
@@ -93,10 +94,13 @@ def devices(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def device_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     device = get_object_or_404(Device.objects.select_related("enrollment_key"), pk=pk)
+    events = list(device.events.all()[:100])
+    for e in events:
+        e.pairs = detail_pairs(e.kind, e.details)
     context = {
         "device": device,
         "status": services.status_of(device.last_seen_at),
-        "events": device.events.all()[:100],
+        "events": events,
         "labels_text": ", ".join(f"{k}={v}" for k, v in device.labels.items()),
         "token": request.session.pop(f"device-token-{device.pk}", None),
     }

@@ -288,7 +288,7 @@ def update_rollups(now: datetime | None = None, settle_seconds: int = 10, chunk:
             for d in ids:
                 cohorts_of[d].append(name)
         accs: dict[tuple[int, str, datetime], _Acc] = defaultdict(_Acc)
-        noise_cache: dict[tuple[str, float, int], float] = {}
+        noise_cache: dict[tuple[str, float, tuple[str, ...]], float] = {}
         rows = new.values_list(
             "device_id",
             "version_id",
@@ -303,9 +303,9 @@ def update_rollups(now: datetime | None = None, settle_seconds: int = 10, chunk:
         )
         count = 0
         for dev, ver, ws, inf, err, lat, out, feats, mech, eps in rows.iterator(chunk_size=chunk):
-            key = (mech, eps, len(feats))
-            if key not in noise_cache:
-                noise_cache[key] = privacy.noise_variance(mech, eps, len(feats))
+            key = (mech, eps, tuple(feats))
+            if key not in noise_cache:  # the layout the report was made with (ingest checked it)
+                noise_cache[key] = privacy.noise_variance(mech, eps, privacy.layout_of_report(feats))
             b = bucket_of(ws, width)
             for cohort in (ALL, *cohorts_of.get(dev, ())):
                 accs[(ver, cohort, b)].add(inf, err, noise_cache[key], lat, out, feats)
@@ -599,7 +599,7 @@ def _side(version_id: int, since: datetime, until: datetime | None, device_ids: 
         s.devices.add(dev)
         s.inferences += inf
         s.errors += err
-        s.noise += privacy.noise_variance(mech, eps, len(feats))
+        s.noise += privacy.noise_variance(mech, eps, privacy.layout_of_report(feats))
         s.latency += np.asarray(lat, float)
         o = np.asarray(out, float)
         s.outputs = o if s.outputs is None else s.outputs + o

@@ -50,8 +50,7 @@ def simulated(
 ) -> dict:
     """A report whose counts come from n inferences of N(shift, 1) features, with agent-style DP noise."""
     bins = expected_bins(version)
-    nf = len(bins["features"])
-    scale = privacy.laplace_scale(epsilon, privacy.l1_sensitivity(nf))
+    scale = privacy.laplace_scale(epsilon, privacy.l1_sensitivity(bins))
 
     def noisy(c: np.ndarray) -> list[float]:
         return [float(x) for x in c + rng.laplace(0, scale, size=c.shape)]

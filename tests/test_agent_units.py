@@ -97,7 +97,7 @@ def test_laplace_noise_variance_is_two_b_squared(epsilon: float, sens: float) ->
 
 def test_gaussian_noise_sigma_and_report_sensitivity() -> None:
     rng = np.random.default_rng(2)
-    l1, l2 = report_sensitivity(4)
+    l1, l2 = report_sensitivity({"features": [{"name": f"input[{j}]", "edges": [0, 1]} for j in range(4)]})
     assert (l1, l2) == (7.0, pytest.approx(7**0.5))
     noise = add_noise(np.zeros(200_000), "gaussian", 1.0, l2, rng)
     assert noise.std() == pytest.approx(gaussian_sigma(l2, 1.0), rel=0.02)
@@ -116,7 +116,7 @@ def test_report_counts_carry_calibrated_noise() -> None:
         agg = WindowAggregator("m", "v", spec, LATENCY_EDGES_MS)
         agg.record({"input": np.zeros((10, 1), np.float32)}, {"p": np.tile([[0.9, 0.1]], (10, 1))}, 1.0)
         diffs.append(agg.report({"mechanism": "laplace", "epsilon": 1.0}, rng)["inference_count"] - 10)
-    assert np.var(diffs) == pytest.approx(2 * report_sensitivity(1)[0] ** 2, rel=0.1)
+    assert np.var(diffs) == pytest.approx(2 * report_sensitivity(spec)[0] ** 2, rel=0.1)
 
 
 # -- spool -----------------------------------------------------------------------------------------

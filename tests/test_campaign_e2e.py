@@ -48,8 +48,9 @@ def _fresh_generation() -> None:
 
 
 @pytest.fixture
-def world(live_server: Any, celery_worker: Any) -> dict[str, Any]:
+def world(live_server: Any, celery_worker: Any, settings: Any) -> dict[str, Any]:
     """v1 released to the whole fleet, v2 staged, an enrollment key for the simulator."""
+    settings.EDGEFLEET_TELEMETRY_WINDOW = int(120 / SPEED)  # the server's window is the simulator's
     v1 = factories.staged_version(label="v1", seed=1)
     v2 = factories.staged_version(label="v2", seed=2)
     factories.release(v1)

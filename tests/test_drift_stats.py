@@ -11,6 +11,7 @@ from telemetry.binning import histogram, quantile_edges
 
 RNG = np.random.default_rng(7)
 EDGES = quantile_edges(RNG.normal(size=200_000), 20)
+FOUR_FEATURES = {"features": [f"input[{j}]" for j in range(4)]}  # a report layout with 4 feature histograms
 
 
 def hists(shift: float = 0.0, n: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +64,9 @@ def simulate(
     rng = np.random.default_rng(11)
     ref_sample = rng.normal(size=50_000)
     ref = histogram(ref_sample, EDGES)
-    var = privacy.noise_variance("laplace", epsilon, n_features)
-    scale = privacy.laplace_scale(epsilon, privacy.l1_sensitivity(n_features))
+    layout = {"features": [f"input[{j}]" for j in range(n_features)]}
+    var = privacy.noise_variance("laplace", epsilon, layout)
+    scale = privacy.laplace_scale(epsilon, privacy.l1_sensitivity(layout))
     flagged = 0
     for _ in range(trials):
         x = rng.normal(loc=shift, size=devices * per_device)
@@ -86,6 +88,6 @@ def test_half_sigma_shift_is_detected_with_enough_devices() -> None:
 def test_threshold_rises_with_noise_and_falls_to_floor_with_mass() -> None:
     ref = histogram(RNG.normal(size=50_000), EDGES)
     quiet = drift.psi_threshold(ref, 10_000_000, 0.0)
-    noisy = drift.psi_threshold(ref, 1000, 1000 * privacy.noise_variance("laplace", 1.0, 4))
+    noisy = drift.psi_threshold(ref, 1000, 1000 * privacy.noise_variance("laplace", 1.0, FOUR_FEATURES))
     assert quiet == drift.PSI_FLOOR
     assert noisy > 1.0

@@ -17,6 +17,7 @@ from tests import factories
 from tests.telemetry_support import simulated
 
 KEYS = {"error_rate", "latency_p50", "latency_p95", "install_failure_rate", "drift"}
+FOUR_FEATURES = {"features": [f"input[{j}]" for j in range(4)]}  # a report layout with 4 feature histograms
 
 
 def test_two_proportion_z_matches_chi_square() -> None:
@@ -123,10 +124,10 @@ def _noisy_latency(rng: np.random.Generator, reports: int, per_report: int, late
     from telemetry import privacy
     from telemetry.binning import LATENCY_EDGES_MS
 
-    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(FOUR_FEATURES))
     true = histogram(np.full(per_report, latency_ms), LATENCY_EDGES_MS)
     noisy = sum(true + rng.laplace(0, scale, true.size) for _ in range(reports))
-    return noisy, reports * privacy.noise_variance("laplace", 1.0, 4)
+    return noisy, reports * privacy.noise_variance("laplace", 1.0, FOUR_FEATURES)
 
 
 def test_dp_noise_in_empty_latency_bins_does_not_fake_a_regression() -> None:
@@ -174,8 +175,8 @@ def test_dp_noise_on_error_counts_widens_the_z_test() -> None:
     from telemetry import privacy
 
     rng = np.random.default_rng(11)
-    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
-    var = privacy.noise_variance("laplace", 1.0, 4)
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(FOUR_FEATURES))
+    var = privacy.noise_variance("laplace", 1.0, FOUR_FEATURES)
     naive = noisy = 0
     for _ in range(200):
         can_err = sum(rng.laplace(0, scale) for _ in range(5 * 3))  # 5 devices x 3 windows, 0 true errors
@@ -193,8 +194,8 @@ def test_a_real_error_regression_on_five_devices_still_fails() -> None:
     from telemetry import privacy
 
     rng = np.random.default_rng(12)
-    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(4))
-    var = privacy.noise_variance("laplace", 1.0, 4)
+    scale = privacy.laplace_scale(1.0, privacy.l1_sensitivity(FOUR_FEATURES))
+    var = privacy.noise_variance("laplace", 1.0, FOUR_FEATURES)
     n_can, n_con = 5 * 3 * 64, 60 * 3 * 64
     can_err = 0.3 * n_can + sum(rng.laplace(0, scale) for _ in range(15))
     con_err = sum(rng.laplace(0, scale) for _ in range(180))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import pytest
 
@@ -18,6 +19,12 @@ def _fresh_generation() -> None:
     from rollout.manifest import bump_generation
 
     bump_generation()
+
+
+@pytest.fixture(autouse=True)
+def _server_window(settings: object) -> None:
+    """The server's telemetry window is the simulator's compressed one (300 s at speed 60: 5 s)."""
+    settings.EDGEFLEET_TELEMETRY_WINDOW = 5
 
 
 @pytest.fixture
@@ -97,13 +104,40 @@ def test_drifted_devices_report_shifted_feature_histograms(live_server: object, 
 
     factories.release(factories.staged_version(label="v1", seed=1))
     s = run_simulation(
-        opts(live_server.url, key, scenario="drift", fraction=0.5, drift_shift=3.0, rows_per_step=64, duration=8.0)
+        opts(live_server.url, key, scenario="drift", fraction=0.5, drift_shift=3.0, rows_per_step=256, duration=8.0)
     )
-    assert 0 < s["touched"] < 6 and s["reports_sent"] >= 6
+    assert 0 < s["touched"] < 6 and s["reports_sent"] >= 6, {k: v for k, v in s.items() if k != "options"}
+    # Every window is reported, idle ones (pure noise: sd 10 a count) too. Keep the windows with at
+    # least one 256-row call in them (an idle one passes 32 once in ~400) and sum them per device.
+    sums: dict[object, np.ndarray] = {}
+    for r in Report.objects.filter(inference_count__gt=32):
+        sums[r.device_id] = sums.get(r.device_id, 0) + np.asarray(r.features["input[0]"])
     centre: dict[str, list[float]] = {"touched": [], "control": []}
-    for r in Report.objects.all():
-        counts = np.clip(np.asarray(r.features["input[0]"]), 0, None)
-        group = Device.objects.get(pk=r.device_id).labels["sim_group"]
+    for device_id, total in sums.items():
+        counts = np.clip(total, 0, None)
+        group = Device.objects.get(pk=device_id).labels["sim_group"]
         centre[group].append(float(np.average(np.arange(len(counts)), weights=counts + 1e-9)))
     # a +3 sigma shift moves input[0]'s mass up by several bins on touched devices only
+    assert centre["touched"] and centre["control"]
     assert min(centre["touched"]) > max(centre["control"]) + 1.5, centre
+
+
+def test_idle_and_busy_devices_report_every_window_on_the_grid(live_server: object, key: str, settings: object) -> None:
+    from django.db.models import Count
+
+    from telemetry.models import Report
+
+    settings.EDGEFLEET_TELEMETRY_WINDOW = 2
+    factories.release(factories.staged_version(label="v1", seed=1))
+    idle = run_simulation(opts(live_server.url, key, devices=3, steps_per_poll=0, window_seconds=120.0, duration=10.0))
+    assert idle["inferences"] == 0 and idle["versions"] == {"fraud:v1": 3}
+    busy = run_simulation(opts(live_server.url, key, devices=2, window_seconds=120.0, duration=10.0, seed=4))
+    assert busy["inferences"] > 0
+    reports = list(Report.objects.all())
+    per_device = Counter(r.device_id for r in reports)
+    assert len(per_device) == 5 and min(per_device.values()) >= 2  # the idle ones too: existence says nothing
+    for r in reports:
+        start, end = r.window_start, r.window_end
+        assert start.microsecond == 0 and start.timestamp() % 2 == 0 and (end - start).total_seconds() == 2
+    dup = Report.objects.values("device_id", "version_id", "window_start").annotate(n=Count("id")).filter(n__gt=1)
+    assert not dup.exists()  # at most one report per device, version and window

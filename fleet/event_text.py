@@ -1,0 +1,36 @@
+"""How a device event's details read on a page: plain ``key value`` text, and for a fallback its rule only.
+
+A ``fell_back`` event says which rule of the device's local guard decided and that rule's limits
+(``{"rule": "error_rate", "threshold": 0.5, "to": "v1"}``). Agents before that change also sent the
+error rate and latency they observed (``numbers``, and quoted in ``reason``): exact, un-noised
+measurements of one device's inferences, so the page keeps to the rule whatever an agent sends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+FELL_BACK_KEYS = ("rule", "threshold", "ratio", "margin", "margin_ms", "to", "at_start")
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def detail_pairs(kind: str, details: Any) -> list[tuple[str, str]]:
+    """``[(key, text)]`` to show for one event's details."""
+    if not isinstance(details, dict):
+        return []
+    if kind == "fell_back":
+        keys = [k for k in FELL_BACK_KEYS if k in details]
+        if details.get("at_start") is True and "reason" in details:
+            keys.append("reason")  # a file check at start: the note names versions, nothing observed
+        return [(k, text(details[k])) for k in keys]
+    return [(str(k), text(v)) for k, v in details.items()]
