@@ -67,6 +67,8 @@ def validate_upload(job: dict, limits: Limits, on_step: Step, checkpoint: Callab
             )
     except validation.ValidationFailed as exc:
         return {"ok": False, "report": exc.report, "error": exc.message, "step": exc.step}
+    # What the staged model ran under: every step above ran inside these limits.
+    report["limits"] = {k: v for k, v in limits.as_json().items() if k != "threads"}
     result: dict[str, Any] = {"ok": True, "report": report, "profile": profile, "variant": None}
     if job.get("int8_path"):
         checkpoint({**result, "int8_pending": True})

@@ -209,7 +209,8 @@ def run(
                 status = proc.returncode
         outcome = _outcome(jobdir, job, status, timed_out, limits, names)
         if not outcome.ok or outcome.exit_status:
-            log.warning(
+            log.log(
+                logging.WARNING if (outcome.exit_status or timed_out) else logging.INFO,
                 "sandbox %s job ended with status %s (timed out: %s) at step %s: %s\n%s",
                 job["kind"],
                 status,
