@@ -263,11 +263,32 @@ def check_outputs(names: list[str], outs: list[Any], limits: Limits) -> None:
             )
 
 
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph carries, subgraphs (If/Loop/Scan bodies) and sparse tensors included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _tensors(g)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return any(t.data_location == TensorProto.EXTERNAL for t in tensors)
+    """External data would make onnxruntime read files next to the model (any file, by a relative path)."""
+    graphs = [model.graph, *(onnx.GraphProto(node=f.node) for f in model.functions)]
+    return any(t.data_location == TensorProto.EXTERNAL for g in graphs for t in _tensors(g))
 
 
 def latency_ms(run: Callable[[], Any], runs: int = 30, budget_s: float = 10.0) -> dict:

@@ -123,6 +123,20 @@ def test_an_output_over_the_cap_is_refused_after_the_sample_run(tmp_path: Path) 
     assert "Tensor 'y' (output on a sample input) would hold 1,048,576 elements" in outcome.error
 
 
+def test_external_data_hidden_in_a_subgraph_is_refused_before_onnxruntime_reads_files(tmp_path: Path) -> None:
+    """onnxruntime would read a file next to the model (any file, by relative path) into the tensor."""
+    model = models.busy_loop(iterations=1, n=2)
+    body = model.graph.node[0].attribute[0].g
+    leak = onnx.helper.make_tensor("leak", onnx.TensorProto.FLOAT, [1], [0.0])
+    leak.ClearField("float_data")
+    leak.data_location = onnx.TensorProto.EXTERNAL
+    leak.external_data.add(key="location", value="../../secret_key")
+    body.node.append(onnx.helper.make_node("Constant", [], ["unused"], value=leak))
+    with pytest.raises(validation.ValidationFailed) as failed:
+        validation.validate(save(model, tmp_path / "leak.onnx"))
+    assert failed.value.step == "format" and "external data" in failed.value.message
+
+
 # ---------------------------------------------------------------- time, CPU and crashes
 
 
