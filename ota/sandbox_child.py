@@ -96,9 +96,9 @@ def main(jobdir: Path) -> int:
     set_limit(resource.RLIMIT_AS, address_space() + limits.memory_bytes)
     try:
         result = pipeline.run(job, limits, on_step, lambda partial: write_result(jobdir, partial))
-    except MemoryError:
+        write_result(jobdir, result)
+    except MemoryError:  # outside any step's own handling, or too little left to write the result
         return EXIT_MEMORY
-    write_result(jobdir, result)
     return 0
 
 
