@@ -24,7 +24,7 @@ from django.test import Client
 from accounts.models import ApiToken
 from ota import profiles, sandbox, services, validation
 from ota.limits import CRASHED_TWICE, Limits, scrub
-from ota.models import Artifact, ModelVersion
+from ota.models import Artifact, Model, ModelVersion
 from tests import onnx_models as models
 from tests.worker_procs import children, cmdline, wait_until
 
@@ -325,3 +325,23 @@ def test_scrub_keeps_the_words_and_drops_the_paths() -> None:
         scrub("see /tmp/x/y.npz and 1/2 and https://example.org/a/b") == "see y.npz and 1/2 and https://example.org/a/b"
     )
     assert "crashed the worker twice" in CRASHED_TWICE
+
+
+def test_rejections_stored_before_the_fix_lose_their_paths(db: None) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("ota.migrations.0002_validation_lease")
+    v = ModelVersion.objects.create(
+        model=Model.objects.create(name="legacy"),
+        label="v1",
+        status="rejected",
+        artifact=Artifact.objects.create(sha256="4b" * 32, size=1, storage_key="artifacts/4b/x"),
+        error="onnxruntime could not load the model: Load model from /srv/var/artifacts/artifacts/4b/4b4b failed",
+        report={"steps": [{"name": "session", "ok": False, "error": "Load model from /srv/var/artifacts/4b/4b4b"}]},
+    )
+    migration.scrub_paths(apps, None)
+    v.refresh_from_db()
+    assert v.error == "onnxruntime could not load the model: Load model from 4b4b failed"
+    assert v.report["steps"][0]["error"] == "Load model from 4b4b"
