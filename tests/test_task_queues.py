@@ -38,8 +38,11 @@ def test_fleet_jobs_run_on_control_validation_on_its_own_and_the_rest_on_default
     assert queue_of("some.future.task") == "default"
 
 
-def test_every_task_has_a_soft_and_a_hard_time_limit(settings: object) -> None:
+def test_every_task_has_a_soft_and_a_hard_time_limit_and_the_delivery_guard(settings: object) -> None:
+    from edgefleet.guard import GuardedTask
+
     for name, task in our_tasks().items():
+        assert isinstance(task, GuardedTask), name
         soft = task.soft_time_limit or app.conf.task_soft_time_limit
         hard = task.time_limit or app.conf.task_time_limit
         assert soft and hard and 0 < soft < hard, name
