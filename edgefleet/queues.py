@@ -6,7 +6,7 @@ Three queues, each served by its own worker so no queue can hold up another:
   rollups and drift) and the watchdog that re-queues stuck validations. Short jobs; a rollback must
   never wait behind a model upload.
 - ``validation``: checking uploaded models (each in a limited child process, ``ota.sandbox``).
-- ``default``: housekeeping (pruning, orphan artifacts) and any task not routed elsewhere.
+- ``default``: housekeeping (pruning, orphan artifacts), notifications, and any task not routed elsewhere.
 
 Every task has a soft and a hard time limit (enforced by the prefork pool). The validation limits
 follow ``EDGEFLEET_VALIDATION_TIMEOUT``: the child's wall clock, plus a grace for storing the results.
@@ -29,6 +29,11 @@ TASKS: dict[str, tuple[str, int | None, int | None]] = {
     "ota.tasks.validate_version": (VALIDATION, None, None),
     "telemetry.prune_reports": (DEFAULT, 840, 900),
     "ota.tasks.delete_orphan_artifacts": (DEFAULT, 540, 600),
+    # Notifications wait on other people's servers: never on the control worker. A delivery's hard
+    # limit stays inside its own claim (2 x EDGEFLEET_NOTIFY_TIMEOUT + 30 s), so a killed one is retried.
+    "notify.deliver": (DEFAULT, 40, 50),
+    "notify.send_due": (DEFAULT, 50, 60),
+    "notify.sweep": (DEFAULT, 240, 300),
 }
 # Any task not in the table (a new one) still has limits.
 DEFAULT_SOFT_LIMIT = 240
