@@ -19,13 +19,21 @@ def _clean_redis() -> None:
 
 @pytest.fixture
 def celery_worker(transactional_db: None) -> Iterator[object]:
-    """A real Celery worker consuming from Redis, in threads of this process, on the test database."""
+    """A real Celery worker consuming every queue from Redis, in threads of this process, on the test database.
+
+    Tasks run the same code as in a deployed worker (routes, delivery guard, validation in a sandbox
+    child process); time limits need the prefork pool, so tests of those start worker processes
+    (``tests/worker_procs.py``).
+    """
     from celery.contrib.testing.worker import start_worker
 
     from edgefleet.celery import app
+    from edgefleet.queues import QUEUES
 
     app.control.purge()
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30) as worker:
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30, queues=list(QUEUES)
+    ) as worker:
         yield worker
 
 

@@ -181,6 +181,10 @@ FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "uploads")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
 # Celery: Redis when configured, otherwise a broker on the local file system (no server needed).
+# Queues, routes and time limits: edgefleet/queues.py (docs/architecture.md shows them).
+from edgefleet import queues as _queues  # noqa: E402
+
+EDGEFLEET_VALIDATION_TIMEOUT = env_int("EDGEFLEET_VALIDATION_TIMEOUT", 300)  # wall clock of one validation
 CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
@@ -194,15 +198,31 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+    # An unacknowledged message comes back after the visibility timeout. It must outlast the longest
+    # task (or a slow task would run twice), and no more: a dead worker's job should not wait an hour.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int(
+            "CELERY_VISIBILITY_TIMEOUT", _queues.longest_hard_limit(EDGEFLEET_VALIDATION_TIMEOUT) + 60
+        )
+    }
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged only after it ran: a worker killed mid-task leaves it for another worker.
+# edgefleet/guard.py stops a message that killed its worker twice from coming back a third time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_QUEUES = {name: {"exchange": name, "routing_key": name} for name in _queues.QUEUES}
+CELERY_TASK_DEFAULT_QUEUE = _queues.DEFAULT
+CELERY_TASK_DEFAULT_EXCHANGE = _queues.DEFAULT
+CELERY_TASK_DEFAULT_ROUTING_KEY = _queues.DEFAULT
+CELERY_TASK_ROUTES = _queues.routes()
+EDGEFLEET_METRICS_QUEUES = list(_queues.QUEUES)  # /metrics reports the length of each
+CELERY_TASK_ANNOTATIONS = _queues.annotations(EDGEFLEET_VALIDATION_TIMEOUT)
+CELERY_TASK_SOFT_TIME_LIMIT = _queues.DEFAULT_SOFT_LIMIT
+CELERY_TASK_TIME_LIMIT = _queues.DEFAULT_HARD_LIMIT
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict = {}  # each app adds its periodic jobs in edgefleet/schedule.py
@@ -222,7 +242,13 @@ EDGEFLEET_ROLLUP_SECONDS = env_int("EDGEFLEET_ROLLUP_SECONDS", 3600)  # width of
 EDGEFLEET_STALE_AFTER = env_int("EDGEFLEET_STALE_AFTER", 300)
 EDGEFLEET_OFFLINE_AFTER = env_int("EDGEFLEET_OFFLINE_AFTER", 3600)
 EDGEFLEET_X_ACCEL_REDIRECT = env.get("EDGEFLEET_X_ACCEL_REDIRECT", "")  # e.g. /protected-artifacts/
-EDGEFLEET_VALIDATION_TIMEOUT = env_int("EDGEFLEET_VALIDATION_TIMEOUT", 900)
+# The validation sandbox (ota/sandbox.py): limits of the child process that parses and runs an upload.
+EDGEFLEET_VALIDATION_MEMORY_MB = env_int("EDGEFLEET_VALIDATION_MEMORY_MB", 2048)
+EDGEFLEET_VALIDATION_CPU_SECONDS = env_int("EDGEFLEET_VALIDATION_CPU_SECONDS", 2 * EDGEFLEET_VALIDATION_TIMEOUT)
+EDGEFLEET_VALIDATION_MAX_INPUT_ELEMENTS = env_int("EDGEFLEET_VALIDATION_MAX_INPUT_ELEMENTS", 1 << 24)
+EDGEFLEET_VALIDATION_MAX_TENSOR_ELEMENTS = env_int("EDGEFLEET_VALIDATION_MAX_TENSOR_ELEMENTS", 1 << 26)
+EDGEFLEET_REFERENCE_MAX_BYTES = env_int("EDGEFLEET_REFERENCE_MAX_BYTES", 256 * 1024 * 1024)
+EDGEFLEET_TASK_MAX_CRASHES = env_int("EDGEFLEET_TASK_MAX_CRASHES", 2)  # then a message is not run again
 EDGEFLEET_GATE_INTERVAL = env_int("EDGEFLEET_GATE_INTERVAL", 30)  # seconds between campaign gate checks
 
 from edgefleet.schedule import BEAT_SCHEDULE  # noqa: E402

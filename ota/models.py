@@ -57,6 +57,10 @@ class ModelVersion(models.Model):
     validation_started_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
     validation_attempts = models.PositiveSmallIntegerField(default=0)
+    # The lease of the validation in progress: the message that owns it, and when it runs out (the
+    # recovery job re-queues the version then; see ota.services.recover_stuck_validations).
+    validation_task_id = models.CharField(max_length=64, blank=True, default="")
+    validation_deadline = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -10,6 +10,10 @@ read by the manifest and telemetry code::
 
 Features are the columns of 1-D ([N]) and 2-D ([N, F]) inputs, named ``<input>[<j>]`` (a 1-D input is
 ``<input>[0]``). Running the model is the caller's business: ``build_profile`` takes a function.
+
+Reading a reference set parses uploaded bytes, so the server does it only inside the sandbox child
+(``ota.sandbox_child``). Sizes are checked from the zip and ``.npy`` headers before any array is
+unpacked: a 1 MB ``.npz`` that unpacks to 1 GiB is refused by its headers, not by running out of memory.
 """
 
 from __future__ import annotations
@@ -17,15 +21,21 @@ from __future__ import annotations
 import csv
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ota.limits import Limits, MiB, elements, reference_size_message
 from telemetry.binning import MAX_CLASSES, histogram, quantile_edges
 
 BINS = 20
 MAX_ROWS = 1_000_000
+MAX_COLUMNS = 10_000
+MAX_MEMBERS = 1_000
+MAX_HEADER_LINE = 1 * MiB
+DEFAULT_MAX_BYTES = Limits().reference_max_bytes
 COLUMN = re.compile(r"^(?P<name>.+)\[(?P<j>\d+)\]$")
 
 
@@ -33,15 +43,76 @@ class ReferenceSetError(ValueError):
     """The reference set cannot be used; the message says what to change."""
 
 
-def load(path: str | Path, kind: str) -> dict[str, np.ndarray]:
-    """Raw arrays from an .npz (one per key) or .csv (one per column, in header order)."""
+def npz_unpacked_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """What an .npz unpacks to, from its zip and .npy headers alone; refuses a bomb before unpacking it.
+
+    Both the zip's declared sizes and each array's header (shape x itemsize) count: numpy allocates by
+    the header, whatever the zip says.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise ReferenceSetError(f"The reference .npz holds {len(members)} files; at most {MAX_MEMBERS}.")
+            declared = sum(m.file_size for m in members)
+            if declared > max_bytes:
+                raise ReferenceSetError(reference_size_message(declared, size, Limits(reference_max_bytes=max_bytes)))
+            from_headers = 0
+            for m in members:
+                if not m.filename.endswith(".npy"):
+                    continue
+                with zf.open(m) as fh:
+                    shape, dtype = _npy_header(fh)
+                n = elements(shape) * max(1, dtype.itemsize)
+                if n > m.file_size:
+                    raise ReferenceSetError(
+                        f"Reference array '{m.filename[:-4]}' declares shape {list(shape)} but its file holds only "
+                        f"{m.file_size} bytes: the .npz is damaged or crafted."
+                    )
+                from_headers += n
+            unpacked = max(declared, from_headers)
+    except ReferenceSetError:
+        raise
+    except Exception as exc:
+        raise ReferenceSetError(f"The reference set is not a readable .npz file ({_short(exc)}).") from exc
+    if unpacked > max_bytes:
+        raise ReferenceSetError(reference_size_message(unpacked, size, Limits(reference_max_bytes=max_bytes)))
+    return unpacked
+
+
+def _npy_header(fh: object) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=10_000)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10_000)
+    else:
+        raise ReferenceSetError(f"An array in the .npz uses .npy format {version}; save it with numpy.savez.")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def load(path: str | Path, kind: str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, np.ndarray]:
+    """Raw arrays from an .npz (one per key) or .csv (one per column, in header order).
+
+    ``max_bytes`` caps what the set may unpack to (checked from headers first, for .npz).
+    """
     path = Path(path)
     if kind == "npz":
+        npz_unpacked_bytes(path, max_bytes)
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: np.asarray(z[k]) for k in z.files}
+        except MemoryError:
+            raise
         except Exception as exc:
-            raise ReferenceSetError(f"The reference set is not a readable .npz file ({exc}).") from exc
+            raise ReferenceSetError(f"The reference set is not a readable .npz file ({_short(exc)}).") from exc
         if not data:
             raise ReferenceSetError("The reference .npz holds no arrays: save one array per model input.")
         for key, arr in data.items():
@@ -53,18 +124,26 @@ def load(path: str | Path, kind: str) -> dict[str, np.ndarray]:
                 )
         return data
     if kind == "csv":
-        return _load_csv(path)
+        return _load_csv(path, max_bytes)
     raise ReferenceSetError("The reference set must be an .npz or .csv file.")
 
 
-def _load_csv(path: Path) -> dict[str, np.ndarray]:
+def _load_csv(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, np.ndarray]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
+            first = fh.readline(MAX_HEADER_LINE + 1)
     except UnicodeDecodeError as exc:
         raise ReferenceSetError("The reference .csv is not UTF-8 text.") from exc
+    if len(first) > MAX_HEADER_LINE:
+        raise ReferenceSetError("The reference .csv header row is longer than 1 MiB: is this really a CSV file?")
+    try:
+        header = next(csv.reader([first]), None)
+    except csv.Error as exc:
+        raise ReferenceSetError(f"The reference .csv header row cannot be read ({_short(exc)}).") from exc
     if not header or not any(h.strip() for h in header):
         raise ReferenceSetError("The reference .csv is empty: it needs a header row and data rows.")
+    if len(header) > MAX_COLUMNS:
+        raise ReferenceSetError(f"The reference .csv has {len(header)} columns; at most {MAX_COLUMNS:,}.")
     header = [h.strip() for h in header]
     if len(set(header)) != len(header):
         raise ReferenceSetError("The reference .csv has duplicate column names.")
@@ -76,6 +155,10 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
         raise ReferenceSetError(f"The reference .csv has a value that is not a number: {exc}") from exc
     if rows.shape[0] == 0:
         raise ReferenceSetError("The reference .csv has a header but no data rows.")
+    if rows.nbytes > max_bytes:  # every value is a float64: short text can unpack to more than its size
+        raise ReferenceSetError(
+            reference_size_message(rows.nbytes, path.stat().st_size, Limits(reference_max_bytes=max_bytes))
+        )
     if rows.shape[1] != len(header):
         raise ReferenceSetError(f"The reference .csv has {len(header)} header names but {rows.shape[1]} columns.")
     return {h: rows[:, j] for j, h in enumerate(header)}

@@ -3,34 +3,41 @@
 Uploads arrive as files already on disk with their sha256 (see ``ota.uploads``). ``create_version``
 checks everything cheap synchronously (names, duplicates, empty file, readable reference set) so a
 bad upload leaves nothing stored; the expensive checks run in ``run_validation`` on a worker.
+
+Uploaded bytes are parsed and run only in the sandbox child (``ota.sandbox``), never in this
+process: this module imports neither onnx nor onnxruntime. A validation holds a lease on its
+version (``validation_task_id``, ``validation_deadline``): a duplicate message stands aside, and
+``recover_stuck_validations`` re-queues a version whose worker died once the lease has run out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import tempfile
-import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.audit import record
-from ota import profiles, quantize, validation
+from edgefleet.queues import validation_limits
+from ota import sandbox
+from ota.limits import CRASHED_TWICE, Limits
 from ota.models import Artifact, Model, ModelVersion, Variant
 
 log = logging.getLogger(__name__)
@@ -202,10 +209,9 @@ def create_version(
         ref_kind = reference_kind(reference.name)
         if reference.size == 0:
             raise RegistryError("bad_reference", "The reference data set is empty.", "reference")
-        try:
-            profiles.load(reference.temporary_file_path(), ref_kind)
-        except profiles.ReferenceSetError as exc:
-            raise RegistryError("bad_reference", str(exc), "reference") from exc
+        problem = check_reference(Path(reference.temporary_file_path()), ref_kind, reference.sha256)
+        if problem:
+            raise RegistryError("bad_reference", problem, "reference")
 
     user = getattr(request, "user", None) if request is not None else None
     user = user if user is not None and user.is_authenticated else None
@@ -246,6 +252,8 @@ def create_version(
                 want_int8=bool(want_int8),
                 created_by=user,
                 validation_attempts=1,
+                validation_task_id=str(uuid.uuid4()),
+                validation_deadline=timezone.now() + timedelta(seconds=lease_seconds()),
             )
             record(
                 "model_version.upload",
@@ -253,7 +261,7 @@ def create_version(
                 request=request,
                 details={"sha256": artifact.sha256, "size": artifact.size, "int8": bool(want_int8)},
             )
-            enqueue_validation(version.pk)
+            enqueue_validation(version.pk, version.validation_task_id)
     except IntegrityError as exc:
         _remove(written)
         raise RegistryError(
@@ -271,10 +279,11 @@ def _remove(keys: list[str]) -> None:
             default_storage.delete(key)
 
 
-def enqueue_validation(version_id: int) -> None:
+def enqueue_validation(version_id: int, task_id: str | None = None) -> None:
+    """Queue the validation after commit; ``task_id`` is the message that owns the version's lease."""
     from ota.tasks import validate_version
 
-    transaction.on_commit(lambda: validate_version.delay(version_id))
+    transaction.on_commit(lambda: validate_version.apply_async((version_id,), task_id=task_id))
 
 
 def archive_version(version: ModelVersion, request: HttpRequest | None = None) -> ModelVersion:
@@ -306,90 +315,136 @@ def previous_contract(version: ModelVersion) -> dict | None:
     return {"version": prev.label, "inputs": prev.report["inputs"], "outputs": prev.report.get("outputs", [])}
 
 
-def _timed(report: dict, name: str, fn: Any) -> Any:
-    entry: dict[str, Any] = {"name": name, "ok": False}
-    t0 = time.perf_counter()
-    try:
-        result = fn()
-        entry["ok"] = True
-        return result
-    except Exception as exc:
-        entry["error"] = str(exc)
-        raise
-    finally:
-        entry["duration_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        report.setdefault("steps", []).append(entry)
+def sandbox_limits() -> Limits:
+    """The sandbox's limits, from settings (README lists them)."""
+    return Limits(
+        memory_bytes=settings.EDGEFLEET_VALIDATION_MEMORY_MB * 1024 * 1024,
+        cpu_seconds=settings.EDGEFLEET_VALIDATION_CPU_SECONDS,
+        wall_seconds=settings.EDGEFLEET_VALIDATION_TIMEOUT,
+        max_input_elements=settings.EDGEFLEET_VALIDATION_MAX_INPUT_ELEMENTS,
+        max_tensor_elements=settings.EDGEFLEET_VALIDATION_MAX_TENSOR_ELEMENTS,
+        reference_max_bytes=settings.EDGEFLEET_REFERENCE_MAX_BYTES,
+        threads=max(1, int(os.environ.get("ORT_NUM_THREADS", "1") or 1)),
+    )
 
 
-def run_validation(version_id: int) -> str:
-    """Validate one version on a worker and stage or reject it. Returns the final status."""
-    version = ModelVersion.objects.select_related("model", "artifact", "reference_artifact").get(pk=version_id)
-    if version.status != ModelVersion.Status.VALIDATING:
-        return version.status
-    ModelVersion.objects.filter(pk=version_id).update(validation_started_at=timezone.now())
-    profile = None
-    variant: dict | None = None
-    with local_path(version.artifact) as path:
-        try:
-            report, session = validation.validate(
-                path, previous_contract(version), latency_runs=getattr(settings, "EDGEFLEET_LATENCY_RUNS", 30)
+def lease_seconds() -> int:
+    """How long one validation may hold its version: the task's hard time limit."""
+    return validation_limits(settings.EDGEFLEET_VALIDATION_TIMEOUT)[1]
+
+
+def artifact_name(artifact: Artifact, what: str = "model") -> str:
+    """How a person sees a stored file in messages: by its content hash, never by its server path."""
+    return f"{what} sha256:{artifact.sha256[:16]}"
+
+
+def _max_file_bytes(*sizes: int) -> int:
+    """What the child may write per file (the int8 build, onnxruntime's temporary copies)."""
+    return 2 * max(sizes, default=0) + 64 * 1024 * 1024
+
+
+def check_reference(path: Path, kind: str, sha256: str = "") -> str:
+    """Why an uploaded reference set cannot be used ('' when it can), read in the sandbox child."""
+    name = f"reference set sha256:{sha256[:16]}" if sha256 else "the reference set"
+    with sandbox.run(
+        {"kind": "reference", "reference": {"path": str(path), "kind": kind}},
+        sandbox_limits(),
+        {str(path): name},
+        workdir=settings.FILE_UPLOAD_TEMP_DIR,
+        max_file_bytes=_max_file_bytes(path.stat().st_size),
+    ) as outcome:
+        return "" if outcome.ok else outcome.error
+
+
+def _take_lease(version_id: int, task_id: str | None) -> bool:
+    """Start a run of ``task_id`` unless another message's run holds a lease that has not run out.
+
+    The same task id again is the broker re-delivering a message whose run died (the visibility
+    timeout outlasts every task), so it takes the lease over; a direct call (no task id) always runs.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        v = ModelVersion.objects.select_for_update().get(pk=version_id)
+        if v.status != ModelVersion.Status.VALIDATING:
+            return False
+        held = v.validation_started_at is not None and v.validation_deadline is not None and v.validation_deadline > now
+        if held and task_id and v.validation_task_id and v.validation_task_id != task_id:
+            log.info(
+                "validation of version %s is held by %s; %s stands aside", version_id, v.validation_task_id, task_id
             )
-            arrays = None
-            if version.reference_artifact is not None:
-                arrays = _timed(report, "reference_profile", lambda: _reference_arrays(version, report))
-                profile = _timed(
-                    report,
-                    "reference_profile_build",
-                    lambda: profiles.build_profile(arrays, report["inputs"], lambda f: session.run(None, f)[0]),
-                )
-        except validation.ValidationFailed as exc:
-            return _finish(version_id, ModelVersion.Status.REJECTED, exc.report, error=exc.message)
-        except profiles.ReferenceSetError as exc:
-            return _finish(version_id, ModelVersion.Status.REJECTED, report, error=f"Reference data set: {exc}")
-        if version.want_int8:
-            try:
-                variant = _timed(report, "int8_variant", lambda: _int8_variant(path, session, report, arrays))
-            except Exception as exc:  # the fp32 model is fine; say why there is no int8 build
-                report["int8_error"] = f"The int8 variant could not be made: {validation._short(exc)}"
-    return _finish(version_id, ModelVersion.Status.STAGED, report, profile=profile, variant=variant)
+            return False
+        v.validation_started_at = now
+        v.validation_deadline = now + timedelta(seconds=lease_seconds())
+        if task_id:
+            v.validation_task_id = task_id
+        v.save(update_fields=["validation_started_at", "validation_deadline", "validation_task_id"])
+    return True
 
 
-def _reference_arrays(version: ModelVersion, report: dict) -> dict[str, np.ndarray]:
+def run_validation(version_id: int, task_id: str | None = None) -> str:
+    """Validate one version in the sandbox and stage or reject it. Returns the final status."""
+    version = ModelVersion.objects.select_related("model", "artifact", "reference_artifact").get(pk=version_id)
+    if version.status != ModelVersion.Status.VALIDATING or not _take_lease(version_id, task_id):
+        return ModelVersion.objects.get(pk=version_id).status
     ref = version.reference_artifact
-    with local_path(ref) as rpath:
-        raw = profiles.load(rpath, ref.kind)
-    return profiles.match_inputs(raw, report["inputs"], ref.kind)
-
-
-def _int8_variant(path: Path, session: Any, report: dict, arrays: dict | None) -> dict:
-    """Quantize, measure, and store the int8 build; returns what ``_finish`` needs to record it."""
-    with tempfile.TemporaryDirectory(dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
-        out = quantize.make_int8(path, Path(tmp) / "int8.onnx")
-        int8 = validation.make_session(out)
-        feeds = validation.synthetic_inputs(report["inputs"])
-        latency = validation.latency_ms(
-            lambda: int8.run(None, feeds), runs=getattr(settings, "EDGEFLEET_LATENCY_RUNS", 30)
+    with ExitStack() as stack:
+        path = stack.enter_context(local_path(version.artifact))
+        names = {str(path): artifact_name(version.artifact)}
+        job: dict[str, Any] = {
+            "kind": "validate",
+            "model": str(path),
+            "previous_contract": previous_contract(version),
+            "latency_runs": getattr(settings, "EDGEFLEET_LATENCY_RUNS", 30),
+            "int8": bool(version.want_int8),
+        }
+        if ref is not None:
+            rpath = stack.enter_context(local_path(ref))
+            names[str(rpath)] = artifact_name(ref, "reference set")
+            job["reference"] = {"path": str(rpath), "kind": ref.kind}
+        outcome = stack.enter_context(
+            sandbox.run(
+                job,
+                sandbox_limits(),
+                names,
+                workdir=settings.FILE_UPLOAD_TEMP_DIR,
+                max_file_bytes=_max_file_bytes(version.artifact.size, ref.size if ref else 0),
+            )
         )
-        metrics = quantize.agreement(session, int8, _comparison_batches(report["inputs"], arrays))
-        metrics.update({"size": out.stat().st_size, "latency_ms": {"p50": latency["p50"], "p95": latency["p95"]}})
-        metrics["source"] = "reference" if arrays else "synthetic"
-        sha = sha256_of(out)
-        with out.open("rb") as fh:
-            artifact, _ = store_bytes(fh, sha, out.stat().st_size, "onnx")
-    return {"artifact": artifact, "metrics": metrics}
+        if not outcome.ok:
+            return _finish(version_id, ModelVersion.Status.REJECTED, outcome.report, error=outcome.error)
+        variant = None
+        if outcome.variant_path is not None and outcome.variant_metrics is not None:
+            variant = _store_variant(outcome.variant_path, outcome.variant_metrics)
+        return _finish(version_id, ModelVersion.Status.STAGED, outcome.report, profile=outcome.profile, variant=variant)
 
 
-def _comparison_batches(inputs: list[dict], arrays: dict | None, rows: int = 512) -> list[dict]:
-    fixed = profiles.fixed_batch(inputs)
-    if arrays:
-        n = min(rows, next(iter(arrays.values())).shape[0])
-        step = fixed or 128
-        stop = n - n % step if fixed else n
-        return [
-            {s["name"]: arrays[s["name"]][i : i + step].astype(np.dtype(s["dtype"])) for s in inputs}
-            for i in range(0, stop, step)
-        ]
-    return [validation.synthetic_inputs(inputs, batch=fixed or 16, seed=i) for i in range(8)]
+def _store_variant(path: Path, metrics: dict) -> dict:
+    sha = sha256_of(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        artifact, _ = store_bytes(fh, sha, size, "onnx")
+    return {"artifact": artifact, "metrics": {**metrics, "size": size}}
+
+
+def reject_crashed(version_id: int, task_id: str | None) -> str:
+    """The delivery guard stopped a validation message that crashed its worker twice: reject the version.
+
+    Only when that message still owns the version; a stale duplicate changes nothing.
+    """
+    with transaction.atomic():
+        v = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
+        if v is None or v.status != ModelVersion.Status.VALIDATING:
+            return v.status if v else "missing"
+        if task_id and v.validation_task_id and v.validation_task_id != task_id:
+            return v.status
+        steps = list((v.report or {}).get("steps") or [])
+        steps.append({"name": "worker", "ok": False, "error": CRASHED_TWICE})
+        v.status, v.error = ModelVersion.Status.REJECTED, CRASHED_TWICE
+        v.report = {**(v.report or {}), "steps": steps}
+        v.validated_at = timezone.now()
+        v.save(update_fields=["status", "error", "report", "validated_at"])
+        record("model_version.rejected", v, details={"error": "validation crashed the worker twice"})
+    return ModelVersion.Status.REJECTED
 
 
 def _finish(
@@ -426,26 +481,40 @@ def _finish(
 
 
 def recover_stuck_validations() -> dict:
-    """Re-queue versions validating for longer than the timeout; reject them after MAX_ATTEMPTS."""
-    cutoff = timezone.now() - timedelta(seconds=settings.EDGEFLEET_VALIDATION_TIMEOUT)
+    """Re-queue versions whose validation lease ran out (its worker died); reject after MAX_ATTEMPTS.
+
+    A lease lasts the validation task's hard time limit, and this runs every
+    ``schedule.RECOVERY_INTERVAL`` seconds: a version is looked after at most that long after its worker
+    died. A lease that ran out before any run started (a lost message) is re-queued without counting
+    an attempt. Each re-queue is a new message owning the lease; a late duplicate stands aside.
+    """
+    now = timezone.now()
+    limit = timedelta(seconds=lease_seconds())
+    started = Q(validation_started_at__isnull=False) & (
+        Q(validation_deadline__lt=now) | Q(validation_started_at__lt=now - limit)
+    )
+    queued = Q(validation_started_at__isnull=True) & (
+        Q(validation_deadline__lt=now) | Q(validation_deadline__isnull=True, created_at__lt=now - limit)
+    )
     requeued = rejected = 0
-    stuck = ModelVersion.objects.filter(status=ModelVersion.Status.VALIDATING).filter(created_at__lt=cutoff)
-    for version in stuck:
-        started = version.validation_started_at or version.created_at
-        if started >= cutoff:
-            continue
+    for pk in (
+        ModelVersion.objects.filter(status=ModelVersion.Status.VALIDATING)
+        .filter(started | queued)
+        .values_list("pk", flat=True)
+    ):
         with transaction.atomic():
-            v = ModelVersion.objects.select_for_update().get(pk=version.pk)
+            v = ModelVersion.objects.select_for_update().get(pk=pk)
             if v.status != ModelVersion.Status.VALIDATING:
                 continue
-            if v.validation_attempts >= MAX_ATTEMPTS:
+            ran = v.validation_started_at is not None
+            if ran and v.validation_attempts >= MAX_ATTEMPTS:
                 v.status = ModelVersion.Status.REJECTED
                 v.error = (
                     f"Validation did not finish after {v.validation_attempts} attempts "
-                    f"({settings.EDGEFLEET_VALIDATION_TIMEOUT} s each): the worker crashed or the model is too slow "
+                    f"({lease_seconds()} s each): the worker crashed or the model is too slow "
                     "to check. Try again with a smaller model, or ask an admin to look at the worker logs."
                 )
-                v.validated_at = timezone.now()
+                v.validated_at = now
                 v.save(update_fields=["status", "error", "validated_at"])
                 record(
                     "model_version.rejected",
@@ -453,12 +522,22 @@ def recover_stuck_validations() -> dict:
                     details={"error": "validation timed out", "attempts": v.validation_attempts},
                 )
                 rejected += 1
-            else:
+                continue
+            if ran:
                 v.validation_attempts += 1
-                v.validation_started_at = timezone.now()
-                v.save(update_fields=["validation_attempts", "validation_started_at"])
-                enqueue_validation(v.pk)
-                requeued += 1
+            v.validation_task_id = str(uuid.uuid4())
+            v.validation_started_at = None
+            v.validation_deadline = now + limit
+            v.save(
+                update_fields=[
+                    "validation_attempts",
+                    "validation_task_id",
+                    "validation_started_at",
+                    "validation_deadline",
+                ]
+            )
+            enqueue_validation(v.pk, v.validation_task_id)
+            requeued += 1
     return {"requeued": requeued, "rejected": rejected}
 
 

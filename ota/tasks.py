@@ -2,13 +2,20 @@
 
 from celery import shared_task
 
+from edgefleet.guard import GuardedTask
 from ota import services
 
 
-@shared_task(name="ota.tasks.validate_version", acks_late=True)
-def validate_version(version_id: int) -> str:
-    """Validate an uploaded version and stage or reject it."""
-    return services.run_validation(version_id)
+class ValidationTask(GuardedTask):
+    def on_poisoned(self, version_id: int) -> None:
+        """The message crashed its worker twice: the version is rejected instead of tried again."""
+        services.reject_crashed(version_id, self.request.id)
+
+
+@shared_task(name="ota.tasks.validate_version", base=ValidationTask, bind=True, acks_late=True)
+def validate_version(self: GuardedTask, version_id: int) -> str:
+    """Validate an uploaded version (in the sandbox) and stage or reject it."""
+    return services.run_validation(version_id, self.request.id)
 
 
 @shared_task(name="ota.tasks.recover_stuck_validations")

@@ -1,8 +1,12 @@
 """Checks that say whether an ONNX file is fit to ship (onnx + onnxruntime + numpy; no Django).
 
 ``validate`` runs the steps in order, times each one, and either returns the report or raises
-``ValidationFailed`` carrying the partial report and a message a person can act on. Callers
-(``ota.services``) store the report either way, so a rejection shows what passed before it.
+``ValidationFailed`` carrying the partial report and a message a person can act on. Callers store
+the report either way, so a rejection shows what passed before it.
+
+It parses and runs uploaded bytes, so the server only calls it inside the sandbox child
+(``ota.sandbox_child``), never in a web or worker process. Declared and inferred tensor sizes are
+checked against ``Limits`` before anything is allocated for them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,12 +22,16 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, shape_inference
+
+from ota.limits import Limits, elements, input_elements_message, memory_message, tensor_elements_message
 
 MIN_OPSET = 7  # onnxruntime only guarantees support from opset 7 on
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 SMOKE_BATCH = 1
+SMALL_INITIALIZER_BYTES = 4096  # initializers up to this size stay in the copy used for shape inference
+ALLOC_FAILURES = ("Failed to allocate memory", "bad_alloc", "Unable to allocate", "out of memory")
 
 
 class ValidationFailed(Exception):
@@ -95,12 +103,38 @@ def contract_of(model: onnx.ModelProto) -> dict:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def synthetic_inputs(inputs: list[dict], batch: int = SMOKE_BATCH, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs that honour the schema: symbolic dims become ``batch`` (first) or 1 (others)."""
+class TooLarge(ValueError):
+    """A declared size is over a limit; the message says which and how to fix it."""
+
+
+def fed_shape(spec: dict, batch: int = SMOKE_BATCH) -> list[int]:
+    """The shape fed for an input schema: symbolic dims become ``batch`` (first) or 1 (others)."""
+    return [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec["shape"])]
+
+
+def check_input_sizes(inputs: list[dict], limits: Limits, batch: int = SMOKE_BATCH) -> int:
+    """Total elements of one synthetic sample, or ``TooLarge`` before anything is allocated."""
+    total = 0
+    for spec in inputs:
+        n = elements(fed_shape(spec, batch))
+        total += n
+        if total > limits.max_input_elements:
+            raise TooLarge(input_elements_message(spec["name"], spec["shape"], n, limits))
+    return total
+
+
+def synthetic_inputs(
+    inputs: list[dict], batch: int = SMOKE_BATCH, seed: int = 0, limits: Limits | None = None
+) -> dict[str, np.ndarray]:
+    """Inputs that honour the schema: symbolic dims become ``batch`` (first) or 1 (others).
+
+    Their total size is checked against ``limits`` first: a declared ``[1e7, 1e7]`` is refused, not allocated.
+    """
+    check_input_sizes(inputs, limits or Limits(), batch)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
-        shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec["shape"])]
+        shape = fed_shape(spec, batch)
         dtype = np.dtype(spec["dtype"]) if spec["dtype"] != "object" else np.dtype(object)
         if dtype.kind == "f":
             feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
@@ -148,14 +182,113 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
-    return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
+    return int(sum(elements(t.dims) for t in model.graph.initializer))
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:
+        return 4
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+    if t is None or not t.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _check_tensors(value_infos: Iterable[tuple[onnx.ValueInfoProto, str]], limits: Limits) -> None:
+    """Refuse any tensor whose known dims (symbolic ones counted as 1) exceed the element cap."""
+    for vi, what in value_infos:
+        shape = _dims(vi)
+        if not shape:
+            continue
+        n = elements(d if isinstance(d, int) and d > 0 else 1 for d in shape)
+        if n > limits.max_tensor_elements:
+            raise TooLarge(
+                tensor_elements_message(vi.name, what, shape, n, _itemsize(vi.type.tensor_type.elem_type), limits)
+            )
+
+
+def inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Shapes onnx infers for the graph's tensors (constant shapes propagated), without copying big weights.
+
+    Big initializers become typed inputs of a light copy: inference needs their shape, not their bytes.
+    """
+    graph = onnx.GraphProto(name=model.graph.name)
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if init.ByteSize() <= SMALL_INITIALIZER_BYTES:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light = helper.make_model(graph, opset_imports=list(model.opset_import))
+    light.ir_version = model.ir_version
+    light.functions.extend(model.functions)
+    inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    return list(inferred.graph.value_info) + list(inferred.graph.output)
+
+
+def check_tensor_sizes(model: onnx.ModelProto, limits: Limits) -> None:
+    """Declared inputs, outputs and value infos, then shapes inferred from constants, against the cap.
+
+    Catches ``Expand``/``ConstantOfShape``/``Tile`` to a constant 1 GiB shape before onnxruntime runs it;
+    shapes only known at run time are left to the sandbox's memory limit and the output check.
+    """
+    declared = [(v, "declared input") for v in model.graph.input]
+    declared += [(v, "declared output") for v in model.graph.output]
+    declared += [(v, "declared") for v in model.graph.value_info]
+    _check_tensors(declared, limits)
+    try:
+        inferred = inferred_value_infos(model)
+    except Exception:  # inference gave up (unusual ops): the run-time limits still hold
+        return
+    _check_tensors(((v, "inferred from the graph") for v in inferred), limits)
+
+
+def check_outputs(names: list[str], outs: list[Any], limits: Limits) -> None:
+    for name, out in zip(names, outs, strict=False):
+        arr = np.asarray(out)
+        if arr.size > limits.max_tensor_elements:
+            raise TooLarge(
+                tensor_elements_message(
+                    name, "output on a sample input", list(arr.shape), arr.size, arr.itemsize, limits
+                )
+            )
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph carries, subgraphs (If/Loop/Scan bodies) and sparse tensors included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _tensors(g)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return any(t.data_location == TensorProto.EXTERNAL for t in tensors)
+    """External data would make onnxruntime read files next to the model (any file, by a relative path)."""
+    graphs = [model.graph, *(onnx.GraphProto(node=f.node) for f in model.functions)]
+    return any(t.data_location == TensorProto.EXTERNAL for g in graphs for t in _tensors(g))
 
 
 def latency_ms(run: Callable[[], Any], runs: int = 30, budget_s: float = 10.0) -> dict:
@@ -177,16 +310,30 @@ def latency_ms(run: Callable[[], Any], runs: int = 30, budget_s: float = 10.0) -
     }
 
 
-class _Steps:
-    """Times named steps into ``report["steps"]``; a failure becomes ``ValidationFailed``."""
+def is_alloc_failure(exc: BaseException) -> bool:
+    """Out of memory, as Python, numpy or onnxruntime's allocators say it under the sandbox's RLIMIT_AS."""
+    return isinstance(exc, MemoryError) or any(s in str(exc) for s in ALLOC_FAILURES)
 
-    def __init__(self, report: dict) -> None:
+
+class _Steps:
+    """Times named steps into ``report["steps"]``; a failure becomes ``ValidationFailed``.
+
+    ``on_step`` hears each step's name as it starts, so the sandbox knows what a crash interrupted.
+    """
+
+    def __init__(
+        self, report: dict, limits: Limits | None = None, on_step: Callable[[str], None] | None = None
+    ) -> None:
         self.report = report
+        self.limits = limits or Limits()
+        self.on_step = on_step
         report.setdefault("steps", [])
 
     @contextmanager
     def step(self, name: str, failure: str) -> Iterator[dict]:
         entry: dict[str, Any] = {"name": name, "ok": False}
+        if self.on_step is not None:
+            self.on_step(name)
         t0 = time.perf_counter()
         try:
             yield entry
@@ -194,8 +341,11 @@ class _Steps:
         except ValidationFailed as exc:
             entry["error"] = exc.message
             raise ValidationFailed(exc.message, self.report, name) from exc
+        except TooLarge as exc:
+            entry["error"] = str(exc)
+            raise ValidationFailed(str(exc), self.report, name) from exc
         except Exception as exc:
-            message = f"{failure}: {_short(exc)}"
+            message = memory_message(name, self.limits) if is_alloc_failure(exc) else f"{failure}: {_short(exc)}"
             entry["error"] = message
             raise ValidationFailed(message, self.report, name) from exc
         finally:
@@ -212,11 +362,14 @@ def validate(
     path: str | Path,
     previous_contract: dict | None = None,
     latency_runs: int = 30,
+    limits: Limits | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[dict, ort.InferenceSession]:
     """Run every check on the ONNX file at ``path``; return (report, open session) or raise."""
     path = Path(path)
+    limits = limits or Limits()
     report: dict[str, Any] = {"file_size": path.stat().st_size, "breaking_changes": []}
-    steps = _Steps(report)
+    steps = _Steps(report, limits, on_step)
     model: onnx.ModelProto | None = None
 
     with steps.step("load", "This is not a readable ONNX model"):
@@ -279,15 +432,18 @@ def validate(
         report["parameters"] = parameter_count(model)
         report["quantized"] = is_quantized(model)
         report["nodes"] = len(model.graph.node)
+        check_input_sizes(contract["inputs"], limits)
+        check_tensor_sizes(model, limits)
     del model  # the session below holds its own copy; big models should not be in memory twice
 
     with steps.step("session", "onnxruntime could not load the model"):
         session = make_session(path)
         report["threads"] = num_threads()
 
-    feeds = synthetic_inputs(report["inputs"])
     with steps.step("smoke", "The model failed on synthetic inputs") as entry:
+        feeds = synthetic_inputs(report["inputs"], limits=limits)
         outs = session.run(None, feeds)
+        check_outputs([o["name"] for o in report["outputs"]], outs, limits)
         entry["output_shapes"] = [list(o.shape) for o in outs]
         nonfinite = [
             report["outputs"][i]["name"]
@@ -296,6 +452,7 @@ def validate(
         ]
         if nonfinite:
             entry["warning"] = f"non-finite values in {', '.join(nonfinite)} on random inputs"
+        del outs
 
     with steps.step("latency", "Latency could not be measured"):
         report["latency_ms"] = latency_ms(lambda: session.run(None, feeds), runs=latency_runs)

@@ -88,4 +88,5 @@ def test_stuck_validation_is_rejected_after_three_attempts(
 
 def test_recovery_is_in_the_beat_schedule(settings: object) -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["ota-recover-stuck-validations"]
-    assert entry == {"task": "ota.tasks.recover_stuck_validations", "schedule": 60}
+    assert entry["task"] == "ota.tasks.recover_stuck_validations" and entry["schedule"] == 60
+    assert entry["options"]["queue"] == "control" and entry["options"]["expires"] < 60

@@ -1,4 +1,4 @@
-"""Start the whole system in one terminal: web, Celery worker and beat (and the demo, when there is one).
+"""Start the whole system in one terminal: web, Celery workers and beat (and the demo, when there is one).
 
 A small supervisor instead of honcho/supervisord: it needs no extra install, stops every child on
 Ctrl-C, and stops them all when one dies so a half-running system never looks healthy.
@@ -14,6 +14,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from edgefleet import queues
+
 DEMO_ENV = {
     "EDGEFLEET_POLL_INTERVAL": "5",
     "EDGEFLEET_TELEMETRY_WINDOW": "15",
@@ -23,8 +25,42 @@ DEMO_ENV = {
 }
 
 
+def celery_worker(py: str, name: str, consumes: list[str], concurrency: int) -> list[str]:
+    queue_args = ["-Q", ",".join(consumes), "-n", f"{name}@%h", "--concurrency", str(concurrency)]
+    return [py, "-m", "celery", "-A", "edgefleet", "worker", "-l", "info", *queue_args]
+
+
+def processes(py: str, host: str, port: int) -> dict[str, list[str]]:
+    """Web, beat and two workers: one for the fleet's control jobs, one for validation and the rest.
+
+    Separate workers, so a long validation or a backlog of uploads never delays a gate or a rollback
+    (queues in edgefleet/queues.py).
+    """
+    return {
+        "web": [
+            py,
+            "-m",
+            "gunicorn",
+            "edgefleet.wsgi",
+            "-b",
+            f"{host}:{port}",
+            "-w",
+            "2",
+            "--threads",
+            "4",
+            "--access-logfile",
+            "-",
+            "-c",
+            "python:ops.gunicorn_conf",  # Prometheus multiprocess mode: /metrics sums every worker
+        ],
+        "worker-control": celery_worker(py, "control", [queues.CONTROL], 2),
+        "worker": celery_worker(py, "validation", [queues.VALIDATION, queues.DEFAULT], 1),
+        "beat": [py, "-m", "celery", "-A", "edgefleet", "beat", "-l", "info"],
+    }
+
+
 class Command(BaseCommand):
-    help = "Run web, worker and beat together (what `make run` calls)."
+    help = "Run web, workers and beat together (what `make run` calls)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
@@ -39,26 +75,7 @@ class Command(BaseCommand):
                 os.environ.setdefault(name, value)
         call_command("collectstatic", "--noinput", verbosity=0)
         py = sys.executable
-        procs: dict[str, list[str]] = {
-            "web": [
-                py,
-                "-m",
-                "gunicorn",
-                "edgefleet.wsgi",
-                "-b",
-                f"{host}:{port}",
-                "-w",
-                "2",
-                "--threads",
-                "4",
-                "--access-logfile",
-                "-",
-                "-c",
-                "python:ops.gunicorn_conf",  # Prometheus multiprocess mode: /metrics sums every worker
-            ],
-            "worker": [py, "-m", "celery", "-A", "edgefleet", "worker", "-l", "info", "--concurrency", "2"],
-            "beat": [py, "-m", "celery", "-A", "edgefleet", "beat", "-l", "info"],
-        }
+        procs = processes(py, host, port)
         if not no_demo:
             demo = self.demo_command(py, f"http://{host}:{port}")
             if demo:
