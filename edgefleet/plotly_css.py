@@ -2,7 +2,9 @@
 
 plotly.js injects its stylesheet as an inline ``<style>`` element, which a CSP without
 ``'unsafe-inline'`` blocks; it skips the injection when the page already has an element with id
-``plotly.js-style-global`` and class ``no-inline-styles`` (the ``<link>`` in ``templates/base.html``).
+``plotly.js-style-global`` and class ``no-inline-styles`` (the ``<link>`` in ``templates/base.html``);
+the MapLibre code inside the bundle likewise skips its sheet when its element id exists (the
+``<meta>`` there). EdgeFleet draws no maps, so MapLibre's sheet (with its ``data:`` images) is left out.
 The rules live only inside the bundle the Python ``plotly`` package ships, so this module reads them
 from there: ``python -m edgefleet.plotly_css`` rewrites ``static/css/plotly.css`` after a plotly upgrade,
 and a test fails while the two differ. No Django imports: it runs before settings exist.
@@ -65,16 +67,40 @@ def rules(js: str) -> list[tuple[str, str]]:
     return list(reversed(found))
 
 
+# Bundled libraries (MapLibre) inject their own sheet unless an element with its id exists.
+SELF_INJECTED = re.compile(
+    r'if\(!document\.getElementById\("([^"]+)"\)\)\{var (\w+)=document\.createElement\("style"\);'
+    r'\2\.id="\1",\2\.textContent='
+)
+
+
+def self_injected(js: str) -> list[tuple[str, str]]:
+    """(element id, CSS text) of every sheet a bundled library injects unless that id is taken."""
+    found = []
+    for m in SELF_INJECTED.finditer(js):
+        css, _ = _js_string(js, m.end())
+        found.append((m.group(1), css))
+    return found
+
+
+def marker_ids(bundle: Path) -> list[str]:
+    """The ids ``templates/base.html`` must carry so that no library injects a <style>."""
+    return ["plotly.js-style-global"] + [i for i, _ in self_injected(bundle.read_text(encoding="utf-8"))]
+
+
 def render(bundle: Path) -> str:
     js = bundle.read_text(encoding="utf-8")
     version = re.search(r"plotly\.js v([\w.\-]+)", js[:500])
-    head = f"/* Generated from plotly.js {version.group(1) if version else '?'} by edgefleet/plotly_css.py; do not edit. */\n"
+    made_from = f"plotly.js {version.group(1) if version else '?'}"
+    head = f"/* Generated from {made_from} by edgefleet/plotly_css.py; do not edit. */\n"
     return head + "".join(f"{sel}{{{decl}}}\n" for sel, decl in rules(js))
 
 
 def main() -> None:
     OUT.write_text(render(bundle_path()))
-    print(f"wrote {OUT}", file=sys.stderr)
+    print(f"wrote {OUT}; templates/base.html needs elements with these ids:", file=sys.stderr)
+    for ident in marker_ids(bundle_path()):
+        print(f"  {ident}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ def test_plotly_stylesheet_is_the_one_the_bundle_would_inject() -> None:
     )
 
 
-def test_pages_with_plotly_link_its_stylesheet_for_the_bundle_to_find(operator_client: Client) -> None:
+def test_pages_carry_every_marker_that_stops_plotly_injecting_styles(operator_client: Client) -> None:
     html = operator_client.get("/").content.decode()
     assert re.search(r'<link[^>]*id="plotly.js-style-global"[^>]*class="no-inline-styles"', html)
     assert settings.STATIC_URL + "css/plotly.css" in html or "/static/css/plotly.css" in html
+    for ident in plotly_css.marker_ids(plotly_css.bundle_path()):
+        assert f'id="{ident}"' in html, f"templates/base.html needs an element with id {ident} (plotly upgrade?)"

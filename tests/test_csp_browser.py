@@ -5,6 +5,7 @@ and auto-submitting selects still work. Also the login lockout as a person meets
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -19,7 +20,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 WATCH_CSP = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", function (e) {
-  window.__csp.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " at " + e.sourceFile + ":" + e.lineNumber);
+  var where = e.sourceFile + ":" + e.lineNumber;
+  window.__csp.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " at " + where);
 });
 """
 
@@ -51,12 +53,30 @@ def world(transactional_db, django_user_model) -> dict:
     return {"ada": ada, "v1": v1, "v2": v2, "campaign": c, "device": devices[0]}
 
 
+SHOTS = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output")) / "screenshots"
+
+
+def shot(page: object, name: str) -> None:
+    """A picture for people of what the page looks like under the policy."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"csp-{name}.png"), full_page=True)
+
+
 def violations(page: object) -> list[str]:
     return page.evaluate("window.__csp || []")
 
 
 def errors(page: object) -> list[str]:
-    return [e for e in page.console_errors if "favicon" not in e]
+    """Console errors, except the 404 of the browser's own /favicon.ico probe (the admin links none)."""
+    failed = getattr(page, "failed_responses", [])
+    only_favicon = all(url.endswith("/favicon.ico") for url in failed)
+    return [e for e in page.console_errors if not (only_favicon and e.startswith("Failed to load resource"))]
+
+
+def watch(page: object) -> None:
+    page.context.add_init_script(WATCH_CSP)
+    page.failed_responses = []
+    page.on("response", lambda r: page.failed_responses.append(r.url) if r.status >= 400 else None)
 
 
 def visit(page: object, url: str, *, charts: tuple[str, ...] = ()) -> None:
@@ -71,7 +91,7 @@ def visit(page: object, url: str, *, charts: tuple[str, ...] = ()) -> None:
 
 
 def test_every_dashboard_page_works_under_the_policy(live_server, page, login, world) -> None:
-    page.context.add_init_script(WATCH_CSP)
+    watch(page)
     base = live_server.url
     login(page, "ada", "pw-ada-123456")
     v1, c, device = world["v1"], world["campaign"], world["device"]
@@ -80,10 +100,12 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     with page.expect_response(lambda r: "live=1" in r.url, timeout=20_000):
         visit(page, f"{base}/", charts=("#versions-chart",))
     page.wait_for_selector("#versions-chart .main-svg")
+    shot(page, "overview")
 
     visit(page, f"{base}/models/")
     visit(page, f"{base}/models/fraud/")
     visit(page, f"{base}/models/fraud/versions/v1/", charts=("#chart-output",))
+    shot(page, "version")
     visit(page, f"{base}/models/upload/")
     visit(page, f"{base}/devices/")
     visit(page, f"{base}/devices/{device.pk}/")
@@ -96,7 +118,7 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     # Cohorts: the live count comes back as the selector is typed.
     visit(page, f"{base}/cohorts/")
     page.fill("#selector", "region=eu")
-    page.wait_for_function("document.getElementById('selector-count').textContent.includes('20')")
+    page.wait_for_function("() => document.getElementById('selector-count').textContent.includes('20')")
 
     # Telemetry: four charts; choosing a feature submits the form by itself.
     visit(page, f"{base}/telemetry/versions/{v1.pk}/", charts=("#chart-drift", "#chart-overlay", "#chart-heatmap"))
@@ -117,6 +139,7 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     # A running campaign: charts, the live region refreshing, and a confirm that means it.
     with page.expect_response(lambda r: f"/campaigns/{c.pk}/live/" in r.url, timeout=20_000):
         visit(page, f"{base}/campaigns/{c.pk}/", charts=("#chart-error", "#chart-latency"))
+    shot(page, "campaign")
     page.once("dialog", lambda d: d.dismiss())
     page.click("#actions form[data-confirm*='Abort'] button")
     page.wait_for_load_state("networkidle")
@@ -135,10 +158,11 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     visit(page, f"{base}/admin/axes/accessattempt/")
 
     assert violations(page) == [] and errors(page) == []
+    assert [u for u in page.failed_responses if not u.endswith("/favicon.ico")] == []
 
 
 def test_a_person_locked_out_is_told_why_and_for_how_long(live_server, page, world) -> None:
-    page.context.add_init_script(WATCH_CSP)
+    watch(page)
     for _ in range(5):
         page.goto(f"{live_server.url}/login/")
         page.fill("input[name=username]", "ada")
@@ -152,6 +176,7 @@ def test_a_person_locked_out_is_told_why_and_for_how_long(live_server, page, wor
     page.wait_for_load_state("networkidle")
     text = page.inner_text("main")
     assert "Too many failed logins" in text and re.search(r"15 minutes", text)
+    shot(page, "locked-out")
     assert page.goto(f"{live_server.url}/accounts/tokens/").url.startswith(f"{live_server.url}/login/")
     assert violations(page) == []
-    assert [e for e in errors(page) if "429" not in e] == []  # the lockout answers 429
+    assert [e for e in page.console_errors if "429" not in e] == []  # the lockout page answers 429

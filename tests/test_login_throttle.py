@@ -41,8 +41,10 @@ def limit() -> int:
 
 def test_the_limit_and_cool_off_come_from_settings() -> None:
     assert settings.AXES_FAILURE_LIMIT == settings.EDGEFLEET_LOGIN_FAILURE_LIMIT == 5
-    assert settings.AXES_COOLOFF_TIME == timedelta(minutes=settings.EDGEFLEET_LOGIN_COOLOFF_MINUTES) == timedelta(
-        minutes=15
+    assert (
+        settings.AXES_COOLOFF_TIME
+        == timedelta(minutes=settings.EDGEFLEET_LOGIN_COOLOFF_MINUTES)
+        == timedelta(minutes=15)
     )
     assert settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"]]
 

@@ -29,7 +29,7 @@ def clean_env(tmp_path: Path, **over: str) -> dict:
     return env
 
 
-def fetch(tmp_path: Path, env_over: dict, *, secure: bool, host: str = "localhost", headers: dict | None = None) -> dict:
+def fetch(tmp_path: Path, env_over: dict, *, secure: bool, host: str = "localhost", headers: dict | None = None):
     """GET /login/ through the whole middleware stack in a fresh process: status and headers."""
     code = f"""
 import json, django
