@@ -5,11 +5,15 @@ plotly.js injects its stylesheet as an inline ``<style>`` element, which a CSP w
 ``plotly.js-style-global`` and class ``no-inline-styles`` (the ``<link>`` in ``templates/base.html``);
 the MapLibre code inside the bundle likewise skips its sheet when its element id exists (the
 ``<meta>`` there). EdgeFleet draws no maps, so MapLibre's sheet (with its ``data:`` images) is left out.
+plotly.js also sets a few constant ``style`` attributes; the policy allows exactly those by hash.
 The rules live only inside the bundle the Python ``plotly`` package ships, so this module reads them
 from there: ``python -m edgefleet.plotly_css`` rewrites ``static/css/plotly.css`` after a plotly upgrade,
 and a test fails while the two differ. No Django imports: it runs before settings exist.
 """
 
+import base64
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -88,6 +92,27 @@ def marker_ids(bundle: Path) -> list[str]:
     return ["plotly.js-style-global"] + [i for i, _ in self_injected(bundle.read_text(encoding="utf-8"))]
 
 
+# Inline style attributes plotly.js sets with d3's .attr("style", ...): an empty one on colour-bar
+# rectangles, and a fixed image-rendering list on heatmap images (built from CSS_DECLARATIONS).
+EMPTY_STYLE = '.attr("style","")'
+DECLARATIONS = re.compile(r"CSS_DECLARATIONS=(\[\[.*?\]\]);\w+\.STYLE=\w+\.CSS_DECLARATIONS\.map")
+
+
+def style_attribute_values(js: str) -> list[str]:
+    """The constant ``style`` attribute values plotly.js sets (the CSP allows exactly these)."""
+    values = [""] if EMPTY_STYLE in js else []
+    found = DECLARATIONS.search(js)
+    if found:
+        values.append("".join(f"{k}: {v}; " for k, v in json.loads(found.group(1))))
+    return values
+
+
+def style_attribute_hashes(bundle: Path) -> list[str]:
+    """CSP source expressions ('sha256-…') for ``style_attribute_values``, for ``style-src-attr``."""
+    values = style_attribute_values(bundle.read_text(encoding="utf-8"))
+    return [f"'sha256-{base64.b64encode(hashlib.sha256(v.encode()).digest()).decode()}'" for v in values]
+
+
 def render(bundle: Path) -> str:
     js = bundle.read_text(encoding="utf-8")
     version = re.search(r"plotly\.js v([\w.\-]+)", js[:500])
@@ -101,6 +126,9 @@ def main() -> None:
     print(f"wrote {OUT}; templates/base.html needs elements with these ids:", file=sys.stderr)
     for ident in marker_ids(bundle_path()):
         print(f"  {ident}", file=sys.stderr)
+    print("and edgefleet/settings.py PLOTLY_STYLE_ATTR_HASHES these:", file=sys.stderr)
+    for h in style_attribute_hashes(bundle_path()):
+        print(f"  {h}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -251,9 +251,16 @@ SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 
 # Content-Security-Policy (django-csp): our own origin only. Inline <script> needs the response's
 # nonce ({{ request.csp_nonce }}); no inline handlers or style attributes (Plotly's CSS is linked from
-# static/css/plotly.css, see edgefleet/plotly_css.py). EDGEFLEET_CSP=report-only reports instead of
-# blocking (to try a change), off drops the header.
-from csp.constants import NONCE, NONE, SELF  # noqa: E402
+# static/css/plotly.css, see edgefleet/plotly_css.py). Exceptions, both Plotly's: data: images
+# (heatmaps are drawn as PNG data URLs) and the two constant style attributes it sets, by hash
+# (`python -m edgefleet.plotly_css` prints them after an upgrade; a test compares). EDGEFLEET_CSP=
+# report-only reports instead of blocking (to try a change), off drops the header.
+from csp.constants import NONCE, NONE, SELF, UNSAFE_HASHES  # noqa: E402
+
+PLOTLY_STYLE_ATTR_HASHES = [
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",  # style="" on colour-bar rectangles
+    "'sha256-AR/cKIZjWPcPmBUPDA6oti9XBiTbJvz0Cro2J1VzzS8='",  # image-rendering: … on heatmap images
+]
 
 EDGEFLEET_CSP = env.get("EDGEFLEET_CSP", "enforce").strip().lower()
 _CSP_POLICY = {
@@ -261,7 +268,9 @@ _CSP_POLICY = {
         "default-src": [SELF],
         "script-src": [SELF, NONCE],
         "style-src": [SELF],
-        "img-src": [SELF],
+        "style-src-elem": [SELF],
+        "style-src-attr": [UNSAFE_HASHES, *PLOTLY_STYLE_ATTR_HASHES],
+        "img-src": [SELF, "data:"],
         "font-src": [SELF],
         "connect-src": [SELF],
         "object-src": [NONE],

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group
 
+from fleet.models import Cohort, Device
 from rollout import campaigns
+from tests import factories
 from tests import test_campaign_factories as f
+from tests.test_telemetry_pages import populate
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,17 +40,17 @@ PROFILE = {
 
 @pytest.fixture
 def world(transactional_db, django_user_model) -> dict:
+    """Real telemetry (drift, alerts, hidden cohorts), a reference profile, a running campaign."""
     for name in ("viewer", "operator", "admin"):
         Group.objects.get_or_create(name=name)
     ada = django_user_model.objects.create_user("ada", password="pw-ada-123456", is_staff=True, is_superuser=True)
     ada.groups.add(Group.objects.get(name="admin"))
-    m = f.model("fraud")
-    v1, v2 = f.version(m, "v1"), f.version(m, "v2")
-    v1.reference_profile = PROFILE
-    v1.save(update_fields=["reference_profile"])
-    f.release(v1)
-    eu = f.cohort("eu", "region=eu")
+    v1 = populate()  # fraud v1, released, with rollups, drift alerts and a cohort too small to show
+    v2 = factories.staged_version("fraud", "v2", seed=1)
+    v2.reference_profile = PROFILE  # its page draws the profile charts
+    v2.save(update_fields=["reference_profile"])
     devices = [f.device({"region": "eu"}, {"fraud": "v1"}) for _ in range(20)]
+    eu = Cohort.objects.get(name="eu")
     c = campaigns.create_campaign(name="v2 to eu", version=v2, cohort=eu, waves=f.WAVES, gates={"error_rate": 0.02})
     campaigns.start(c.pk, user=ada)
     return {"ada": ada, "v1": v1, "v2": v2, "campaign": c, "device": devices[0]}
@@ -104,7 +107,7 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
 
     visit(page, f"{base}/models/")
     visit(page, f"{base}/models/fraud/")
-    visit(page, f"{base}/models/fraud/versions/v1/", charts=("#chart-output",))
+    visit(page, f"{base}/models/fraud/versions/v2/", charts=("#chart-output",))
     shot(page, "version")
     visit(page, f"{base}/models/upload/")
     visit(page, f"{base}/devices/")
@@ -118,10 +121,15 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     # Cohorts: the live count comes back as the selector is typed.
     visit(page, f"{base}/cohorts/")
     page.fill("#selector", "region=eu")
-    page.wait_for_function("() => document.getElementById('selector-count').textContent.includes('20')")
+    page.wait_for_function("() => document.getElementById('selector-count').textContent.includes('matching')")
+    eu = Device.objects.filter(labels__region="eu").count()
+    assert page.inner_text("#selector-count") == f"{eu} matching devices"
 
     # Telemetry: four charts; choosing a feature submits the form by itself.
-    visit(page, f"{base}/telemetry/versions/{v1.pk}/", charts=("#chart-drift", "#chart-overlay", "#chart-heatmap"))
+    charts = ("#chart-drift", "#chart-overlay", "#chart-heatmap", "#chart-health")
+    visit(page, f"{base}/telemetry/versions/{v1.pk}/", charts=charts)
+    assert page.locator("#chart-drift .scatterlayer .trace").count() >= 1  # drawn with data, not empty
+    shot(page, "telemetry")
     if page.locator("#feature option").count() > 1:
         with page.expect_navigation():
             page.select_option("#feature", index=1)

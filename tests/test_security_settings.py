@@ -168,3 +168,19 @@ def test_check_deploy_is_not_clean_without_https(tmp_path: Path) -> None:
 def test_check_deploy_flags_a_weak_secret(tmp_path: Path, bad: str) -> None:
     done = run_check_deploy(tmp_path, {**production_env(), "SECRET_KEY": bad})
     assert done.returncode != 0 and "security.W009" in done.stderr + done.stdout
+
+
+def directive_set(header: str) -> set[str]:
+    return {part.strip() for part in header.split(";")}  # django-csp's order varies between processes
+
+
+def test_the_policy_is_the_same_with_and_without_https(tmp_path: Path) -> None:
+    """The browser tests (on http) therefore run under exactly the production policy."""
+    plain = fetch(tmp_path, {}, secure=False)["headers"]["Content-Security-Policy"]
+    production = fetch(tmp_path, {"EDGEFLEET_HTTPS": "1"}, secure=True)["headers"]["Content-Security-Policy"]
+    assert directive_set(plain) == directive_set(production) and "default-src 'self'" in production
+
+
+def test_the_policy_can_report_instead_of_block(tmp_path: Path) -> None:
+    h = fetch(tmp_path, {"EDGEFLEET_CSP": "report-only"}, secure=False)["headers"]
+    assert "Content-Security-Policy" not in h and "default-src 'self'" in h["Content-Security-Policy-Report-Only"]
