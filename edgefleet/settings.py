@@ -300,7 +300,8 @@ AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contri
 # Readiness (/readyz) gives each backing service this long before it counts as down.
 EDGEFLEET_READYZ_TIMEOUT = env_float("EDGEFLEET_READYZ_TIMEOUT", 2.0)
 
-INSTALLED_APPS += ["axes", "csp"]
+# ninja: the API docs page then uses its bundled Swagger UI files, not a CDN the CSP would refuse.
+INSTALLED_APPS += ["axes", "csp", "ninja"]
 _after_security = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1
 MIDDLEWARE = [
     "edgefleet.health.ProbeMiddleware",  # first: probes come by IP over http, before host checks
