@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from fleet.models import Cohort, Device
+from notify import services as notify
 from rollout import campaigns
 from tests import factories
 from tests import test_campaign_factories as f
@@ -53,7 +54,8 @@ def world(transactional_db, django_user_model) -> dict:
     eu = Cohort.objects.get(name="eu")
     c = campaigns.create_campaign(name="v2 to eu", version=v2, cohort=eu, waves=f.WAVES, gates={"error_rate": 0.02})
     campaigns.start(c.pk, user=ada)
-    return {"ada": ada, "v1": v1, "v2": v2, "campaign": c, "device": devices[0]}
+    sub, _ = notify.create(ada, name="on call", channel="email", emails=["oncall@example.com"], events=["alert.opened"])
+    return {"ada": ada, "v1": v1, "v2": v2, "campaign": c, "device": devices[0], "subscription": sub}
 
 
 SHOTS = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output")) / "screenshots"
@@ -122,6 +124,8 @@ def test_every_dashboard_page_works_under_the_policy(live_server, page, login, w
     visit(page, f"{base}/telemetry/alerts/")
     visit(page, f"{base}/accounts/tokens/")
     visit(page, f"{base}/accounts/audit/")
+    visit(page, f"{base}/notifications/")
+    visit(page, f"{base}/notifications/{world['subscription'].pk}/")
 
     # Cohorts: the live count comes back as the selector is typed.
     visit(page, f"{base}/cohorts/")
