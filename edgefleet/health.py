@@ -6,10 +6,11 @@ process restarted. ``/readyz`` says whether this process can do its work now: th
 ``EDGEFLEET_READYZ_TIMEOUT``; 200 with one entry per check, or 503 naming what failed. Never a 500:
 every failure, including a hung dependency, becomes a named failed check.
 
-Both are answered by ``ProbeMiddleware``, first in the stack: load balancers and container health
-checks probe by IP over plain HTTP, so a probe must not depend on ``ALLOWED_HOSTS``, the HTTPS
-redirect, sessions or the CSP. Bodies name checks and exception classes only; details (hosts,
-paths) go to the log, not to whoever can reach the port.
+Both are answered by ``ProbeMiddleware``, placed before Django's security middleware (after request
+ids and metrics only): load balancers and container health checks probe by IP over plain HTTP, so a
+probe must not depend on ``ALLOWED_HOSTS``, the HTTPS redirect, sessions or the CSP. Bodies name
+checks and exception classes only; details (hosts, paths) go to the log, not to whoever can reach
+the port.
 """
 
 import logging
@@ -151,7 +152,7 @@ PROBES = {"/healthz": healthz, "/readyz": readyz}
 
 
 class ProbeMiddleware:
-    """Answer GET/HEAD probes before any other middleware runs."""
+    """Answer GET/HEAD probes before host validation, redirects, sessions and the CSP."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

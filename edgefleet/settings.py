@@ -302,12 +302,13 @@ EDGEFLEET_READYZ_TIMEOUT = env_float("EDGEFLEET_READYZ_TIMEOUT", 2.0)
 
 # ninja: the API docs page then uses its bundled Swagger UI files, not a CDN the CSP would refuse.
 INSTALLED_APPS += ["axes", "csp", "ninja"]
-_after_security = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1
+_security = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware")
 MIDDLEWARE = [
-    "edgefleet.health.ProbeMiddleware",  # first: probes come by IP over http, before host checks
-    *MIDDLEWARE[:_after_security],
+    *MIDDLEWARE[:_security],  # request ids and metrics see probes too
+    "edgefleet.health.ProbeMiddleware",  # probes come by IP over http: answered before host checks
+    MIDDLEWARE[_security],
     "csp.middleware.CSPMiddleware",
-    *MIDDLEWARE[_after_security:],
+    *MIDDLEWARE[_security + 1 :],
     "axes.middleware.AxesMiddleware",  # last, as django-axes wants: turns a lockout into its page
 ]
 # ==== end of the security block ====================================================================

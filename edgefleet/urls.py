@@ -9,7 +9,7 @@ from ops.views import metrics_view
 
 urlpatterns = [
     path("api/v1/manifest", manifest_fast),  # the hottest route first (fleet/api.py)
-    # Probes: ProbeMiddleware answers these before any other middleware; the routes name them.
+    # Probes: ProbeMiddleware answers these before host checks and redirects; the routes name them.
     path("healthz", healthz, name="healthz"),  # liveness, no I/O (also the poll bench's baseline)
     path("readyz", readyz, name="readyz"),  # readiness: database, Redis, broker, storage
     path("metrics", metrics_view, name="metrics"),
