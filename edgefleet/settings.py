@@ -8,6 +8,7 @@ PostgreSQL and Redis (what production and the test suite use).
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -250,6 +251,93 @@ EDGEFLEET_VALIDATION_MAX_TENSOR_ELEMENTS = env_int("EDGEFLEET_VALIDATION_MAX_TEN
 EDGEFLEET_REFERENCE_MAX_BYTES = env_int("EDGEFLEET_REFERENCE_MAX_BYTES", 256 * 1024 * 1024)
 EDGEFLEET_TASK_MAX_CRASHES = env_int("EDGEFLEET_TASK_MAX_CRASHES", 2)  # then a message is not run again
 EDGEFLEET_GATE_INTERVAL = env_int("EDGEFLEET_GATE_INTERVAL", 30)  # seconds between campaign gate checks
+
+# ==== Security: transport, browser hardening, login throttling, probes (docs/security.md) =========
+# Transport hardening only works over HTTPS, so it is off for `make run` on http://localhost and on
+# with EDGEFLEET_HTTPS=1 (each knob can also be set on its own). Browser hardening costs nothing on
+# plain HTTP and is always on. Production: SECRET_KEY=<50+ random chars> DEBUG=0 EDGEFLEET_HTTPS=1
+# ALLOWED_HOSTS=<host>; `manage.py check --deploy` is then clean.
+EDGEFLEET_HTTPS = env_bool("EDGEFLEET_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("EDGEFLEET_SSL_REDIRECT", EDGEFLEET_HTTPS)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("EDGEFLEET_SECURE_COOKIES", EDGEFLEET_HTTPS)
+SECURE_HSTS_SECONDS = env_int("EDGEFLEET_HSTS_SECONDS", 365 * 24 * 3600 if EDGEFLEET_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("EDGEFLEET_HSTS_INCLUDE_SUBDOMAINS", EDGEFLEET_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("EDGEFLEET_HSTS_PRELOAD", EDGEFLEET_HTTPS)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients): only then
+# may the app believe it, or any client could claim https.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("EDGEFLEET_TRUST_X_FORWARDED_PROTO", False) else None
+)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+
+# Content-Security-Policy (django-csp): our own origin only. Inline <script> needs the response's
+# nonce ({{ request.csp_nonce }}); no inline handlers or style attributes (Plotly's CSS is linked from
+# static/css/plotly.css, see edgefleet/plotly_css.py). Exceptions, both Plotly's: data: images
+# (heatmaps are drawn as PNG data URLs) and the two constant style attributes it sets, by hash
+# (`python -m edgefleet.plotly_css` prints them after an upgrade; a test compares). EDGEFLEET_CSP=
+# report-only reports instead of blocking (to try a change), off drops the header.
+from csp.constants import NONCE, NONE, SELF, UNSAFE_HASHES  # noqa: E402
+
+PLOTLY_STYLE_ATTR_HASHES = [
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",  # style="" on colour-bar rectangles
+    "'sha256-AR/cKIZjWPcPmBUPDA6oti9XBiTbJvz0Cro2J1VzzS8='",  # image-rendering: … on heatmap images
+]
+
+EDGEFLEET_CSP = env.get("EDGEFLEET_CSP", "enforce").strip().lower()
+_CSP_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "style-src-elem": [SELF],
+        "style-src-attr": [UNSAFE_HASHES, *PLOTLY_STYLE_ATTR_HASHES],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
+if EDGEFLEET_CSP not in {"enforce", "report-only", "off"}:
+    raise ValueError(f"EDGEFLEET_CSP must be enforce, report-only or off, not {EDGEFLEET_CSP!r}")
+CONTENT_SECURITY_POLICY = _CSP_POLICY if EDGEFLEET_CSP == "enforce" else None
+CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP_POLICY if EDGEFLEET_CSP == "report-only" else None
+
+# Login throttling (django-axes): after EDGEFLEET_LOGIN_FAILURE_LIMIT wrong passwords for one username
+# from one address, that pair is refused (429, registration/locked_out.html) for the cool-off, the
+# right password included, on /login/ and /admin/login/ alike. API and device tokens are not
+# passwords and do not go through it.
+EDGEFLEET_LOGIN_FAILURE_LIMIT = env_int("EDGEFLEET_LOGIN_FAILURE_LIMIT", 5)
+EDGEFLEET_LOGIN_COOLOFF_MINUTES = env_int("EDGEFLEET_LOGIN_COOLOFF_MINUTES", 15)
+AXES_FAILURE_LIMIT = EDGEFLEET_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=EDGEFLEET_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.locked_out"  # 429, the reason, how long, Retry-After
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+
+# Readiness (/readyz) gives each backing service this long before it counts as down.
+EDGEFLEET_READYZ_TIMEOUT = env_float("EDGEFLEET_READYZ_TIMEOUT", 2.0)
+
+# ninja: the API docs page then uses its bundled Swagger UI files, not a CDN the CSP would refuse.
+INSTALLED_APPS += ["axes", "csp", "ninja"]
+_security = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware")
+MIDDLEWARE = [
+    *MIDDLEWARE[:_security],  # request ids and metrics see probes too
+    "edgefleet.health.ProbeMiddleware",  # probes come by IP over http: answered before host checks
+    MIDDLEWARE[_security],
+    "csp.middleware.CSPMiddleware",
+    *MIDDLEWARE[_security + 1 :],
+    "axes.middleware.AxesMiddleware",  # last, as django-axes wants: turns a lockout into its page
+]
+# ==== end of the security block ====================================================================
 
 from edgefleet.schedule import BEAT_SCHEDULE  # noqa: E402
 

@@ -1,20 +1,17 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
 from edgefleet.api import api
+from edgefleet.health import healthz, readyz
 from fleet.api import manifest_fast
 from ops.views import metrics_view
 
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
-
-
 urlpatterns = [
     path("api/v1/manifest", manifest_fast),  # the hottest route first (fleet/api.py)
-    path("healthz", healthz, name="healthz"),  # early too: load balancers and the poll bench's baseline
+    # Probes: ProbeMiddleware answers these before host checks and redirects; the routes name them.
+    path("healthz", healthz, name="healthz"),  # liveness, no I/O (also the poll bench's baseline)
+    path("readyz", readyz, name="readyz"),  # readiness: database, Redis, broker, storage
     path("metrics", metrics_view, name="metrics"),
     path("notifications/", include("notify.urls")),
     path("", include("fleet.urls")),

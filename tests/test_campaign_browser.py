@@ -37,7 +37,8 @@ def test_operator_previews_creates_and_starts_a_campaign(live_server, page, logi
     assert "21" in page.inner_text("#dry-run-summary") and "20" in page.inner_text("#dry-run-summary")
     assert "onnxruntime too old" in page.inner_text("#dry-run-exclusions")
     page.fill("textarea[name=waves]", "10\n100")
-    page.wait_for_function("document.querySelectorAll('#dry-run-waves tbody tr').length === 2")
+    # A function, not an expression string: Playwright evals strings in the page, which the CSP forbids.
+    page.wait_for_function("() => document.querySelectorAll('#dry-run-waves tbody tr').length === 2")
     page.click("#campaign-form button[type=submit]")
     page.wait_for_selector("#campaign-state")
     c = Campaign.objects.get()

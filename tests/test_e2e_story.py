@@ -188,7 +188,8 @@ def story_after_enrollment(page: object, live_server: object, sam: object, main:
     page.fill("input[name=name]", "v2 to everyone")
     page.select_option("select[name=version]", label=str(ModelVersion.objects.get(label="v2")))
     page.fill("textarea[name=waves]", "25, 0.1, 5\n60, 0.1, 5\n100, 0.1, 5")
-    page.wait_for_function("document.querySelectorAll('#dry-run-waves tbody tr').length === 3")
+    # A function, not an expression string: Playwright evals strings in the page, which the CSP forbids.
+    page.wait_for_function("() => document.querySelectorAll('#dry-run-waves tbody tr').length === 3")
     assert str(DEVICES) in page.inner_text("#dry-run-summary")
     shot(page, "03-campaign-dry-run")
     page.click("#campaign-form button[type=submit]")

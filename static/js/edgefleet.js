@@ -26,3 +26,15 @@ window.edgefleetPoll = function (el) {
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("[data-poll-url]").forEach(window.edgefleetPoll);
 });
+
+// Behaviour that used to sit in inline handlers (the Content-Security-Policy forbids them), bound
+// once on the document so forms inside live regions get it too:
+//   <form data-confirm="Question?">  asks before submitting;
+//   <select data-autosubmit>         submits its form when changed.
+document.addEventListener("submit", function (e) {
+  var question = e.target.getAttribute && e.target.getAttribute("data-confirm");
+  if (question && !window.confirm(question)) { e.preventDefault(); }
+});
+document.addEventListener("change", function (e) {
+  if (e.target.matches && e.target.matches("select[data-autosubmit]") && e.target.form) { e.target.form.submit(); }
+});
