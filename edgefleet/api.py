@@ -35,8 +35,12 @@ class EdgeFleetAPI(NinjaAPI):
                     codes += ["400", "401", "403", "404", "409"]
                 if method in ("post", "put", "patch"):
                     codes += ["400", "413"]
+                # ninja keys responses by int; the same code as a string would be a duplicate key in the JSON.
+                declared = {str(c) for c in op["responses"]}
                 for code in codes:
-                    op["responses"].setdefault(code, {"description": "Protocol error", "content": ERROR_REF})
+                    if code not in declared:
+                        declared.add(code)
+                        op["responses"][code] = {"description": "Protocol error", "content": ERROR_REF}
         return schema
 
 
