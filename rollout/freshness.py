@@ -99,7 +99,7 @@ def generation_number() -> int:
 
 _CLAIM = """
 INSERT INTO {table} AS t (device_id, sequence, digest, generation, issued_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s)
+SELECT %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM {devices} WHERE id = %s)
 ON CONFLICT (device_id) DO UPDATE SET
   sequence = CASE WHEN {renew} THEN {greatest}(t.sequence + 1, excluded.sequence) ELSE t.sequence END,
   digest = CASE WHEN {renew} THEN excluded.digest ELSE t.digest END,
@@ -118,19 +118,22 @@ def claim(device_id: uuid.UUID, digest: str, generation: int, at: float | None =
     The device's row when it already says ``digest`` and is not near expiry; a renewed row otherwise.
     None when the row was built from a newer generation than ``generation`` and says something else:
     the caller's data is older than what the device was last told (reload and build again).
-    Raises LookupError when the device no longer exists.
+    Raises LookupError when the device no longer exists (its token may still be cached).
     """
     from rollout.models import IssuedManifest
 
     t = int(at if at is not None else now())
     margin = refresh_margin()
+    from fleet.models import Device
+
     sql = _CLAIM.format(
         table=_table(IssuedManifest),
+        devices=_table(Device),
         renew=_RENEW.format(cutoff=f"excluded.issued_at + {int(margin)}"),
         greatest="GREATEST" if connection.vendor == "postgresql" else "MAX",
     )
     key = IssuedManifest._meta.get_field("device").target_field.get_db_prep_value(device_id, connection)
-    params = [key, int(t * 1000), digest, int(generation), t, t + ttl()]
+    params = [key, int(t * 1000), digest, int(generation), t, t + ttl(), key]
     try:
         if connection.in_atomic_block:  # a failed statement must not break the caller's transaction
             with transaction.atomic(), connection.cursor() as cur:
@@ -140,7 +143,9 @@ def claim(device_id: uuid.UUID, digest: str, generation: int, at: float | None =
             with connection.cursor() as cur:
                 cur.execute(sql, params)
                 row = cur.fetchone()
-    except IntegrityError as e:  # the device row is gone
+    except IntegrityError as e:  # the device row went while we wrote
         raise LookupError(f"device {device_id} does not exist") from e
+    if row is None:  # no device row: nothing inserted
+        raise LookupError(f"device {device_id} does not exist")
     fresh = Fresh(int(row[0]), int(row[3]), int(row[4]), str(row[1]), int(row[2]))
     return fresh if fresh.digest == digest else None
