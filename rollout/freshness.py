@@ -133,19 +133,35 @@ def claim(device_id: uuid.UUID, digest: str, generation: int, at: float | None =
         greatest="GREATEST" if connection.vendor == "postgresql" else "MAX",
     )
     key = IssuedManifest._meta.get_field("device").target_field.get_db_prep_value(device_id, connection)
-    params = [key, int(t * 1000), digest, int(generation), t, t + ttl(), key]
+    floor = int(t * 1000)
+    params = [key, floor, digest, int(generation), t, t + ttl(), key]
     try:
-        if connection.in_atomic_block:  # a failed statement must not break the caller's transaction
-            with transaction.atomic(), connection.cursor() as cur:
-                cur.execute(sql, params)
-                row = cur.fetchone()
-        else:
-            with connection.cursor() as cur:
-                cur.execute(sql, params)
-                row = cur.fetchone()
+        row = _execute(sql, params, floor)
     except IntegrityError as e:  # the device row went while we wrote
         raise LookupError(f"device {device_id} does not exist") from e
     if row is None:  # no device row: nothing inserted
         raise LookupError(f"device {device_id} does not exist")
     fresh = Fresh(int(row[0]), int(row[3]), int(row[4]), str(row[1]), int(row[2]))
     return fresh if fresh.digest == digest else None
+
+
+def _execute(sql: str, params: list, floor: int) -> tuple | None:
+    """Run the claim; on PostgreSQL outside a transaction, commit without waiting for the WAL flush
+    when the sequence is the clock's (``floor``).
+
+    Waiting for the flush was most of a claim's time (4-6 ms against 1.5 ms on a busy machine). It
+    is safe to skip because of the time floor: a claim lost in a database crash is followed by one
+    made later, whose ``server time in ms`` is higher than the lost sequence. A sequence that ran
+    ahead of the clock (claims within one millisecond, or the clock went back) is not covered by
+    that, so then the commit waits as usual. Inside a caller's transaction the commit is the caller's.
+    """
+    if connection.in_atomic_block or connection.vendor != "postgresql":
+        with transaction.atomic(), connection.cursor() as cur:  # a savepoint: a failure leaves the caller's intact
+            cur.execute(sql, params)
+            return cur.fetchone()
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit = off;" + sql, params)
+        row = cur.fetchone()
+        if row is not None and int(row[0]) > floor:
+            cur.execute("SET LOCAL synchronous_commit = on")
+        return row

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from contextlib import contextmanager
 from typing import Any
 
@@ -285,3 +286,22 @@ def test_a_deleted_device_with_a_ready_manifest_gets_401_not_500(device) -> None
     with pytest.raises(ProtocolError) as e:
         manifest.poll(token)
     assert e.value.status == 401
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction: the claim commits as in production
+def test_claims_rise_by_one_when_the_clock_does_not_and_older_data_is_refused(device) -> None:
+    dev, _ = device
+    t = 1_800_000_000.0
+    first = freshness.claim(dev.id, "a" * 32, 5, at=t)
+    assert first.sequence == int(t * 1000) and (first.issued_at, first.expires_at) == (t, t + 7 * DAY)
+    assert freshness.claim(dev.id, "a" * 32, 5, at=t + 10) == first  # same content, not near expiry
+    second = freshness.claim(dev.id, "b" * 32, 5, at=t)  # same millisecond
+    third = freshness.claim(dev.id, "c" * 32, 6, at=t - 3600)  # the clock went back an hour
+    assert (second.sequence, third.sequence) == (first.sequence + 1, first.sequence + 2)
+    assert freshness.claim(dev.id, "d" * 32, 5, at=t) is None  # built from older data than the row's
+    assert freshness.claim(dev.id, "c" * 32, 5, at=t) == third  # ...unless it says the same
+    due = freshness.claim(dev.id, "c" * 32, 6, at=third.refresh_at)
+    assert due.sequence > third.sequence and due.issued_at == third.refresh_at
+    assert IssuedManifest.objects.get(device=dev).sequence == due.sequence
+    with pytest.raises(LookupError):
+        freshness.claim(uuid.uuid4(), "a" * 32, 6, at=t)
