@@ -239,16 +239,16 @@ def test_the_mark_survives_a_restart_and_an_unreadable_one_is_reported(tmp_path:
     assert broken.load() is None and broken.unreadable
 
 
-def _agent(data: Path, pinned: dict) -> Agent:
-    agent = Agent(AgentConfig(server="http://127.0.0.1:9", enrollment_key="k", data_dir=data))
+def _agent(data: Path, pinned: dict, now: float = NOW) -> Agent:
+    cfg = AgentConfig(server="http://127.0.0.1:9", enrollment_key="k", data_dir=data)
+    agent = Agent(cfg, clock=lambda: now)
     if agent.identity is None:  # as enrollment leaves it
         agent.identity = {"device_id": DEVICE, "token": "t", "signing_key": pinned}
         (data / "identity.json").write_text(json.dumps(agent.identity))
     return agent
 
 
-def test_an_agent_restarted_still_refuses_an_older_sequence(tmp_path: Path, key, pinned, monkeypatch) -> None:
-    monkeypatch.setattr(time, "time", lambda: float(NOW))
+def test_an_agent_restarted_still_refuses_an_older_sequence(tmp_path: Path, key, pinned) -> None:
     agent = _agent(tmp_path, pinned)
     v1, v2 = manifest(sequence=100), manifest(sequence=200)
     assert agent._take_manifest(signed(v1, key), '"e1"') is True
@@ -267,8 +267,7 @@ def test_an_agent_restarted_still_refuses_an_older_sequence(tmp_path: Path, key,
     assert restarted.stats["manifest_redelivered"] == 1
 
 
-def test_a_lost_mark_falls_back_to_the_saved_manifests_sequence(tmp_path: Path, key, pinned, monkeypatch) -> None:
-    monkeypatch.setattr(time, "time", lambda: float(NOW))
+def test_a_lost_mark_falls_back_to_the_saved_manifests_sequence(tmp_path: Path, key, pinned) -> None:
     agent = _agent(tmp_path, pinned)
     agent._take_manifest(signed(manifest(sequence=300), key), None)
     (tmp_path / "accepted.json").unlink()
@@ -279,7 +278,7 @@ def test_a_lost_mark_falls_back_to_the_saved_manifests_sequence(tmp_path: Path, 
 
 def test_an_expired_accepted_manifest_installs_nothing_and_drops_the_etag(tmp_path: Path, key, pinned) -> None:
     agent = _agent(tmp_path, pinned)
-    stale = manifest(issued_at=utc(int(time.time()) - 9 * DAY), expires_at=utc(int(time.time()) - 2 * DAY))
+    stale = manifest(issued_at=utc(NOW - 9 * DAY), expires_at=utc(NOW - 2 * DAY))
     agent.manifest, agent.etag = stale, '"e"'
     agent.accepted = mark_of(stale)
     applied: list[Any] = []
