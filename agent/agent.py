@@ -1,8 +1,9 @@
 """The ``Agent``: enrollment, the poll loop, updates, inference for the host application, telemetry.
 
-Order of trust in an update: manifest signature (pinned key) -> download (resumable) -> artifact
-sha256 -> atomic install -> load + smoke inference -> switch. Any failure leaves the device on
-what it ran before and becomes an event; nothing the server has not acknowledged is forgotten.
+Order of trust in an update: manifest signature (pinned key) -> manifest for this device, not expired,
+not older than the last accepted (agent/verify.py) -> download (resumable) -> artifact sha256 ->
+atomic install -> load + smoke inference -> switch. Any failure leaves the device on what it ran
+before and becomes an event; nothing the server has not acknowledged is forgotten.
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ from agent.config import AgentConfig, detect_hardware
 from agent.guard import Guard, GuardPolicy, Verdict
 from agent.runtime import ModelLoadError, Runtime, SessionPool
 from agent.spool import Spool
-from agent.store import Installed, ModelStore, atomic_write
-from agent.verify import VerifyError, verify_artifact, verify_manifest
+from agent.store import Installed, ManifestMark, ModelStore, atomic_write
+from agent.verify import (
+    Accepted,
+    ManifestRefused,
+    VerifyError,
+    accept_manifest,
+    check_manifest,
+    digest,
+    verify_artifact,
+    verify_manifest,
+)
 from agent.window import Window, WindowLog, grid_seconds, next_window
 
 log = logging.getLogger(__name__)
@@ -96,6 +106,9 @@ class Agent:
         self.verify_failures: Counter[str] = Counter()
         self.manifest: dict[str, Any] | None = None
         self.etag: str | None = None
+        self.marks = ManifestMark(self.data)
+        self.accepted: Accepted | None = self.marks.load()
+        self._last_refusal = ""  # the refusal last reported: the same one again is counted, not re-sent
         self._load_manifest()
         self._start_runtimes()
         self.windows = WindowLog(self.data / "windows.json")
@@ -110,13 +123,22 @@ class Agent:
             return None
 
     def _load_manifest(self) -> None:
+        """The saved manifest, if it is the accepted one (or, with no mark on disk, passes every check
+        but expiry: then its sequence becomes the floor)."""
         saved = self._read_json(self.manifest_path)
-        if saved and self.identity:
-            try:
-                self.manifest = verify_manifest(saved["document"], self.identity["signing_key"])
-                self.etag = saved.get("etag")
-            except (VerifyError, KeyError):
-                log.warning("saved manifest does not verify; ignoring it")
+        if not (saved and self.identity):
+            return
+        try:
+            manifest = verify_manifest(saved["document"], self.identity["signing_key"])
+            if self.accepted is None:
+                self.accepted, _ = check_manifest(manifest, device_id=self.device_id, last=None, now=None)
+                self.marks.save(self.accepted)
+            elif manifest.get("device_id") != self.device_id or digest(manifest) != self.accepted.digest:
+                log.warning("saved manifest is not the one last accepted; waiting for the server's")
+                return
+            self.manifest, self.etag = manifest, saved.get("etag")
+        except (VerifyError, KeyError, TypeError, ValueError) as e:
+            log.warning("saved manifest ignored: %s", e)
 
     def _start_runtimes(self) -> None:
         """After a restart (or a power cut): repair the store, then load what is active."""
@@ -225,20 +247,67 @@ class Agent:
         if doc is None:
             self.stats["not_modified"] += 1
         else:
-            try:
-                manifest = verify_manifest(doc, self.identity["signing_key"])
-            except VerifyError as e:
-                self.stats["manifest_refused"] += 1
-                self.event("verify_failed", details={"what": "manifest", "reason": str(e)})
-                manifest = None
-            if manifest is not None:
-                self.manifest, self.etag, changed = manifest, etag, True
-                self.verify_failures.clear()
-                atomic_write(self.manifest_path, json.dumps({"document": doc, "etag": etag}).encode())
-        if self.manifest:
+            changed = self._take_manifest(doc, etag)
+        if self.manifest and self._unexpired():
             self.apply(self.manifest)
+        elif self.manifest:
+            # Instructions past their expiry install nothing; what runs keeps running. A 304 never
+            # extends a manifest: drop the ETag so the next poll asks for the whole, fresh one.
+            self.stats["manifest_expired"] += 1
+            self.etag = None
         self.flush()
         return changed
+
+    def _take_manifest(self, doc: dict[str, Any], etag: str | None) -> bool:
+        """Check a fetched manifest (agent/verify.py); True when it is new and now the accepted one."""
+        try:
+            manifest, mark, redelivery = accept_manifest(
+                doc,
+                self.identity["signing_key"],
+                device_id=self.device_id,
+                last=self.accepted,
+                now=self.clock(),
+                skew=self.cfg.clock_skew,
+            )
+        except ManifestRefused as e:  # never changes what is installed; counted and reported
+            self._refused(e, doc)
+            return False
+        if redelivery:  # the accepted manifest again (same sequence, same bytes): harmless
+            self.stats["manifest_redelivered"] += 1
+            if self.manifest is None:
+                atomic_write(self.manifest_path, json.dumps({"document": doc, "etag": etag}).encode())
+            self.manifest, self.etag = manifest, etag
+            return False
+        self.marks.save(mark)  # the floor first: after a crash here, anything older is still refused
+        self.accepted = mark
+        atomic_write(self.manifest_path, json.dumps({"document": doc, "etag": etag}).encode())
+        self.manifest, self.etag = manifest, etag
+        self.verify_failures.clear()
+        self._last_refusal = ""
+        return True
+
+    def _refused(self, e: ManifestRefused, doc: Any) -> None:
+        self.stats["manifest_refused"] += 1
+        self.stats[f"manifest_refused_{e.reason}"] += 1
+        log.warning("manifest refused (%s): %s", e.reason, e)
+        key = f"{e.reason}:{e}"
+        if key == self._last_refusal:
+            return  # the same manifest refused again (the server or a proxy keeps sending it)
+        self._last_refusal = key
+        shown = doc.get("manifest") if isinstance(doc, dict) else None
+        offered = shown.get("sequence") if isinstance(shown, dict) else None
+        details: dict[str, Any] = {"what": "manifest", "reason": e.reason, "message": str(e)[:300]}
+        if type(offered) is int:
+            details["sequence"] = offered
+        if self.accepted is not None:
+            details["accepted_sequence"] = self.accepted.sequence
+        self.event("verify_failed", details=details)
+
+    def _unexpired(self) -> bool:
+        if self.accepted is None:
+            return False
+        clock = max(self.clock(), float(self.accepted.issued_at))
+        return clock <= self.accepted.expires_at + self.cfg.clock_skew
 
     # -- updates ------------------------------------------------------------------------------------
     def apply(self, manifest: dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ class AgentConfig:
     poll_interval: float | None = None
     window_seconds: float | None = None
     ort_threads: int = 1
+    # Seconds the device's clock may run ahead of the server's before a manifest reads as expired.
+    clock_skew: float = 3600.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -1,4 +1,5 @@
-"""Model files on disk: atomic install, current + previous kept, a state file that names the active one.
+"""Model files on disk: atomic install, current + previous kept, a state file that names the active one;
+and the mark of the last manifest the agent accepted (its sequence: the floor for the next one).
 
 Every change is "write a temp file, fsync it, rename it over, fsync the directory", so a crash or a
 power cut at any moment leaves either the old state or the new one, never half of either. On start,
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.verify import sha256_file
+from agent.verify import Accepted, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +168,29 @@ class ModelStore:
         if not p.exists():
             return False
         return not check_hash or sha256_file(p) == inst.sha256
+
+
+class ManifestMark:
+    """``<data>/accepted.json``: the last accepted manifest's device id, sequence, digest and times.
+
+    Written (atomically) before the agent acts on a manifest, so after a crash or restart an older
+    manifest is still refused. A mark that cannot be read is reported and treated as absent: the
+    agent then takes the sequence of its saved manifest, if that still verifies, as the floor.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / "accepted.json"
+        self.unreadable = False
+
+    def load(self) -> Accepted | None:
+        try:
+            return Accepted.from_json(json.loads(self.path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.error("accepted-manifest mark unreadable (%s); falling back to the saved manifest", e)
+            self.unreadable = True
+            return None
+
+    def save(self, mark: Accepted) -> None:
+        atomic_write(self.path, json.dumps(mark.to_json(), sort_keys=True).encode())

@@ -108,8 +108,14 @@ class TelemetrySettings(Strict):
 
 
 class Manifest(Strict):
-    protocol: int
+    """The signed desired state; ``sequence``, ``issued_at`` and ``expires_at`` let the agent refuse a
+    replayed, older or expired manifest (docs/protocol.md, "Freshness")."""
+
+    protocol: Literal[2]
     device_id: uuid.UUID
+    sequence: int = Field(..., ge=1, description="per device, higher for every newly signed manifest")
+    issued_at: AwareDatetime = Field(..., description="YYYY-MM-DDTHH:MM:SSZ")
+    expires_at: AwareDatetime = Field(..., description="YYYY-MM-DDTHH:MM:SSZ; the agent refuses it after this")
     poll_interval: int
     telemetry: TelemetrySettings
     models: list[ModelEntry]

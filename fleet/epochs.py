@@ -121,8 +121,10 @@ def current() -> tuple[str, str]:
         got = cache.get_many([GEN_KEY, AUTH_KEY])
         gen, auth = got.get(GEN_KEY), got.get(AUTH_KEY)
         if gen is None or auth is None:
-            cache.add(GEN_KEY, "0", None)
-            cache.add(AUTH_KEY, "0", None)
+            # A fresh value, never "0": after Redis lost them (flushed, restarted empty) a repeated
+            # value would let a process keep what it built after an earlier loss as if still current.
+            cache.add(GEN_KEY, _new(), None)
+            cache.add(AUTH_KEY, _new(), None)
             got = cache.get_many([GEN_KEY, AUTH_KEY])
             gen, auth = got.get(GEN_KEY, "0"), got.get(AUTH_KEY, "0")
         r = _redis()

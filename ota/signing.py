@@ -23,8 +23,13 @@ ALG = "Ed25519"
 
 
 def canonical(obj: Any) -> bytes:
-    """The exact bytes that are signed and hashed for the ETag."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The exact bytes that are signed and hashed for the ETag; agent/verify.py's ``canonical`` must agree
+    byte for byte (tests/test_canonical_vectors.py pins both to the same vectors).
+
+    Sorted keys, no whitespace, UTF-8 without escaping non-ASCII, Python's shortest round-trip float
+    form; NaN and infinities are refused (they are not JSON), as is a lone surrogate (not UTF-8).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def etag_of(canonical_bytes: bytes) -> str:

@@ -16,9 +16,13 @@ Everything resolution needs (releases, versions, artifacts, cohorts) is small: i
 *generation* into process memory. :func:`bump_generation` must be called after every change to
 releases, versions, variants, cohorts or campaigns. Signed manifests are kept ready per device in
 Redis and in process memory (see "the poll path" below), so a poll does no database query, at most
-one Redis round trip, and signs only when the device's desired state changed.
+one Redis round trip, and signs only when the device's desired state changed or its manifest
+nears expiry. Each signed manifest carries the device's sequence and validity (``sequence``,
+``issued_at``, ``expires_at``), held in the database by rollout/freshness.py, so an agent can refuse
+a manifest that is older than one it accepted, expired, or another device's (docs/protocol.md).
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -27,19 +31,20 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
 from fleet import epochs, selectors
 from fleet.auth import DeviceSnapshot
 from ota import signing
+from rollout import freshness
 from telemetry.binning import LATENCY_EDGES_MS
 from telemetry.profiles import expected_bins
 
 logger = logging.getLogger(__name__)
 TOLD_TTL = 90 * 24 * 3600
-PROTOCOL = 1
+PROTOCOL = 2  # 2: signed sequence, issued_at and expires_at (docs/protocol.md, "Versions")
 FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "directml", "coreml", "openvino-gpu"})
 
 
@@ -47,7 +52,11 @@ FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "di
 
 
 def bump_generation() -> str:
-    """Say that releases/versions/cohorts/campaigns changed: every process reloads, manifests rebuild."""
+    """Say that releases/versions/cohorts/campaigns changed: every process reloads, manifests rebuild.
+
+    The database's count goes first: data loaded after this call is known to be newer than any
+    manifest built before it (rollout/freshness.py)."""
+    freshness.bump_generation_number()
     return epochs.bump(epochs.GEN_KEY)
 
 
@@ -106,6 +115,7 @@ class Desired:
 @dataclass
 class State:
     generation: str
+    number: int = 0  # the database's generation count when this was loaded (rollout/freshness.py)
     versions: dict[int, VersionInfo] = field(default_factory=dict)
     rules: dict[str, list[Rule]] = field(default_factory=dict)  # model -> newest first
     cohorts: dict[int, Callable[[dict[str, Any]], bool]] = field(default_factory=dict)
@@ -126,7 +136,7 @@ def _load(generation: str) -> State:
     from ota.models import ModelVersion
     from rollout.models import Campaign, Release
 
-    state = State(generation)
+    state = State(generation, freshness.generation_number())  # the count first, then what it counts
     for c in Cohort.objects.all():
         try:
             state.cohorts[c.id] = selectors.predicate(selectors.parse(c.selector))
@@ -167,15 +177,16 @@ _state_lock = threading.Lock()
 _state: State | None = None
 
 
-def load_state(generation: str | None = None) -> State:
-    """The resolution data for ``generation`` (the current one by default), from process memory."""
+def load_state(generation: str | None = None, *, reload: bool = False) -> State:
+    """The resolution data for ``generation`` (the current one by default), from process memory;
+    ``reload``: from the database again (a manifest shows this process's copy is behind)."""
     global _state
     generation = generation or current_generation()
     st = _state
-    if st is not None and st.generation == generation:
+    if st is not None and st.generation == generation and not reload:
         return st
     with _state_lock:
-        if _state is None or _state.generation != generation:
+        if _state is None or _state.generation != generation or (reload and _state is st):
             _state = _load(generation)
         return _state
 
@@ -280,26 +291,40 @@ def manifest_dict(snapshot: DeviceSnapshot, state: State) -> tuple[dict[str, Any
 # ---------------------------------------------------------------- the poll path
 #
 # A device's answer is kept ready and signed at two levels, both checked against the cache epochs
-# (fleet/epochs.py), so a poll neither queries the database nor signs unless something changed:
-# - process memory: token hash -> Ready (generation, auth epoch, ETag, the bytes). The canonical
-#   bytes after "device_id" are interned by content: thousands of devices share them, so 100,000
-#   ready devices cost tens of MB, not hundreds;
+# (fleet/epochs.py) and the manifest's refresh time, so a poll neither queries the database nor signs
+# unless something changed or expiry is near:
+# - process memory: token hash -> Ready (generation, auth epoch, ETag, freshness, the bytes). The
+#   canonical bytes are kept in four pieces: the device's own head (device_id, expires_at,
+#   issued_at) and sequence, and two pieces interned by content that thousands of devices share
+#   ("models" … "protocol", and "telemetry"), so 100,000 ready devices cost tens of MB, not hundreds;
 # - Redis, so any worker can serve a device it has never seen: ef:poll:<token hash> ->
-#   "gen\netag\nsignature\nrest hash\ndevice id\nsnapshot json", and ef:rest:<hash> -> the shared
-#   bytes. A first poll in a process is one pipelined round trip (plus one for a rest it has not seen
-#   yet); a background thread loads them all in bulk at a process's first poll (``warm``).
+#   "m2\ngen\nsequence\netag\nsignature\nmiddle hash\ntail hash\ndevice id\nissued\nexpires\ndigest\n
+#   generation number\nsnapshot json", and ef:rest:<hash> -> the shared bytes. A first poll in a
+#   process is one pipelined round trip (plus one for a shared piece it has not seen yet); a
+#   background thread loads them all in bulk at a process's first poll (``warm``).
 # A forgotten device (revoked, rotated, relabelled) is dropped from every process's memory by the
 # forget log (fleet/epochs.py), one device at a time; the rest of the fleet stays ready.
-# After a generation bump the entry's own snapshot rebuilds the manifest (no token lookup), and the
-# old signature is reused when the canonical bytes came out the same (the ETag did not change).
+# After a generation bump the entry's own snapshot rebuilds the manifest (no token lookup); when
+# what it says is unchanged and it is not near expiry, the old sequence, times and signature are
+# kept (no query, no signing). Otherwise the device's sequence comes from the database
+# (rollout/freshness.py: one upsert) and the manifest is signed.
 # An entry is written only if the device's forget counter (fleet.auth.forget_device) is what it was
-# before the snapshot was read, so a poll racing a revocation cannot re-cache the old snapshot.
+# before the snapshot was read, so a poll racing a revocation cannot re-cache the old snapshot; and
+# only if Redis does not already hold a higher sequence for the token (another process signed a
+# newer manifest meanwhile: that one is served instead), so Redis never goes back for a device.
 
 POLL_TTL = 24 * 3600
-_SET_IF_NOT_FORGOTTEN = """
+_TAG = b"m2"
+_STORE_IF_NEWER = """
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local seq = string.match(cur, '^m2\\n[^\\n]*\\n(%d+)\\n')
+  if seq and tonumber(seq) > tonumber(ARGV[4]) then return cur end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3])
 return 1
 """
 
@@ -312,20 +337,37 @@ class Ready:
     gen: str
     auth: str
     etag: str
-    prefix: bytes  # b'{"device_id":"<uuid>",'
-    rest: bytes  # the canonical bytes after it (shared between devices)
+    head: bytes  # b'{"device_id":"<uuid>","expires_at":"…","issued_at":"…",'
+    mid: bytes  # b'"models":[…],"poll_interval":…,"protocol":2,' (shared between devices)
+    tail: bytes  # b'"telemetry":{…}}' (shared between devices)
     sig: bytes  # the signature object, JSON
-
-    @property
-    def body(self) -> bytes:
-        return b'{"manifest":' + self.prefix + self.rest + b',"signature":' + self.sig + b"}"
+    fresh: freshness.Fresh
+    refresh_at: int  # served until then, re-signed after (fresh.refresh_at, kept for the hot path)
 
     @property
     def canonical(self) -> bytes:
-        return self.prefix + self.rest
+        return self.head + self.mid + b'"sequence":%d,' % self.fresh.sequence + self.tail
+
+    @property
+    def body(self) -> bytes:
+        return b'{"manifest":' + self.canonical + b',"signature":' + self.sig + b"}"
 
 
 Built = Ready  # the older name
+
+
+class _Entry(NamedTuple):
+    """A ready manifest as Redis holds it (see "the poll path" above)."""
+
+    gen: str
+    fresh: freshness.Fresh
+    etag: str
+    sig: bytes
+    mid_hash: str
+    tail_hash: str
+    device_id: uuid.UUID
+    snap_json: bytes
+    refresh_at: int
 
 
 _ready: dict[str, Ready] = {}
@@ -334,8 +376,16 @@ _READY_MAX = 300_000
 _script: Any = None
 
 
-def _prefix(device_id: uuid.UUID) -> bytes:
-    return b'{"device_id":' + json.dumps(str(device_id)).encode() + b","
+def _head(device_id: uuid.UUID, issued_at: str, expires_at: str) -> bytes:
+    return (
+        b'{"device_id":'
+        + json.dumps(str(device_id)).encode()
+        + b',"expires_at":"'
+        + expires_at.encode()
+        + b'","issued_at":"'
+        + issued_at.encode()
+        + b'",'
+    )
 
 
 def _intern(rest_hash: str, rest: bytes) -> bytes:
@@ -352,6 +402,10 @@ def _rest_key(rest_hash: str) -> str:
     return f"ef:rest:{rest_hash}"
 
 
+def _hash(piece: bytes) -> str:
+    return hashlib.sha256(piece).hexdigest()[:32]
+
+
 def _authenticate(token: str, *, local: bool = True) -> DeviceSnapshot:
     from fleet.auth import snapshot_for_token
     from fleet.errors import ProtocolError
@@ -364,23 +418,59 @@ def _authenticate(token: str, *, local: bool = True) -> DeviceSnapshot:
     return snap
 
 
+def _split(device_id: uuid.UUID, content: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The shared pieces of the canonical bytes: ``"models"`` … ``"protocol":2,`` and ``"telemetry":{…}}``.
+
+    The per-device fields sort before "models" (device_id, expires_at, issued_at) and between
+    "protocol" and "telemetry" (sequence); the layout is checked, not assumed.
+    """
+    probe = {**content, "sequence": 0, "issued_at": freshness.EPOCH, "expires_at": freshness.EPOCH}
+    canon = signing.canonical(probe)
+    head = _head(device_id, freshness.EPOCH, freshness.EPOCH)
+    tail = b'"telemetry":' + signing.canonical(content["telemetry"]) + b"}"
+    seq_tail = b'"sequence":0,' + tail
+    mid = canon[len(head) : len(canon) - len(seq_tail)]
+    if not (canon.startswith(head) and canon.endswith(seq_tail) and mid.startswith(b'"models":')):
+        raise RuntimeError("manifest keys changed: the per-device fields are no longer where _split expects")
+    return mid, tail
+
+
 def _build(
-    snapshot: DeviceSnapshot, gen: str, auth: str, stale: tuple[str, bytes] | None
-) -> tuple[Ready, str, set[str]]:
-    """Build and sign (unless ``stale`` = (etag, signature) already signs these exact bytes)."""
-    manifest, named = manifest_dict(snapshot, load_state(gen))
-    canon = signing.canonical(manifest)
-    prefix = _prefix(snapshot.id)
-    if not canon.startswith(prefix):  # "device_id" sorts first among the manifest's keys
-        raise RuntimeError("manifest keys changed: device_id no longer sorts first")
+    snapshot: DeviceSnapshot, gen: str, auth: str, stale: Ready | _Entry | None, at: float
+) -> tuple[Ready, str, str, set[str]]:
+    """Build and sign, keeping ``stale``'s sequence, times and signature when it says the same and is
+    not near expiry; otherwise the device's sequence comes from the database (rollout/freshness.py)."""
+    from fleet.errors import ProtocolError
+
+    state = load_state(gen)
+    for _ in range(2):
+        content, named = manifest_dict(snapshot, state)
+        mid, tail = _split(snapshot.id, content)
+        digest = _hash(mid + tail)
+        if stale is not None and stale.fresh.digest == digest and stale.refresh_at > at:
+            fresh: freshness.Fresh | None = stale.fresh
+            break
+        try:
+            fresh = freshness.claim(snapshot.id, digest, state.number, at)
+        except LookupError as e:
+            raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.") from e
+        if fresh is not None:
+            break
+        state = load_state(gen, reload=True)  # the device was told something from newer data than ours
+    else:
+        busy = "The manifest is being rebuilt; try again."
+        raise ProtocolError(503, "unavailable", busy, headers={"Retry-After": "1"})
+    head = _head(snapshot.id, freshness.utc(fresh.issued_at), freshness.utc(fresh.expires_at))
+    canon = head + mid + b'"sequence":%d,' % fresh.sequence + tail
     etag = signing.etag_of(canon)
-    if stale is not None and stale[0] == etag and signing.public_info()["key_id"].encode() in stale[1]:
-        sig = stale[1]
+    if stale is not None and stale.etag == etag and signing.public_info()["key_id"].encode() in stale.sig:
+        sig = stale.sig
     else:
         sig = json.dumps(signing.sign(canon), separators=(",", ":")).encode()
-    rest = canon[len(prefix) :]
-    rest_hash = signing.etag_of(rest).strip('"')
-    return Ready(snapshot.id, gen, auth, etag, prefix, _intern(rest_hash, rest), sig), rest_hash, named
+    mid_hash, tail_hash = _hash(mid), _hash(tail)
+    mid, tail = _intern(mid_hash, mid), _intern(tail_hash, tail)
+    ready = Ready(snapshot.id, gen, auth, etag, head, mid, tail, sig, fresh, fresh.refresh_at)
+    return ready, mid_hash, tail_hash, named
 
 
 def poll(token: str) -> Ready:
@@ -390,19 +480,19 @@ def poll(token: str) -> Ready:
 
     th = hash_token(token)
     gen, auth = epochs.current()
+    at = freshness.now()
     ready = _ready.get(th)
-    if ready is not None and ready.gen == gen and ready.auth == auth:
+    if ready is not None and ready.gen == gen and ready.auth == auth and ready.refresh_at > at:
         return ready
     seq = epochs.applied()  # before reading anything we may keep (see fleet/epochs.py)
     r = redis_client()
     if r is None:
-        stale = (ready.etag, ready.sig) if ready is not None else None
         snap = _authenticate(token)
-        ready, _, named = _build(snap, gen, auth, stale)
+        ready, _, _, named = _build(snap, gen, auth, ready, at)
         _remember_told(snap.id, named)
     else:
         _start_warming(r)
-        ready = _poll_redis(r, token, th, gen, auth)
+        ready = _poll_redis(r, token, th, gen, auth, at)
     if len(_ready) >= _READY_MAX:
         _ready.clear()
     _ready[th] = ready
@@ -422,50 +512,92 @@ def _drop_ready(token_hashes: Iterable[str] | None) -> None:
 epochs.on_forget(_drop_ready)
 
 
-def _entry(gen: str, ready: Ready, rest_hash: str, snap: DeviceSnapshot) -> bytes:
+def _entry(gen: str, ready: Ready, mid_hash: str, tail_hash: str, snap: DeviceSnapshot) -> bytes:
     """The Redis form of a ready manifest (see "the poll path" above)."""
-    fields = [gen, ready.etag, ready.sig.decode(), rest_hash, str(snap.id), json.dumps(snap.as_dict())]
-    return "\n".join(fields).encode()
+    f = ready.fresh
+    fields = [
+        _TAG,
+        gen.encode(),
+        b"%d" % f.sequence,
+        ready.etag.encode(),
+        ready.sig,
+        mid_hash.encode(),
+        tail_hash.encode(),
+        str(snap.id).encode(),
+        b"%d" % f.issued_at,
+        b"%d" % f.expires_at,
+        f.digest.encode(),
+        b"%d" % f.generation,
+        json.dumps(snap.as_dict()).encode(),
+    ]
+    return b"\n".join(fields)
 
 
-def _parse(raw: bytes) -> tuple[str, str, bytes, str, uuid.UUID | None, bytes]:
-    """``(gen, etag, signature, rest hash, device id, snapshot json)``; entries written before the
-    device id had its own line give None (read the id from the snapshot)."""
-    parts = raw.split(b"\n", 5)
-    if len(parts) == 6 and len(parts[4]) == 36:
-        gen, etag, sig, rest_hash, did, snap_json = parts
-        device_id: uuid.UUID | None = uuid.UUID(did.decode())
-    else:
-        gen, etag, sig, rest_hash, snap_json = raw.split(b"\n", 4)
-        device_id = None
-    return gen.decode(), etag.decode(), sig, rest_hash.decode(), device_id, snap_json
+def _parse(raw: bytes) -> _Entry | None:
+    """An entry of this format, or None (an entry written before manifests had a sequence: rebuild)."""
+    parts = raw.split(b"\n", 12)
+    if len(parts) != 13 or parts[0] != _TAG:
+        return None
+    _, gen, seq, etag, sig, mid_hash, tail_hash, did, issued, expires, digest, number, snap_json = parts
+    fresh = freshness.Fresh(int(seq), int(issued), int(expires), digest.decode(), int(number))
+    return _Entry(
+        gen.decode(),
+        fresh,
+        etag.decode(),
+        sig,
+        mid_hash.decode(),
+        tail_hash.decode(),
+        uuid.UUID(did.decode()),
+        snap_json,
+        fresh.refresh_at,
+    )
 
 
-def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str) -> Ready:
+def _ready_from(entry: _Entry, gen: str, auth: str, r: Any) -> Ready | None:
+    """A Ready from a Redis entry, fetching a shared piece this process has not seen (None if gone)."""
+    pieces = []
+    for h in (entry.mid_hash, entry.tail_hash):
+        piece = _rests.get(h)
+        if piece is None and (fetched := r.get(_rest_key(h))) is not None:
+            piece = _intern(h, fetched)
+        if piece is None:
+            return None
+        pieces.append(piece)
+    f = entry.fresh
+    head = _head(entry.device_id, freshness.utc(f.issued_at), freshness.utc(f.expires_at))
+    return Ready(entry.device_id, gen, auth, entry.etag, head, pieces[0], pieces[1], entry.sig, f, entry.refresh_at)
+
+
+def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str, at: float) -> Ready:
     global _script
     from fleet.auth import forget_counter_key, poll_key
 
     fkey, pkey = forget_counter_key(th), poll_key(th)
     forgotten, raw = r.pipeline(transaction=False).get(fkey).get(pkey).execute()  # counter first
-    stale = None
-    if raw:
-        entry_gen, etag, sig, rest_hash, device_id, snap_json = _parse(raw)
-        if entry_gen == gen:
-            rest = _rests.get(rest_hash)
-            if rest is None and (fetched := r.get(_rest_key(rest_hash))) is not None:
-                rest = _intern(rest_hash, fetched)
-            if rest is not None:
-                device_id = device_id or DeviceSnapshot.from_dict(json.loads(snap_json)).id
-                return Ready(device_id, gen, auth, etag, _prefix(device_id), rest, sig)
-        snap = DeviceSnapshot.from_dict(json.loads(snap_json))
-        stale = (etag, sig)
+    entry = _parse(raw) if raw else None
+    if entry is not None:
+        if entry.gen == gen and entry.refresh_at > at and (ready := _ready_from(entry, gen, auth, r)) is not None:
+            return ready
+        snap = DeviceSnapshot.from_dict(json.loads(entry.snap_json))
     else:
         snap = _authenticate(token, local=False)
-    ready, rest_hash, named = _build(snap, gen, auth, stale)
+    ready, mid_hash, tail_hash, named = _build(snap, gen, auth, entry, at)
     if _script is None:
-        _script = r.register_script(_SET_IF_NOT_FORGOTTEN)
-    entry = _entry(gen, ready, rest_hash, snap)
-    _script(keys=[pkey, fkey, _rest_key(rest_hash)], args=[entry, forgotten or b"", POLL_TTL, ready.rest], client=r)
+        _script = r.register_script(_STORE_IF_NEWER)
+    stored = _script(
+        keys=[pkey, fkey, _rest_key(mid_hash), _rest_key(tail_hash)],
+        args=[
+            _entry(gen, ready, mid_hash, tail_hash, snap),
+            forgotten or b"",
+            POLL_TTL,
+            ready.fresh.sequence,
+            ready.mid,
+            ready.tail,
+        ],
+        client=r,
+    )
+    if isinstance(stored, bytes) and (newer := _parse(stored)) is not None:
+        ready = _ready_from(newer, gen, auth, r) or ready  # another process signed a newer one: serve it
     _remember_told(snap.id, named)
     return ready
 
@@ -515,22 +647,21 @@ def warm(r: Any = None, limit: int = _READY_MAX) -> int:
         keys = [k for k in keys if k[8:].decode() not in _ready]
         if keys:
             seq = epochs.applied()
+            at = freshness.now()
             parsed = []
             for key, raw in zip(keys, r.mget(keys), strict=True):
-                if raw:
-                    entry = _parse(raw)
-                    if entry[0] == gen and entry[4] is not None:
-                        parsed.append((key[8:].decode(), entry))
-            unseen = sorted({e[3] for _, e in parsed if e[3] not in _rests})
+                entry = _parse(raw) if raw else None
+                if entry is not None and entry.gen == gen and entry.refresh_at > at:
+                    parsed.append((key[8:].decode(), entry))
+            unseen = sorted({h for _, e in parsed for h in (e.mid_hash, e.tail_hash) if h not in _rests})
             if unseen:
                 for rest_hash, rest in zip(unseen, r.mget([_rest_key(h) for h in unseen]), strict=True):
                     if rest is not None:
                         _intern(rest_hash, rest)
-            for th, (_, etag, sig, rest_hash, device_id, _) in parsed:
-                rest = _rests.get(rest_hash)
-                if rest is None or th in _ready or len(_ready) >= limit:
+            for th, entry in parsed:
+                if th in _ready or len(_ready) >= limit or not {entry.mid_hash, entry.tail_hash} <= _rests.keys():
                     continue
-                _ready[th] = Ready(device_id, gen, auth, etag, _prefix(device_id), rest, sig)
+                _ready[th] = _ready_from(entry, gen, auth, r)  # type: ignore[assignment]  # pieces are here
                 loaded += 1
                 if epochs.forgotten_since(th, seq):
                     _ready.pop(th, None)
@@ -543,7 +674,7 @@ def warm(r: Any = None, limit: int = _READY_MAX) -> int:
 def manifest_for(snapshot: DeviceSnapshot) -> Ready:
     """Build and sign the device's manifest now (no caching; the poll path is :func:`poll`)."""
     gen, auth = epochs.current()
-    ready, _, named = _build(snapshot, gen, auth, None)
+    ready, _, _, named = _build(snapshot, gen, auth, None, freshness.now())
     _remember_told(snapshot.id, named)
     return ready
 

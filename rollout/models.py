@@ -99,3 +99,34 @@ class CampaignDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} {self.kind}"
+
+
+class ManifestGeneration(models.Model):
+    """One row counting changes to what devices are told (rollout/freshness.py).
+
+    Bumped with every generation change and read first whenever a process loads its resolution data,
+    so a manifest built from older data can be told apart from one built from newer data by number,
+    whatever the clocks say.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    number = models.BigIntegerField(default=0)
+
+
+class IssuedManifest(models.Model):
+    """The newest manifest issued to each device: the source of truth for its sequence (rollout/freshness.py).
+
+    A new sequence is claimed only when a manifest has to be signed anew (what it says changed, it is
+    near expiry, or there is no row); every process that builds the same content meanwhile gets the
+    same sequence and times, so the same bytes, signature and ETag.
+    """
+
+    device = models.OneToOneField("fleet.Device", primary_key=True, on_delete=models.CASCADE, related_name="+")
+    sequence = models.BigIntegerField(help_text="max(previous + 1, server time in ms)")
+    digest = models.CharField(max_length=64, help_text="hash of what the manifest says, freshness fields aside")
+    generation = models.BigIntegerField(help_text="ManifestGeneration.number of the data it was built from")
+    issued_at = models.BigIntegerField(help_text="Unix seconds")
+    expires_at = models.BigIntegerField(help_text="Unix seconds")
+
+    def __str__(self) -> str:
+        return f"{self.device_id} #{self.sequence}"

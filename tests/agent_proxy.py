@@ -2,8 +2,11 @@
 
 It is real HTTP on 127.0.0.1: the agent talks to it exactly as to the server. Faults: the server
 is down (connection closed with no answer), 503 with Retry-After, a manifest changed in transit,
-artifact bytes flipped in transit, an artifact cut half-way, and "the server did it but the answer
-was lost" (forward, then close), which is what makes exactly-once delivery worth testing.
+artifact bytes flipped in transit, an artifact cut half-way, "the server did it but the answer
+was lost" (forward, then close), which is what makes exactly-once delivery worth testing, and a
+replay: every manifest the server sends is captured per device token (``captured``), and
+``replay(body)`` answers manifest polls with a captured body instead of asking the server, as an
+attacker on the path would.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class Proxy:
         self.upstream = upstream.rstrip("/")
         self.mode: set[str] = set()
         self.log: list[tuple[str, str, int]] = []  # (method, path + range, status or 0 for dropped)
+        self.captured: dict[str, list[bytes]] = {}  # device token -> manifest bodies (200) seen, in order
+        self.replayed: bytes | None = None
         self.lock = threading.Lock()
         proxy = self
 
@@ -52,6 +57,13 @@ class Proxy:
         self.server.shutdown()
         self.server.server_close()
 
+    def replay(self, body: bytes | None) -> None:
+        """Answer every manifest poll with ``body`` (a captured manifest), or stop (None)."""
+        self.replayed = body
+        self.mode.discard("replay_manifest")
+        if body is not None:
+            self.mode.add("replay_manifest")
+
     def hits(self, fragment: str) -> list[tuple[str, str, int]]:
         with self.lock:
             return [h for h in self.log if fragment in h[1]]
@@ -78,13 +90,26 @@ class Proxy:
             h.send_header("Content-Length", "0")
             h.end_headers()
             return None
+        is_manifest = h.path.startswith("/api/v1/manifest")
+        if "replay_manifest" in mode and is_manifest and self.replayed is not None:
+            self._record(h, 200)
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(self.replayed)))
+            h.end_headers()
+            h.wfile.write(self.replayed)
+            return None
         headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "content-length", "connection")}
         up = self.http.request(h.command, self.upstream + h.path, headers=headers, data=body, timeout=30)
         data = up.content
         if "lose_answer" in mode and h.command == "POST":
             self._record(h, 0)  # the server did it; the device never hears so
             return self._drop(h)
-        if "tamper_manifest" in mode and h.path.startswith("/api/v1/manifest") and up.status_code == 200:
+        if is_manifest and up.status_code == 200:
+            token = (h.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            with self.lock:
+                self.captured.setdefault(token, []).append(data)
+        if "tamper_manifest" in mode and is_manifest and up.status_code == 200:
             doc = json.loads(data)
             doc["manifest"]["poll_interval"] = 1  # a small change an attacker might want
             data = json.dumps(doc).encode()
