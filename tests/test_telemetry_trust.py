@@ -311,3 +311,44 @@ def test_counts_are_bounded_by_what_a_window_can_hold(setup, settings) -> None:
     out = ingest(device, *over, feature)
     assert [r["code"] for r in out["rejected"]] == ["out_of_range"] * 5
     assert "input[2]" in out["rejected"][-1]["message"]
+
+
+@pytest.mark.django_db
+def test_one_device_cannot_fail_the_install_gate_alone(setup) -> None:
+    """The install failure rate used to count events: one device sending 50 failures failed the gate."""
+    from django.utils import timezone
+
+    from fleet.models import DeviceEvent
+
+    old, _, _ = setup
+    new = factories.staged_version("fraud", "v2", seed=1)
+    devices = [factories.device(labels={"region": "eu"}, name=f"i{i}")[0] for i in range(21)]
+    now = timezone.now()
+
+    def event(d, kind: str, seconds: int = 0) -> None:
+        DeviceEvent.objects.create(
+            id=uuid.uuid4(), device=d, kind=kind, at=now + timedelta(seconds=seconds), model_name="fraud",
+            version_label="v2",
+        )  # fmt: skip
+
+    for d in devices:
+        event(d, "installed")
+    for i in range(50):
+        event(devices[0], "install_failed", seconds=i + 1)
+    out = services.canary_vs_control(new.id, old.id, now - timedelta(hours=1), thresholds={"min_devices": 5})
+    install = out["install_failure_rate"]
+    assert install["n_canary"] == 21 and install["canary"] == pytest.approx(1 / 21)
+    assert install["verdict"] == "pass"
+    # A device whose latest install succeeded is not a failed device.
+    event(devices[0], "installed", seconds=100)
+    out = services.canary_vs_control(new.id, old.id, now - timedelta(hours=1), thresholds={"min_devices": 5})
+    assert out["install_failure_rate"]["canary"] == 0.0
+
+
+def test_noisy_rates_stay_within_zero_and_one() -> None:
+    from telemetry import regression
+
+    # noise made errors exceed a small inference count on the canary, and negative on the control
+    v = regression.error_rate_verdict(50.0, 10.0, -3.0, 1000.0, 20, 20, 0.02, 5)
+    assert v.canary == 1.0 and v.control == 0.0
+    assert regression.clipped_rate(5.0, -2.0) is None and regression.clipped_rate(0.0, 0.0) is None
