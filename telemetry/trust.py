@@ -84,6 +84,8 @@ def noise_variance(mechanism: str, epsilon: float, shape: checks.Shape) -> float
 
     The one place that maps an assignment to noise (the sensitivity follows ``telemetry.privacy``).
     """
+    if hasattr(privacy, "report_sensitivity"):  # the layout-based sensitivity (derived from what is released)
+        return privacy.noise_variance(mechanism, epsilon, {"features": list(shape.features)})
     return privacy.noise_variance(mechanism, epsilon, len(shape.features))
 
 

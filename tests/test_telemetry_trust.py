@@ -13,7 +13,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from rollout.manifest import telemetry_settings
-from telemetry import privacy, services
+from telemetry import services, trust
 from telemetry.api import BatchIn
 from telemetry.models import PrivacyLedger, Report, Rollup
 from tests import factories
@@ -96,7 +96,8 @@ def test_rollups_take_noise_from_the_server_not_from_a_stored_row(setup) -> None
     services.update_rollups(now=datetime.now(UTC) + timedelta(seconds=30))
     roll = Rollup.objects.get(version=version, cohort="all")
     assert roll.n_reports == 2
-    assert roll.noise_var == pytest.approx(2 * privacy.noise_variance("laplace", 1.0, 4))
+    assert roll.noise_var == pytest.approx(2 * trust.noise_variance("laplace", 1.0, trust.shape_of(version)))
+    assert roll.noise_var == pytest.approx(2 * 2 * 7.0**2)  # Laplace b = (4 features + 3) / ε, variance 2b²
     assert Report.objects.get(id=planted).quarantined
 
 
@@ -288,7 +289,7 @@ def test_counts_are_bounded_by_what_a_window_can_hold(setup, settings) -> None:
     settings.EDGEFLEET_TELEMETRY_MAX_INFERENCES_PER_SECOND = 2
     w = grid_seconds()
     lo, hi = services.count_bounds(version)
-    slack = 30 * math.sqrt(privacy.noise_variance("laplace", 1.0, 4))
+    slack = 30 * math.sqrt(2 * 7.0**2)  # 30 sd of Laplace noise with b = (4 features + 3) / ε
     assert hi == pytest.approx(2 * w + slack) and lo == pytest.approx(-slack)
 
     def rep(back: int, **over) -> dict:
