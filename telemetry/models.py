@@ -24,7 +24,9 @@ class Report(models.Model):
     mechanism = models.CharField(max_length=16, help_text="the server's assignment (a PrivacyAssignment)")
     epsilon = models.FloatField(help_text="the server's assignment; the device must have used exactly this")
     received_at = models.DateTimeField(db_index=True)
-    quarantined = models.BooleanField(default=False, help_text="set aside by a job (see Quarantine); counted nowhere")
+    quarantined = models.BooleanField(
+        default=False, db_default=False, help_text="set aside by a job (see Quarantine); counted nowhere"
+    )
 
     class Meta:
         constraints = [

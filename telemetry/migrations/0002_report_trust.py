@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='report',
             name='quarantined',
-            field=models.BooleanField(default=False, help_text='set aside by a job (see Quarantine); counted nowhere'),
+            field=models.BooleanField(db_default=False, default=False, help_text='set aside by a job (see Quarantine); counted nowhere'),
         ),
         migrations.AlterField(
             model_name='report',
