@@ -353,3 +353,14 @@ def test_noisy_rates_stay_within_zero_and_one() -> None:
     v = regression.error_rate_verdict(50.0, 10.0, -3.0, 1000.0, 20, 20, 0.02, 5)
     assert v.canary == 1.0 and v.control == 0.0
     assert regression.clipped_rate(5.0, -2.0) is None and regression.clipped_rate(0.0, 0.0) is None
+
+
+def test_unusable_privacy_settings_fail_the_system_check(settings) -> None:
+    from telemetry.apps import telemetry_settings_check
+
+    assert telemetry_settings_check() == []
+    settings.EDGEFLEET_DP_EPSILON = 1e-300
+    assert [e.id for e in telemetry_settings_check()] == ["telemetry.E001"]
+    settings.EDGEFLEET_DP_EPSILON = 1.0
+    settings.EDGEFLEET_DP_MECHANISM = "homemade"
+    assert [e.id for e in telemetry_settings_check()] == ["telemetry.E001"]
