@@ -11,6 +11,7 @@ Placement is by stable bucket (``rollout.placement``): nothing here writes per-d
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -1038,6 +1039,14 @@ def parse_waves(text: str) -> list[dict[str, Any]]:
     return waves
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _finite_list(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and _finite(*values)
+
+
 def chart_series(campaign: Campaign) -> dict[str, Any]:
     """Error rate and p95 latency per rollup window, canary (version) vs control (previous version).
 
@@ -1054,6 +1063,8 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
         return {"series": [], "suppressed": 0}
     from telemetry.binning import LATENCY_EDGES_MS
 
+    n_bins = len(LATENCY_EDGES_MS) - 1
+
     k = int(getattr(settings, "EDGEFLEET_MIN_COHORT", 20))
     # Rollup windows are aligned buckets: the one the campaign started in counts too.
     since = (campaign.started_at or campaign.created_at) - timedelta(seconds=rollup_seconds())
@@ -1068,6 +1079,8 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
             if r.n_devices < k:
                 suppressed += 1
                 continue
+            if not (_finite(r.inference_count, r.error_count, r.noise_var) and _finite_list(r.latency, n_bins)):
+                continue  # a rollup the jobs would not write (telemetry quarantines such rows)
             xs.append(r.window_start.isoformat())
             err.append(clipped_rate(r.error_count, r.inference_count))
             # Only bins that stand clear of the DP noise, as the latency gate reads them.

@@ -521,6 +521,27 @@ from telemetry.canary import DEFAULT_THRESHOLDS, canary_vs_control  # noqa: E402
 # ----------------------------------------------------------------------------------------- charts
 
 
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(x, float | int) and not isinstance(x, bool) and math.isfinite(x) for x in values
+    )
+
+
+def unreadable(roll: Rollup) -> str | None:
+    """Why a stored rollup cannot be drawn (sums that are not finite numbers), or None.
+
+    The jobs only write finite sums; this keeps a page from failing on a row changed by other means.
+    """
+    scalars = (roll.inference_count, roll.error_count, roll.noise_var)
+    if not all(isinstance(x, float | int) and math.isfinite(x) for x in scalars):
+        return "quarantined: its counts are not finite numbers"
+    if not (_numbers(roll.latency) and _numbers(roll.outputs) and isinstance(roll.features, dict)):
+        return "quarantined: its histograms cannot be read"
+    if not all(_numbers(v) for v in roll.features.values()):
+        return "quarantined: its feature histograms cannot be read"
+    return None
+
+
 def feature_edges(bins: dict, name: str) -> list[float]:
     for f in bins["features"]:
         if f["name"] == name:
@@ -547,11 +568,13 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
     for r in drift_rows:
         drift_series[r.feature].append((r.window_start, r.psi, r.threshold))
 
-    rollups = list(Rollup.objects.filter(version=version).order_by("window_start"))
-    for r in rollups:
-        reason = privacy.suppressed(r.n_devices, k)
+    rollups = []
+    for r in Rollup.objects.filter(version=version).order_by("window_start"):
+        reason = privacy.suppressed(r.n_devices, k) or unreadable(r)
         if reason:
             hidden.append({"cohort": r.cohort, "window_start": r.window_start, "reason": reason})
+        if not unreadable(r):
+            rollups.append(r)
 
     overlay = None
     shown_all = [r for r in rollups if r.cohort == ALL and r.n_devices >= k]
@@ -594,7 +617,7 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
     for sib in siblings:
         pts = []
         for r in Rollup.objects.filter(version=sib, cohort=ALL).order_by("window_start")[:limit_windows]:
-            if r.n_devices < k or r.inference_count <= 0:
+            if r.n_devices < k or unreadable(r) or r.inference_count <= 0:
                 continue
             p95 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.95)
             p50 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.5)

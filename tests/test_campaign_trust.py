@@ -196,3 +196,18 @@ def test_broken_campaigns_and_poisoned_rows_are_quarantined_and_the_rest_is_judg
     Campaign.objects.filter(pk=odd_gates.pk).update(gates={"error_rate": 0.02})
     evaluate_campaigns.delay()
     wait_for(lambda: not Quarantine.objects.filter(kind="campaign", key=str(odd_gates.pk)).exists())
+
+
+@pytest.mark.django_db
+def test_the_campaign_chart_skips_a_rollup_with_unreadable_sums(viewer_client) -> None:
+    from telemetry.models import Rollup
+
+    fleet = make_fleet()
+    c = Campaign.objects.get(pk=fleet["c"].pk)
+    Rollup.objects.create(
+        version=fleet["v2"], cohort="all", window_start=c.started_at, window_seconds=3600, n_reports=30,
+        n_devices=30, inference_count=1000.0, error_count=5.0, latency=[1.0, "x"], noise_var=float("nan"),
+    )  # fmt: skip
+    resp = viewer_client.get(f"/campaigns/{c.pk}/series.json")
+    assert resp.status_code == 200
+    assert all(s["x"] == [] for s in resp.json()["series"])

@@ -136,3 +136,18 @@ def test_a_rollup_that_cannot_take_its_reports_is_quarantined_alone(two_versions
     assert Rollup.objects.get(version=two_versions["good"], cohort="all").n_reports == 30
     q = Quarantine.objects.get(kind="rollup", version=bad)
     assert "all" in q.key and q.reason
+
+
+@pytest.mark.django_db
+def test_pages_do_not_fail_on_a_rollup_with_unreadable_sums(two_versions, viewer_client) -> None:
+    """A rollup changed by other means than the jobs is listed as hidden with the reason, not drawn."""
+    services.update_rollups(settle_seconds=0)
+    services.compute_drift()
+    bad = two_versions["bad"]
+    Rollup.objects.create(
+        version=bad, cohort="all", window_start=hour(0), window_seconds=3600, n_reports=30, n_devices=30,
+        inference_count=float("inf"), error_count=1.0, latency=["?"] * 12, outputs=[1.0, 2.0, 3.0],
+    )  # fmt: skip
+    resp = viewer_client.get(f"/telemetry/versions/{bad.id}/")
+    assert resp.status_code == 200
+    assert "quarantined: its counts are not finite numbers" in resp.content.decode()
