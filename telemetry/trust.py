@@ -82,11 +82,10 @@ def shape_of(version: ModelVersion) -> checks.Shape:
 def noise_variance(mechanism: str, epsilon: float, shape: checks.Shape) -> float:
     """Noise variance on each count of one report of this shape under a server assignment.
 
-    The one place that maps an assignment to noise (the sensitivity follows ``telemetry.privacy``).
+    The one place that maps an assignment to noise: the layout is the version's (the manifest's
+    bins), the sensitivity ``telemetry.privacy.report_sensitivity`` of it.
     """
-    if hasattr(privacy, "report_sensitivity"):  # the layout-based sensitivity (derived from what is released)
-        return privacy.noise_variance(mechanism, epsilon, {"features": list(shape.features)})
-    return privacy.noise_variance(mechanism, epsilon, len(shape.features))
+    return privacy.noise_variance(mechanism, epsilon, {"features": list(shape.features)})
 
 
 def bounds(mechanism: str, epsilon: float, shape: checks.Shape) -> tuple[float, float]:

@@ -211,3 +211,26 @@ def test_the_campaign_chart_skips_a_rollup_with_unreadable_sums(viewer_client) -
     resp = viewer_client.get(f"/campaigns/{c.pk}/series.json")
     assert resp.status_code == 200
     assert all(s["x"] == [] for s in resp.json()["series"])
+
+
+@pytest.mark.django_db
+def test_the_management_api_hides_numbers_below_k_too(operator) -> None:
+    from accounts.models import ApiToken
+
+    fleet = make_fleet()
+    c = fleet["c"]
+    leaked = {"name": "error_rate", "threshold": 0.02, "observed": 0.3605, "verdict": "not_enough_data",
+              "canary": 0.3705, "control": 0.01, "n_canary": 1, "n_control": 30, "p_value": 0.001,
+              "detail": "error rate 0.3705 vs 0.0100"}  # fmt: skip
+    Campaign.objects.filter(pk=c.pk).update(gate_report={"verdict": "not_enough_data", "gates": [leaked]})
+    c.decisions.create(kind="pause", reason="by hand", numbers={"gates": [leaked]})
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(operator, 'ci')[1]}"}
+    from django.test import Client
+
+    api = Client()
+    status = api.get(f"/api/v1/campaigns/{c.pk}", **headers)
+    decisions = api.get(f"/api/v1/campaigns/{c.pk}/decisions", **headers)
+    assert status.status_code == 200 and decisions.status_code == 200
+    text = status.content.decode() + decisions.content.decode()
+    assert "0.3705" not in text and "0.3605" not in text
+    assert status.json()["gates_report"][0]["n_canary"] == 1
