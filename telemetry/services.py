@@ -500,10 +500,12 @@ def rollup_and_drift() -> dict[str, Any]:
 
 
 def prune_reports(now: datetime | None = None, batch: int = 10000) -> int:
-    """Delete raw reports older than the retention period that are already in rollups."""
+    """Delete raw reports older than the retention period that are already in rollups, and quarantine
+    notes not met again within it (their items are gone or were fixed)."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=retention_days())
     mark = RollupMark.objects.filter(name="rollups").values_list("received_before", flat=True).first() or EPOCH
+    Quarantine.objects.filter(last_at__lt=cutoff).delete()
     deleted = 0
     while True:
         ids = list(

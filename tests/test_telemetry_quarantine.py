@@ -151,3 +151,12 @@ def test_pages_do_not_fail_on_a_rollup_with_unreadable_sums(two_versions, viewer
     resp = viewer_client.get(f"/telemetry/versions/{bad.id}/")
     assert resp.status_code == 200
     assert "quarantined: its counts are not finite numbers" in resp.content.decode()
+
+
+@pytest.mark.django_db
+def test_old_quarantine_notes_are_pruned_with_the_reports(two_versions) -> None:
+    services.update_rollups(settle_seconds=0)
+    assert Quarantine.objects.filter(kind="report").count() == len(POISON)
+    Quarantine.objects.filter(key=two_versions["bad_ids"][0]).update(last_at=timezone.now() - timedelta(days=31))
+    services.prune_reports()
+    assert Quarantine.objects.filter(kind="report").count() == len(POISON) - 1
