@@ -1,9 +1,10 @@
 """Telemetry ingest: reports acknowledged (durable) per second through the real endpoint, vs bare COPY.
 
-    .venv/bin/python bench/ingest_throughput.py [--seconds 20] [--clients 4] [--batch 100] [--devices 200]
+    .venv/bin/python bench/ingest_throughput.py [--seconds 20] [--clients 4] [--batch 100] [--devices 400]
 
 Starts gunicorn (2 workers, 127.0.0.1 only) on a fresh PostgreSQL database (bench_telemetry_ingest),
-enrolls devices, and has ``--clients`` threads POST batches of ``--batch`` reports for ``--seconds``.
+enrolls devices, and has ``--clients`` threads POST batches of ``--batch`` reports for ``--seconds``
+(each report a new grid window of its device: at most 574 per device, the 48 h max age).
 Then COPYs the same number of identical rows into a scratch copy of the table in the same run.
 """
 
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import requests
 from _telemetry_setup import ROOT, fresh_database, released_version
@@ -27,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--devices", type=int, default=400)
     args = ap.parse_args()
     url = fresh_database("bench_telemetry_ingest")
     from django.conf import settings
@@ -59,14 +61,35 @@ def main() -> None:
         sent_rows: list[dict] = []
         lock = threading.Lock()
         stop = time.monotonic() + args.seconds
+        # One report per device, version and window: each device walks back over the grid windows of
+        # the last 48 h (the max age), a batch at a time, so every report is a new window.
+        w = int(settings.EDGEFLEET_TELEMETRY_WINDOW)
+        newest = (int(time.time()) // w - 1) * w
+        per_device = (int(settings.EDGEFLEET_TELEMETRY_MAX_AGE_SECONDS) - 2 * w) // w
+        used = [0] * len(tokens)
+
+        def windows(d: int, n: int) -> list[tuple[str, str]]:
+            with lock:
+                first, used[d] = used[d], min(used[d] + n, per_device)
+            starts = [newest - j * w for j in range(first, used[d])]
+            iso = [(datetime.fromtimestamp(t, UTC), datetime.fromtimestamp(t + w, UTC)) for t in starts]
+            return [(a.isoformat(), b.isoformat()) for a, b in iso]
 
         def client(i: int) -> None:
             s = requests.Session()
             k = i
             while time.monotonic() < stop:
-                token = tokens[k % len(tokens)]
+                d = k % len(tokens)
+                token = tokens[d]
                 k += args.clients
-                body = {"reports": [dict(template, id=str(uuid.uuid4())) for _ in range(args.batch)]}
+                cells = windows(d, args.batch)
+                if not cells:
+                    if min(used) >= per_device:
+                        return  # every device has reported every window it may
+                    continue
+                body = {
+                    "reports": [dict(template, id=str(uuid.uuid4()), window_start=a, window_end=b) for a, b in cells]
+                }
                 r = s.post(
                     f"http://127.0.0.1:{PORT}/api/v1/telemetry", json=body,
                     headers={"Authorization": f"Bearer {token}"}, timeout=30,
@@ -110,9 +133,11 @@ def copy_same_rows(n: int) -> None:
             "SELECT device_id, version_id, window_start, window_end, inference_count, error_count, latency::text, "
             "outputs::text, features::text, mechanism, epsilon, received_at FROM telemetry_report LIMIT 1"
         )
-        row = cur.fetchone()
+        row = list(cur.fetchone())
         buf = io.StringIO()
-        for _ in range(n):
+        start = row[2]
+        for i in range(n):  # one row per window, as the unique constraint wants
+            row[2] = start - timedelta(seconds=i)
             buf.write("\t".join([str(uuid.uuid4()), *map(str, row)]) + "\n")
         buf.seek(0)
         t0 = time.perf_counter()

@@ -239,7 +239,15 @@ EDGEFLEET_SIGNING_KEY = env.get("EDGEFLEET_SIGNING_KEY", "")  # base64 raw Ed255
 EDGEFLEET_SIGNING_KEY_FILE = Path(env.get("EDGEFLEET_SIGNING_KEY_FILE", DATA_DIR / "signing_key"))
 EDGEFLEET_DP_MECHANISM = env.get("EDGEFLEET_DP_MECHANISM", "laplace")
 EDGEFLEET_DP_EPSILON = env_float("EDGEFLEET_DP_EPSILON", 1.0)
-EDGEFLEET_DP_DAILY_BUDGET = env_float("EDGEFLEET_DP_DAILY_BUDGET", 400.0)
+# Charged on the day the server receives reports: a day's windows (288 at 300 s) plus a day of
+# spool from a device that was offline fit (docs/privacy.md).
+EDGEFLEET_DP_DAILY_BUDGET = env_float("EDGEFLEET_DP_DAILY_BUDGET", 600.0)
+# A report's window must end at most this long after the server's clock (device clocks drift) ...
+EDGEFLEET_TELEMETRY_CLOCK_SKEW_SECONDS = env_int("EDGEFLEET_TELEMETRY_CLOCK_SKEW_SECONDS", 120)
+# ... and start at most this long before it: a device offline for a day still delivers its spool.
+EDGEFLEET_TELEMETRY_MAX_AGE_SECONDS = env_int("EDGEFLEET_TELEMETRY_MAX_AGE_SECONDS", 48 * 3600)
+# The most inferences (input rows) per second a device can run: bounds every count in a report.
+EDGEFLEET_TELEMETRY_MAX_INFERENCES_PER_SECOND = env_float("EDGEFLEET_TELEMETRY_MAX_INFERENCES_PER_SECOND", 10_000)
 EDGEFLEET_MIN_COHORT = env_int("EDGEFLEET_MIN_COHORT", 20)
 EDGEFLEET_TELEMETRY_RETENTION_DAYS = env_int("EDGEFLEET_TELEMETRY_RETENTION_DAYS", 30)
 EDGEFLEET_ROLLUP_SECONDS = env_int("EDGEFLEET_ROLLUP_SECONDS", 3600)  # width of a telemetry rollup window

@@ -300,7 +300,10 @@ class DryRunOut(Schema):
 
 
 def decision_json(d: CampaignDecision) -> dict[str, Any]:
-    return {"id": d.pk, "at": d.at, "kind": d.kind, "actor": d.actor_label, "reason": d.reason, "numbers": d.numbers}
+    numbers = dict(d.numbers or {})
+    if "gates" in numbers:  # numbers from fewer than k devices a side stay hidden, even in old decisions
+        numbers["gates"] = gate_logic.public_rows(numbers["gates"], services.min_cohort())
+    return {"id": d.pk, "at": d.at, "kind": d.kind, "actor": d.actor_label, "reason": d.reason, "numbers": numbers}
 
 
 def campaign_json(c: Campaign) -> dict[str, Any]:
@@ -338,8 +341,8 @@ def campaign_status_json(c: Campaign) -> dict[str, Any]:
         "verdict": report.get("verdict"),
         "gates_report": [
             {k: row.get(k) for k in GateVerdictOut.model_fields if k in row}
-            for row in report.get("gates", [])
-            if isinstance(row, dict) and "name" in row and "verdict" in row
+            for row in gate_logic.public_rows(report.get("gates", []), services.min_cohort())
+            if "name" in row and "verdict" in row
         ],
         "gate_numbers": {k: v for k, v in report.items() if k != "gates"},
         "last_evaluated_at": c.last_evaluated_at,

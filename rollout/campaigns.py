@@ -11,6 +11,7 @@ Placement is by stable bucket (``rollout.placement``): nothing here writes per-d
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -777,16 +778,45 @@ def _record_hold(campaign: Campaign, wave_index: int, reason: str, numbers: dict
     return True
 
 
+def min_cohort() -> int:
+    """k: no number from fewer reporting devices on a side is stored or shown (docs/rollout.md)."""
+    from django.conf import settings
+
+    return int(getattr(settings, "EDGEFLEET_MIN_COHORT", 20))
+
+
+class BrokenCampaign(Exception):
+    """A running campaign whose stored plan the gate job cannot read (it is quarantined, not judged)."""
+
+
+def config_problems(campaign: Campaign) -> list[str]:
+    """What in a stored campaign makes it impossible to judge (rows can be changed past the form)."""
+    problems: list[str] = []
+    waves = campaign.waves
+    if not isinstance(waves, list) or not all(isinstance(w, dict) for w in waves):
+        problems.append("the wave plan is not a list of waves")
+    elif not 0 <= campaign.wave_index < len(waves):
+        problems.append(f"wave {campaign.wave_index + 1} is not in the plan ({len(waves)} waves)")
+    else:
+        problems += placement.validate_waves(waves)
+    problems += gate_logic.validate_gates(campaign.gates)
+    return problems
+
+
 def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     """Judge the current wave of one running campaign and act: advance, complete, hold, pause or rollback.
 
     The comparison runs outside any lock (it reads telemetry); the action then re-checks under the
     row lock that the campaign is still running the same wave, so two racing beats act once.
+    A campaign whose stored plan or gates make no sense raises ``BrokenCampaign``.
     """
     now = now or timezone.now()
     campaign = Campaign.objects.select_related("version", "previous_version", "cohort").get(pk=campaign_id)
     if campaign.state != S.RUNNING or campaign.wave_index < 0:
         return "skip"
+    problems = config_problems(campaign)
+    if problems:
+        raise BrokenCampaign(" ".join(problems))
     k = campaign.wave_index
     wave = campaign.waves[k]
     elapsed = (now - (campaign.wave_started_at or now)).total_seconds()
@@ -804,6 +834,7 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     outcome = gate_logic.evaluate(campaign.gates, comparison)
     reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
     numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
+    numbers["gates"] = gate_logic.public_rows(numbers["gates"], min_cohort())
     if soaking and outcome.verdict != gate_logic.FAIL:
         _record_hold(campaign, k, soaking, {**numbers, "verdict": "soaking"})
         return "hold"
@@ -846,17 +877,33 @@ def _record_regression(campaign: Campaign, what: str, failed: list[str], numbers
     )
 
 
-def evaluate_running() -> dict[str, int]:
-    """Evaluate every running campaign; one campaign's error does not stop the others."""
+def evaluate_guarded(campaign_id: int, now: datetime | None = None) -> str:
+    """``evaluate_campaign``, with any failure quarantined (logged, shown on the campaign page) instead
+    of raised; a clean evaluation clears the note. The campaign itself is left as it is."""
     import logging
 
+    from telemetry import quarantine
+    from telemetry.models import Quarantine
+
+    key = str(campaign_id)
+    try:
+        what = evaluate_campaign(campaign_id, now)
+    except Exception as e:
+        logging.getLogger(__name__).exception("evaluating campaign %s failed", campaign_id)
+        reason = str(e) if isinstance(e, BrokenCampaign) else quarantine.describe(e)
+        version_id = Campaign.objects.filter(pk=campaign_id).values_list("version_id", flat=True).first()
+        quarantine.record(Quarantine.Kind.CAMPAIGN, key, reason, version_id)
+        return "error"
+    if Quarantine.objects.filter(kind=Quarantine.Kind.CAMPAIGN, key=key).exists():
+        quarantine.release(Quarantine.Kind.CAMPAIGN, key)
+    return what
+
+
+def evaluate_running() -> dict[str, int]:
+    """Evaluate every running campaign; one campaign's failure is quarantined and the others go on."""
     results: Counter[str] = Counter()
     for cid in Campaign.objects.filter(state=S.RUNNING).values_list("pk", flat=True):
-        try:
-            results[evaluate_campaign(cid)] += 1
-        except Exception:
-            logging.getLogger(__name__).exception("evaluating campaign %s failed", cid)
-            results["error"] += 1
+        results[evaluate_guarded(cid)] += 1
     return dict(results)
 
 
@@ -992,6 +1039,14 @@ def parse_waves(text: str) -> list[dict[str, Any]]:
     return waves
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _finite_list(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and _finite(*values)
+
+
 def chart_series(campaign: Campaign) -> dict[str, Any]:
     """Error rate and p95 latency per rollup window, canary (version) vs control (previous version).
 
@@ -1002,11 +1057,13 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
 
     try:
         from telemetry.models import Rollup
-        from telemetry.regression import denoise, histogram_quantile
+        from telemetry.regression import clipped_rate, denoise, histogram_quantile
         from telemetry.services import rollup_seconds
     except ImportError:
         return {"series": [], "suppressed": 0}
     from telemetry.binning import LATENCY_EDGES_MS
+
+    n_bins = len(LATENCY_EDGES_MS) - 1
 
     k = int(getattr(settings, "EDGEFLEET_MIN_COHORT", 20))
     # Rollup windows are aligned buckets: the one the campaign started in counts too.
@@ -1022,8 +1079,10 @@ def chart_series(campaign: Campaign) -> dict[str, Any]:
             if r.n_devices < k:
                 suppressed += 1
                 continue
+            if not (_finite(r.inference_count, r.error_count, r.noise_var) and _finite_list(r.latency, n_bins)):
+                continue  # a rollup the jobs would not write (telemetry quarantines such rows)
             xs.append(r.window_start.isoformat())
-            err.append(max(r.error_count, 0) / r.inference_count if r.inference_count > 0 else None)
+            err.append(clipped_rate(r.error_count, r.inference_count))
             # Only bins that stand clear of the DP noise, as the latency gate reads them.
             lat = denoise(r.latency, r.noise_var) if r.latency else None
             p95.append(histogram_quantile(LATENCY_EDGES_MS, lat, 0.95) if lat is not None else None)

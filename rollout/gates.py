@@ -88,6 +88,19 @@ class Outcome:
         return {"verdict": self.verdict, "gates": [asdict(r) for r in self.rows]}
 
 
+def public_rows(rows: Any, k: int) -> list[dict[str, Any]]:
+    """Gate rows as they may be stored and shown: numbers from fewer than ``k`` devices on a side hidden.
+
+    Telemetry already hides them (``telemetry.regression.hide_small``); this also covers comparisons
+    from elsewhere and reports stored before numbers were hidden.
+    """
+    from telemetry.regression import ONE_SIDED, hide_small
+
+    if not isinstance(rows, list):
+        return []
+    return [hide_small(r, k, one_sided=r.get("name") in ONE_SIDED) for r in rows if isinstance(r, Mapping)]
+
+
 def _num(value: object) -> float | None:
     try:
         f = float(value)  # type: ignore[arg-type]

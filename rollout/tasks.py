@@ -14,4 +14,4 @@ def evaluate_campaigns() -> dict[str, int]:
 @shared_task(name="rollout.evaluate_campaign", ignore_result=True)
 def evaluate_campaign(campaign_id: int) -> str:
     """Judge one campaign now (used after an operator action, so the page does not wait for beat)."""
-    return campaigns.evaluate_campaign(campaign_id)
+    return campaigns.evaluate_guarded(campaign_id)

@@ -16,6 +16,8 @@ from ota.models import ModelVersion
 from rollout import campaigns as campaign_services
 from rollout import gates as gate_logic
 from rollout.models import Campaign
+from telemetry import quarantine
+from telemetry.models import Quarantine
 
 DEFAULT_WAVES_TEXT = "5, 30, 20\n25, 30, 50\n100, 60, 100"
 
@@ -135,13 +137,18 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
             status = "done"
         waves.append({**w, "number": i + 1, "status": status})
     progress = campaign_services.install_progress(campaign, cached=True) if campaign.wave_index >= 0 else None
+    k = campaign_services.min_cohort()
+    decisions = list(campaign.decisions.all()[:100])
+    for d in decisions:  # numbers below k stay hidden, even in decisions stored before they were hidden
+        d.public_gates = gate_logic.public_rows((d.numbers or {}).get("gates"), k)
     return {
         "campaign": campaign,
         "waves": waves,
-        "gate_rows": (campaign.gate_report or {}).get("gates", []),
+        "gate_rows": gate_logic.public_rows((campaign.gate_report or {}).get("gates", []), k),
         "gate_report": campaign.gate_report or {},
         "progress": progress,
-        "decisions": campaign.decisions.all()[:100],
+        "quarantine": quarantine.of(Quarantine.Kind.CAMPAIGN, str(campaign.pk)),
+        "decisions": decisions,
         "exclusions": _reasons(campaign.exclusions or {}),
         "allowed": {a for a, states in campaign_services.ALLOWED_FROM.items() if campaign.state in states},
     }

@@ -21,14 +21,21 @@ class Report(models.Model):
     latency = models.JSONField(help_text="noisy counts over LATENCY_EDGES_MS")
     outputs = models.JSONField(help_text="noisy counts over the output bins")
     features = models.JSONField(help_text="feature name -> noisy counts")
-    mechanism = models.CharField(max_length=16)
-    epsilon = models.FloatField()
+    mechanism = models.CharField(max_length=16, help_text="the server's assignment (a PrivacyAssignment)")
+    epsilon = models.FloatField(help_text="the server's assignment; the device must have used exactly this")
     received_at = models.DateTimeField(db_index=True)
+    quarantined = models.BooleanField(
+        default=False, db_default=False, help_text="set aside by a job (see Quarantine); counted nowhere"
+    )
 
     class Meta:
+        constraints = [
+            # One report per device, version and window: a second one (a new id) is refused, and two
+            # batches racing each other cannot both store one.
+            models.UniqueConstraint(fields=["device", "version", "window_start"], name="report_one_per_window"),
+        ]
         indexes = [
             models.Index(fields=["version", "window_start"], name="report_version_window"),
-            models.Index(fields=["device", "window_start"], name="report_device_window"),
         ]
 
     def __str__(self) -> str:
@@ -70,8 +77,28 @@ class RollupMark(models.Model):
     received_before = models.DateTimeField()
 
 
+class PrivacyAssignment(models.Model):
+    """A (mechanism, epsilon) pair the server has told devices to use (``EDGEFLEET_DP_*`` at the time).
+
+    Rollups and gates compute a report's noise from its registered assignment, so a row whose pair
+    was never assigned (a device's own choice before ingest checked it, or a hand edit) is
+    quarantined instead of setting the noise scale; and reports made before an operator changed
+    the setting keep the noise they were made with.
+    """
+
+    mechanism = models.CharField(max_length=16)
+    epsilon = models.FloatField()
+    first_assigned_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mechanism", "epsilon"], name="privacy_assignment_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.mechanism} ε={self.epsilon:g}"
+
+
 class PrivacyLedger(models.Model):
-    """Epsilon one device has spent on one UTC day (of its reports' windows), by sequential composition."""
+    """Epsilon one device has spent on one UTC day (the day the server received the reports)."""
 
     device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="privacy_ledger")
     day = models.DateField()
@@ -146,3 +173,35 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.version_id}/{self.cohort}/{self.feature} {self.state}"
+
+
+class Quarantine(models.Model):
+    """Something a job set aside instead of failing for everyone: a report row, a rollup, a version's
+    drift or alerts, a gate, a campaign. One row per item; ``occurrences`` counts the runs that met it.
+    """
+
+    class Kind(models.TextChoices):
+        REPORT = "report"
+        ROLLUP = "rollup"
+        DRIFT = "drift"
+        ALERTS = "alerts"
+        GATE = "gate"
+        CAMPAIGN = "campaign"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    key = models.CharField(max_length=200, help_text="which item: a report id, version/cohort/window, a campaign id")
+    version = models.ForeignKey(
+        "ota.ModelVersion", null=True, blank=True, on_delete=models.CASCADE, related_name="quarantined"
+    )
+    reason = models.TextField()
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    occurrences = models.IntegerField(default=1)
+
+    class Meta:
+        ordering = ["-last_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="quarantine_unique")]
+        indexes = [models.Index(fields=["version", "-last_at"], name="quarantine_version")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}: {self.reason[:80]}"

@@ -8,8 +8,9 @@ a person. Fixed p-values alone over-fire on large fleets, so every "fail" needs 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -95,14 +96,21 @@ def error_rate_verdict(
     canary_noise_var: float = 0.0,
     control_noise_var: float = 0.0,
 ) -> Verdict:
-    """Fail when the canary's error rate is significantly higher AND by more than ``max_increase``."""
+    """Fail when the canary's error rate is significantly higher AND by more than ``max_increase``.
+
+    Below ``min_devices`` on a side nothing is computed. Rates are noisy counts clipped into [0, 1]:
+    noise may make errors negative or exceed a small inference count.
+    """
     v = Verdict(NOT_ENOUGH, n_canary=n_canary, n_control=n_control, threshold=max_increase)
-    if canary_inferences > 0:
-        v.canary = max(canary_errors, 0.0) / canary_inferences
-    if control_inferences > 0:
-        v.control = max(control_errors, 0.0) / control_inferences
-    if n_canary < min_devices or n_control < min_devices or v.canary is None or v.control is None:
+    if n_canary < min_devices or n_control < min_devices:
         v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
+        return v
+    v.canary, v.control = (
+        clipped_rate(canary_errors, canary_inferences),
+        clipped_rate(control_errors, control_inferences),
+    )
+    if v.canary is None or v.control is None:
+        v.detail = "no inferences stand clear of the privacy noise on a side yet"
         return v
     v.effect = v.canary - v.control
     v.statistic, v.p_value = two_proportion_ztest(
@@ -115,6 +123,13 @@ def error_rate_verdict(
         f"p={v.p_value:.3g}); fails above +{max_increase} when p<{alpha}"
     )
     return v
+
+
+def clipped_rate(errors: float, inferences: float) -> float | None:
+    """errors / inferences with both noisy counts clipped (errors into [0, inferences]); None without inferences."""
+    if not inferences > 0:
+        return None
+    return min(max(float(errors), 0.0), float(inferences)) / float(inferences)
 
 
 def denoise(counts: Sequence[float], noise_var: float, sds: float = NOISE_SDS) -> np.ndarray:
@@ -152,13 +167,13 @@ def latency_verdict(
     latency CDFs (how different the shapes are).
     """
     v = Verdict(NOT_ENOUGH, n_canary=n_canary, n_control=n_control, threshold=max_ratio)
+    if n_canary < min_devices or n_control < min_devices:
+        v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
+        return v
     canary_counts = denoise(canary_counts, canary_noise_var)
     control_counts = denoise(control_counts, control_noise_var)
     v.canary = histogram_quantile(edges, canary_counts, quantile)
     v.control = histogram_quantile(edges, control_counts, quantile)
-    if n_canary < min_devices or n_control < min_devices:
-        v.detail = f"needs {min_devices} reporting devices on each side (canary {n_canary}, control {n_control})"
-        return v
     if v.canary is None or v.control is None:
         v.detail = "latency histograms do not stand clear of the privacy noise yet: more windows needed"
         return v
@@ -179,12 +194,40 @@ def rate_verdict(
 ) -> Verdict:
     """Install failure rate of the canary: fail when it is above ``max_rate`` (an absolute limit)."""
     v = Verdict(NOT_ENOUGH, n_canary=n_devices, threshold=max_rate)
-    if attempts > 0:
-        v.canary = failures / attempts
-    if n_devices < min_devices or v.canary is None:
+    if n_devices < min_devices or attempts <= 0:
         v.detail = f"needs {min_devices} devices with install attempts (have {n_devices})"
         return v
+    v.canary = failures / attempts
     v.effect = v.canary
     v.verdict = FAIL if v.canary > max_rate else PASS
     v.detail = f"{failures} of {attempts} installs failed ({v.canary:.3f}); fails above {max_rate}"
     return v
+
+
+NUMBER_FIELDS = ("canary", "control", "effect", "statistic", "p_value", "observed")
+# Gates judged on the canary alone (the control's number is context, not part of the verdict).
+ONE_SIDED = frozenset({"install_failure_rate"})
+
+
+def hide_small(row: Mapping[str, Any], k: int, one_sided: bool = False) -> dict[str, Any]:
+    """A verdict (or gate row) as it may be stored and shown: no number when a side has fewer than ``k``.
+
+    A gate compares two groups, so its numbers (rates, quantiles, effect, p-value) are shown only when
+    both have at least ``k`` reporting devices; for a ``one_sided`` gate (judged on the canary alone,
+    like install failures) the canary's side decides and a small control hides just its own number.
+    The verdict and the device counts stay: they are what a person acts on, and a regression on few
+    devices must still act.
+    """
+    out = dict(row)
+    n_can, n_con = int(out.get("n_canary") or 0), int(out.get("n_control") or 0)
+    hide_all = n_can < k or (n_con < k and not one_sided)
+    names = NUMBER_FIELDS if hide_all else (("control",) if n_con < k else ())
+    hidden = [name for name in names if out.get(name) is not None]
+    for name in hidden:
+        out[name] = None
+    if hide_all and hidden:
+        out["detail"] = (
+            f"{out.get('verdict', '')}; numbers hidden: a side has fewer than the minimum of {k} reporting devices "
+            f"(canary {n_can}, control {n_con})"
+        ).lstrip("; ")
+    return out

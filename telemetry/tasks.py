@@ -8,9 +8,7 @@ from telemetry import services
 @shared_task(name="telemetry.rollup_and_drift")
 def rollup_and_drift() -> dict:
     """Rollups first (only reports past the high-water mark), then drift on the rollups that changed."""
-    rolled = services.update_rollups()
-    drifted = services.compute_drift()
-    return {"rollup": rolled, "drift": drifted}
+    return services.rollup_and_drift()
 
 
 @shared_task(name="telemetry.prune_reports")

@@ -1,19 +1,45 @@
 """Builders for telemetry tests: a valid report for a version, and noisy fleets of them."""
 
+import itertools
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from telemetry import privacy
 from telemetry.binning import LATENCY_EDGES_MS, histogram
 from telemetry.profiles import expected_bins, output_bin_count
 
 
-def window(minutes_ago: int = 10, length: int = 300) -> tuple[datetime, datetime]:
-    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago)
-    return end - timedelta(seconds=length), end
+def grid_seconds() -> int:
+    """The window length the manifest gives devices (``EDGEFLEET_TELEMETRY_WINDOW``)."""
+    return int(settings.EDGEFLEET_TELEMETRY_WINDOW)
+
+
+def grid_window(back: int = 1, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The grid window ``back`` windows before the one ``now`` is in (1: the one that just closed)."""
+    w = grid_seconds()
+    ts = int((now or datetime.now(UTC)).timestamp())
+    start = (ts // w - back) * w
+    return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + w, UTC)
+
+
+def on_grid(t: datetime) -> tuple[datetime, datetime]:
+    """The grid window that contains ``t``."""
+    w = grid_seconds()
+    start = int(t.timestamp()) // w * w
+    return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + w, UTC)
+
+
+_turn = itertools.count()
+
+
+def window() -> tuple[datetime, datetime]:
+    """The next of the last ten closed grid windows, so one device's reports in a test do not share a
+    window (the server keeps one report per device, version and window)."""
+    return grid_window(back=1 + next(_turn) % 10)
 
 
 def report(mv: Any, **over: Any) -> dict:
@@ -62,7 +88,7 @@ def simulated(
     outputs = np.bincount(rng.integers(0, k, n), minlength=k).astype(float)
     latency = histogram(rng.lognormal(np.log(latency_ms), 0.3, n), LATENCY_EDGES_MS)
     errors = rng.binomial(n, error_rate)
-    s, e = window() if start is None else (start, start + timedelta(seconds=300))
+    s, e = window() if start is None else on_grid(start)
     body = report(
         version,
         window_start=s.isoformat(),

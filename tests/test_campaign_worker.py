@@ -12,13 +12,14 @@ from fleet.auth import DeviceSnapshot
 from rollout import campaigns, manifest, placement
 from rollout.models import Campaign, Release
 from rollout.tasks import evaluate_campaigns
-from telemetry.binning import LATENCY_EDGES_MS
+from telemetry.binning import DEFAULT_SCORE_EDGES, LATENCY_EDGES_MS
 from telemetry.models import Report
 from tests import test_campaign_factories as f
 
 pytestmark = pytest.mark.slow
 
 N_BINS = len(LATENCY_EDGES_MS) - 1
+N_OUT = len(DEFAULT_SCORE_EDGES) - 1  # the factory's versions declare no outputs: score bins
 
 
 def report(device, version, errors: float, inferences: float = 1000.0, slow: bool = False) -> Report:
@@ -34,7 +35,7 @@ def report(device, version, errors: float, inferences: float = 1000.0, slow: boo
         inference_count=inferences,
         error_count=errors,
         latency=latency,
-        outputs=[inferences / 2, inferences / 2],
+        outputs=[inferences / N_OUT] * N_OUT,
         features={},
         mechanism="laplace",
         epsilon=1.0,

@@ -6,11 +6,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from django.test import Client
-from django.utils import timezone
 
 from fleet.presence import redis_client
 from rollout.manifest import bump_generation
@@ -33,14 +31,15 @@ def redis_away(settings: object) -> Iterator[None]:
 
 def _report(version: object) -> dict:
     from telemetry.profiles import expected_bins
+    from tests.telemetry_support import grid_window
 
     bins = expected_bins(version)
-    end = timezone.now() - timedelta(seconds=5)
+    start, end = grid_window()  # the window that just closed, on the server's grid
     return {
         "id": str(uuid.uuid4()),
         "model": version.model.name,
         "version": version.label,
-        "window_start": (end - timedelta(seconds=300)).isoformat(),
+        "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "inference_count": 100.0,
         "error_count": 1.0,

@@ -209,15 +209,22 @@ def test_campaign_status_shows_gate_verdicts(fleet: dict, op: Api, view: Api) ->
     report = {
         "wave": 1,
         "verdict": "fail",
-        "reporting_devices": 7,
+        "reporting_devices": 25,
         "gates": [{"name": "error_rate", "threshold": 0.02, "observed": 0.3, "verdict": "fail", "canary": 0.31,
-                   "control": 0.01, "n_canary": 7, "n_control": 30, "p_value": 1e-9, "detail": "z=8"}],
+                   "control": 0.01, "n_canary": 25, "n_control": 30, "p_value": 1e-9, "detail": "z=8"}],
     }  # fmt: skip
     Campaign.objects.filter(pk=c["id"]).update(gate_report=report, last_evaluated_at=timezone.now())
     _, detail = view.get(f"/campaigns/{c['id']}")
-    assert detail["verdict"] == "fail" and detail["gate_numbers"]["reporting_devices"] == 7
+    assert detail["verdict"] == "fail" and detail["gate_numbers"]["reporting_devices"] == 25
     assert detail["gates_report"] == [report["gates"][0]]
     assert detail["progress"]["targeted"] >= 0 and detail["last_evaluated_at"]
+    # From fewer than k (20) devices on a side only the verdict and the counts are shown (docs/rollout.md).
+    report["gates"][0]["n_canary"] = 7
+    Campaign.objects.filter(pk=c["id"]).update(gate_report=report)
+    _, detail = view.get(f"/campaigns/{c['id']}")
+    row = detail["gates_report"][0]
+    assert (row["verdict"], row["n_canary"], row["n_control"]) == ("fail", 7, 30)
+    assert [row[k] for k in ("observed", "canary", "control", "p_value")] == [None] * 4
 
 
 def test_campaign_bad_input(fleet: dict, op: Api, view: Api) -> None:

@@ -9,7 +9,7 @@ from django.test import Client
 
 from telemetry.models import PrivacyLedger, Report
 from tests import factories
-from tests.telemetry_support import report, window
+from tests.telemetry_support import grid_seconds, grid_window, report, window
 
 pytestmark = pytest.mark.django_db
 
@@ -73,14 +73,12 @@ def test_budget_exhausted_is_refused_per_report(setup, settings) -> None:
     assert out["accepted"] == [rs[0]["id"], rs[1]["id"]]
     assert [r["code"] for r in out["rejected"]] == ["budget_exhausted", "budget_exhausted"]
     assert "budget" in out["rejected"][0]["message"]
-    half = report(version, privacy={"mechanism": "laplace", "epsilon": 0.5})
-    assert post(token, {"reports": [half]}).json()["accepted"] == [half["id"]]
+    # A window of another day is charged to the day the server received it: today, which is spent.
+    s, e = grid_window(back=int(26 * 3600 / grid_seconds()))
+    other = report(version, window_start=s.isoformat(), window_end=e.isoformat())
+    assert [r["code"] for r in post(token, {"reports": [other]}).json()["rejected"]] == ["budget_exhausted"]
     ledger = PrivacyLedger.objects.get(device=device)
-    assert (ledger.spent, ledger.reports, ledger.refused) == (2.5, 3, 2)
-    # another day's windows have their own budget
-    s = datetime.now(UTC) - timedelta(days=2)
-    other = report(version, window_start=s.isoformat(), window_end=(s + timedelta(minutes=5)).isoformat())
-    assert post(token, {"reports": [other]}).json()["accepted"] == [other["id"]]
+    assert (ledger.spent, ledger.reports, ledger.refused) == (2.0, 2, 3)
 
 
 def test_unauthenticated_and_unknown_token(setup) -> None:
