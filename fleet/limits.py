@@ -1,25 +1,62 @@
-"""Load shedding for the device API: a bounded number of requests in flight per process.
+"""What a device may ask of the server: load shedding per process, and token buckets per device.
 
-A request that cannot get a slot at once is answered ``429`` with ``Retry-After`` instead of
-queueing behind the others: agents back off with jitter, and the server stays responsive.
-Settings: ``EDGEFLEET_DEVICE_API_CONCURRENCY`` (slots per process, default 64) and
-``EDGEFLEET_RETRY_AFTER`` (seconds, default 10).
+**Load shedding.** At most ``EDGEFLEET_DEVICE_API_CONCURRENCY`` device requests run at once in a
+process (default: the web server's threads minus one, edgefleet/serving.py). The slot is held for
+the whole request, reading the body included (fleet/middleware.py), so slow uploads fill it too. A
+request that finds no free slot within 50 ms is answered ``429 overloaded`` with ``Retry-After:
+EDGEFLEET_RETRY_AFTER`` instead of queueing, and the reserved thread keeps pages and /healthz alive.
+
+**Rate limits.** A token bucket per device (its token) and bucket class (manifest, upload, artifact),
+or per client IP for calls without a device (enroll, signing-key); ``EDGEFLEET_RATE_LIMITS`` gives
+each as "burst/per_minute". Beyond it: ``429 rate_limited`` with ``Retry-After`` (whole seconds until
+a token is back). Failed token and enrollment-key checks also spend from the client IP's
+``auth_fail`` bucket; while it is empty, unknown tokens from that IP are not looked up (429), so
+guessing costs the database nothing. Tokens the server already holds are not affected.
+
+The bucket is GCRA (the "virtual scheduling" form of a token bucket): one Redis key per bucket
+holds the time at which it will be full again, updated by one Lua script that also peeks at the
+client's ``auth_fail`` bucket, so a request costs one round trip (folded into the manifest poll's own
+pipeline when that makes one: rollout/manifest.py ``poll``). Written here rather than taken from
+``limits`` or ``django-ratelimit``: those make their own round trip per check, so they cannot share the
+poll's pipeline, and neither has a token bucket.
+
+Without Redis (embedded mode), or for 5 s after Redis failed, the same buckets live in process
+memory: exact within a process, so a device spread over N processes gets at most N times its rate.
 """
 
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 
 from fleet.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- load shedding
 
 _lock = threading.Lock()
 _sems: dict[int, threading.BoundedSemaphore] = {}
 
 
+def slots() -> int:
+    return max(1, int(settings.EDGEFLEET_DEVICE_API_CONCURRENCY))
+
+
 def semaphore() -> threading.BoundedSemaphore:
-    limit = int(getattr(settings, "EDGEFLEET_DEVICE_API_CONCURRENCY", 64))
+    limit = slots()
     with _lock:
         if limit not in _sems:
             _sems[limit] = threading.BoundedSemaphore(limit)
@@ -39,3 +76,231 @@ def device_slot() -> Iterator[None]:
         yield
     finally:
         sem.release()
+
+
+# ---------------------------------------------------------------- rates
+
+
+@dataclass(frozen=True)
+class Rate:
+    burst: int
+    interval_ms: int  # one token comes back every interval
+
+    @property
+    def per_minute(self) -> float:
+        return 60_000 / self.interval_ms
+
+
+@lru_cache(maxsize=64)
+def _parse_rate(text: str, poll_interval: float) -> Rate:
+    burst, _, per_minute = str(text).partition("/")
+    per_min = 10 * 60 / max(poll_interval, 0.001) if per_minute.strip() == "auto" else float(per_minute)
+    return Rate(max(1, int(burst)), max(1, math.ceil(60_000 / max(per_min, 1e-6))))
+
+
+def rate(bucket: str) -> Rate:
+    """The bucket's rate from ``EDGEFLEET_RATE_LIMITS`` ("burst/per_minute"; "auto": ten per poll
+    interval, read now, so a changed ``EDGEFLEET_POLL_INTERVAL`` moves it too)."""
+    return _parse_rate(settings.EDGEFLEET_RATE_LIMITS[bucket], float(settings.EDGEFLEET_POLL_INTERVAL))
+
+
+# KEYS[1]: the bucket to charge; KEYS[2]: the client's auth_fail bucket (peeked, or charged when
+# ARGV[5] is 1 and KEYS[1] is it). ARGV: interval ms and burst of each. Returns
+# {ms until KEYS[1] admits (0: admitted now), ms until KEYS[2] would admit}.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function wait(key, interval, burst)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new = tat + interval
+  return new, new - now - burst * interval
+end
+local new, w1 = wait(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if w1 <= 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', string.format('%.0f', new - now))
+  w1 = 0
+end
+local _, w2 = wait(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if w2 < 0 then w2 = 0 end
+return {string.format('%.0f', w1), string.format('%.0f', w2)}
+"""
+
+
+class _LocalBuckets:
+    """The same GCRA in process memory (embedded mode, or Redis away)."""
+
+    MAX = 200_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tat: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.clock = clock
+
+    def wait(self, key: str, r: Rate, charge: bool) -> float:
+        """Milliseconds until ``key`` admits a request (0: now, and spent if ``charge``)."""
+        now = self.clock() * 1000
+        with self.lock:
+            tat = max(self.tat.get(key, 0.0), now)
+            new = tat + r.interval_ms
+            w = new - now - r.burst * r.interval_ms
+            if w <= 0 and charge:
+                if len(self.tat) >= self.MAX:
+                    self.tat = {k: v for k, v in self.tat.items() if v > now}
+                    if len(self.tat) >= self.MAX:
+                        self.tat.clear()
+                self.tat[key] = new
+            return max(w, 0.0)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.tat.clear()
+
+
+local_buckets = _LocalBuckets()
+_redis_away_until = 0.0
+_REDIS_PAUSE = 5.0
+
+
+def _redis() -> Any:
+    global _redis_away_until
+    from fleet.presence import redis_client
+
+    if time.monotonic() < _redis_away_until:
+        return None
+    return redis_client()
+
+
+def _redis_failed(exc: Exception) -> None:
+    global _redis_away_until
+    if time.monotonic() >= _redis_away_until:
+        logger.warning("rate limits: Redis failed (%s); buckets in process memory for %.0f s", exc, _REDIS_PAUSE)
+    _redis_away_until = time.monotonic() + _REDIS_PAUSE
+
+
+# ---------------------------------------------------------------- the client and its charge
+
+_lookups_blocked: ContextVar[float] = ContextVar("edgefleet_lookups_blocked", default=0.0)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """REMOTE_ADDR, or with ``EDGEFLEET_NUM_PROXIES`` = n the address n hops back in X-Forwarded-For."""
+    proxies = int(getattr(settings, "EDGEFLEET_NUM_PROXIES", 0) or 0)
+    addr = request.META.get("REMOTE_ADDR") or "unknown"
+    if proxies > 0:
+        hops = [h.strip() for h in (request.META.get("HTTP_X_FORWARDED_FOR") or "").split(",") if h.strip()]
+        if hops:
+            addr = hops[-min(proxies, len(hops))]
+    return addr[:64]
+
+
+def _key(bucket: str, who: str) -> str:
+    return f"ef:rl:{bucket}:{who}"
+
+
+def _retry_after(ms: float) -> str:
+    return str(max(1, math.ceil(ms / 1000)))
+
+
+def _refuse(bucket: str, ms: float) -> ProtocolError:
+    return ProtocolError(
+        429,
+        "rate_limited",
+        f"Too many {bucket.replace('_', ' ')} requests from this device; retry after the given seconds.",
+        None,
+        {"Retry-After": _retry_after(ms)},
+    )
+
+
+@dataclass
+class Charge:
+    """One request's spend from its bucket, and a peek at its client's ``auth_fail`` bucket.
+
+    ``run()`` makes the one round trip; or ``queue(pipe)`` adds it to the caller's pipeline and
+    ``settle(result)`` reads the answer. Either raises the 429 when the bucket is empty."""
+
+    bucket: str
+    who: str  # the token's hash (per device) or "ip:<addr>"
+    ip: str
+
+    @classmethod
+    def for_request(cls, bucket: str, request: HttpRequest) -> Charge:
+        ip = client_ip(request)
+        header = request.META.get("HTTP_AUTHORIZATION") or ""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if bucket in ("manifest", "upload", "artifact") and scheme.lower() == "bearer" and token:
+            who = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        else:
+            who = f"ip:{ip}"
+        return cls(bucket, who, ip)
+
+    def _args(self) -> tuple[list[str], list[int]]:
+        mine, fails = rate(self.bucket), rate("auth_fail")
+        keys = [_key(self.bucket, self.who), _key("auth_fail", f"ip:{self.ip}")]
+        return keys, [mine.interval_ms, mine.burst, fails.interval_ms, fails.burst]
+
+    def queue(self, pipe: Any) -> None:
+        keys, args = self._args()
+        pipe.eval(GCRA_LUA, 2, *keys, *args)
+
+    def settle(self, result: Any) -> None:
+        wait, lookup_wait = (float(x) for x in result)
+        _lookups_blocked.set(lookup_wait)
+        if wait > 0:
+            raise _refuse(self.bucket, wait)
+
+    def run(self) -> None:
+        r = _redis()
+        if r is not None:
+            try:
+                keys, args = self._args()
+                result = _script(r)(keys=keys, args=args, client=r)
+            except Exception as e:  # Redis away: the process's own buckets, never a 500 or an open gate
+                _redis_failed(e)
+            else:
+                return self.settle(result)
+        self.settle(self._local())
+
+    def _local(self) -> tuple[float, float]:
+        keys, _ = self._args()
+        wait = local_buckets.wait(keys[0], rate(self.bucket), charge=True)
+        return wait, local_buckets.wait(keys[1], rate("auth_fail"), charge=False)
+
+
+_scripts: dict[int, Any] = {}
+
+
+def _script(r: Any) -> Any:
+    got = _scripts.get(id(r))
+    if got is None:
+        got = _scripts[id(r)] = r.register_script(GCRA_LUA)
+    return got
+
+
+def note_auth_failure(ip: str) -> None:
+    """A token or enrollment key from ``ip`` was not known: spend from its ``auth_fail`` bucket."""
+    with suppress(ProtocolError):  # already empty: the next lookup from this IP is refused anyway
+        Charge("auth_fail", f"ip:{ip}", ip).run()
+
+
+def check_lookup() -> None:
+    """Before looking up an unknown token: 429 when this request's client has used up ``auth_fail``."""
+    wait = _lookups_blocked.get()
+    if wait > 0:
+        raise _refuse("auth_fail", wait)
+
+
+def begin_request() -> None:
+    _lookups_blocked.set(0.0)
+
+
+def reset() -> None:
+    """Forget every bucket (tests)."""
+    local_buckets.clear()
+    _lookups_blocked.set(0.0)
+    r = _redis()
+    if r is not None:
+        keys = list(r.scan_iter(match="ef:rl:*", count=1000))
+        if keys:
+            r.delete(*keys)

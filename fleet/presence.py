@@ -9,6 +9,7 @@ mode (no Redis) a poll does one cheap UPDATE instead: correct, and enough for a 
 import atexit
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -37,19 +38,39 @@ def redis_client() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+MAX_STATE_CHARS = 4096
+MAX_STATE_MODELS = 64
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", re.ASCII)
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
+
+
+def valid_state(models: Any) -> dict[str, str]:
+    """``models`` as what a device may say it runs (model name -> version label); ValueError if not.
+
+    The same check guards the request and the flush job, so nothing else can reach the database."""
+    if not isinstance(models, dict) or len(models) > MAX_STATE_MODELS:
+        raise ValueError(f"X-Agent-State models is an object of at most {MAX_STATE_MODELS} entries")
+    for k, v in models.items():
+        if not isinstance(k, str) or not _MODEL.fullmatch(k) or not isinstance(v, str) or not _VERSION.fullmatch(v):
+            raise ValueError("X-Agent-State models map model names to version labels (letters, digits, _ . -)")
+    return dict(models)
+
+
 def parse_state(header: str | None) -> dict[str, str] | None:
-    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``; ValueError if malformed."""
+    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``.
+
+    Strictly parsed like a body (fleet/wire.py: ProtocolError naming the header); ValueError if the
+    shape is wrong."""
+    from fleet import wire
+
     if not header:
         return None
-    if len(header) > 4096:
-        raise ValueError("X-Agent-State is longer than 4096 characters")
-    data = json.loads(header)
-    if not isinstance(data, dict) or set(data) - {"models"} or not isinstance(data.get("models", {}), dict):
+    if len(header) > MAX_STATE_CHARS:
+        raise ValueError(f"X-Agent-State is longer than {MAX_STATE_CHARS} characters")
+    data = wire.header_json(header, "X-Agent-State")
+    if not isinstance(data, dict) or set(data) - {"models"}:
         raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}}')
-    models = data.get("models", {})
-    if not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 100 and len(v) <= 64 for k, v in models.items()):
-        raise ValueError("X-Agent-State models map model names to version labels (strings)")
-    return models
+    return valid_state(data.get("models", {}))
 
 
 # Polls within a process are buffered for up to EDGEFLEET_PRESENCE_BUFFER_SECONDS (default 1 s) and
