@@ -9,6 +9,7 @@ mode (no Redis) a poll does one cheap UPDATE instead: correct, and enough for a 
 import atexit
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -181,15 +182,18 @@ def drain() -> int:
 
 
 def flush(batch: int = 5000) -> int:
-    """Write every dirty device's last seen (and state) to the database in bulk; returns how many."""
-    from fleet.models import Device
+    """Write every dirty device's last seen (and state) to the database in bulk; returns how many.
 
+    Shared by the whole fleet, so no single entry may stop it: an entry that does not parse (an id
+    that is no UUID, a time that is no number, a state that is not what a poll may report) is
+    skipped with a log line, and a batch the database refuses is written row by row, skipping the
+    row it refuses."""
     r = redis_client()
     if r is None:
         return 0
     total = 0
     while True:
-        ids = [i.decode() for i in (r.spop(DIRTY, batch) or [])]
+        ids = [i.decode("utf-8", "replace") for i in (r.spop(DIRTY, batch) or [])]
         if not ids:
             return total
         pipe = r.pipeline(transaction=False)
@@ -197,14 +201,56 @@ def flush(batch: int = 5000) -> int:
             pipe.hmget(hash_key(did), "seen", "state")
         seen_only, with_state = [], []
         for did, (seen, state) in zip(ids, pipe.execute(), strict=True):
-            if seen is None:
+            try:
+                device = _entry(did, seen, state)
+            except (ValueError, TypeError, OverflowError, OSError) as e:
+                logger.warning("presence: skipped the entry of device %r: %s", did[:64], e)
                 continue
-            d = Device(id=uuid.UUID(did), last_seen_at=datetime.fromtimestamp(float(seen), UTC))
-            if state is not None:
-                d.installed = json.loads(state)
-                with_state.append(d)
-            else:
-                seen_only.append(d)
-        Device.objects.bulk_update(seen_only, ["last_seen_at"], batch_size=1000)
-        Device.objects.bulk_update(with_state, ["last_seen_at", "installed"], batch_size=1000)
-        total += len(seen_only) + len(with_state)
+            if device is not None:
+                (with_state if state is not None else seen_only).append(device)
+        total += _write(seen_only, ["last_seen_at"]) + _write(with_state, ["last_seen_at", "installed"])
+
+
+def _entry(did: str, seen: bytes | None, state: bytes | None) -> Any:
+    """The Device row to write for one Redis entry (None: nothing to write); ValueError if it is garbage."""
+    from fleet import wire
+    from fleet.errors import ProtocolError
+    from fleet.models import Device
+
+    device_id = uuid.UUID(did)
+    if seen is None:
+        return None
+    when = float(seen)
+    if not math.isfinite(when):
+        raise ValueError(f"last seen {seen[:40]!r} is not a time")
+    d = Device(id=device_id, last_seen_at=datetime.fromtimestamp(when, UTC))
+    if state is not None:
+        try:
+            d.installed = valid_state(wire.loads(state))
+        except ProtocolError as e:
+            raise ValueError(f"state: {e.message}") from None
+    return d
+
+
+def _write(devices: list[Any], fields: list[str]) -> int:
+    from django.db import DatabaseError, transaction
+
+    from fleet.models import Device
+
+    if not devices:
+        return 0
+    try:
+        with transaction.atomic():
+            Device.objects.bulk_update(devices, fields, batch_size=1000)
+        return len(devices)
+    except DatabaseError:
+        logger.warning("presence: a batch of %d was refused; writing it row by row", len(devices), exc_info=True)
+    written = 0
+    for d in devices:
+        try:
+            with transaction.atomic():
+                Device.objects.filter(pk=d.pk).update(**{f: getattr(d, f) for f in fields})
+            written += 1
+        except DatabaseError as e:
+            logger.warning("presence: skipped the entry of device %s: %s", d.pk, e)
+    return written
