@@ -149,8 +149,9 @@ class EventIn(Strict):
     id: uuid.UUID
     kind: EventKind
     at: UtcDatetime
-    model: str = Field("", max_length=100)
-    version: str = Field("", max_length=64)
+    # Names as the manifest gave them (they become the device's "installed" map), or empty.
+    model: str = Field("", max_length=100, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+    version: str = Field("", max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
     details: Details = Field(default_factory=dict)
 
 

@@ -260,7 +260,13 @@ def save_cohort(name: str, selector_text: str, description: str = "", user: Any 
 
 
 def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[int, int]:
-    """Store a batch idempotently; ``(accepted, duplicates)``. Installs also update ``installed``."""
+    """Store a batch idempotently; ``(accepted, duplicates)``. Installs also update ``installed``.
+
+    ``events`` come parsed and bounded by the device API (fleet/wire.py, fleet/api.py ``EventIn``);
+    an id twice in one batch counts once, the second as a duplicate."""
+    firsts: dict[Any, dict[str, Any]] = {}
+    for e in events:
+        firsts.setdefault(e["id"], e)
     rows = [
         DeviceEvent(
             id=e["id"],
@@ -271,7 +277,7 @@ def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[i
             version_label=e.get("version") or "",
             details=e.get("details") or {},
         )
-        for e in events
+        for e in firsts.values()
     ]
     ids = [r.id for r in rows]
     with transaction.atomic():
@@ -297,4 +303,4 @@ def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[i
             for r in activations:
                 installed[r.model_name] = r.version_label
             Device.objects.filter(pk=device_id).update(installed=installed)
-    return len(newly), len(rows) - len(newly)
+    return len(newly), len(events) - len(newly)

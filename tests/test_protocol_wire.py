@@ -420,3 +420,21 @@ def test_random_json_ish_input_never_gets_a_5xx(
         assert set(resp.json()["error"]) == {"code", "message", "field"}
     for e in DeviceEvent.objects.all():
         json.dumps(e.details, allow_nan=False)  # nothing stored that a later job cannot read back
+
+
+def test_an_event_id_twice_in_one_batch_is_stored_once(client: Client, device) -> None:
+    _, token = device
+    e = event()
+    got = send(client, "/api/v1/events", json.dumps({"events": [e, {**e, "kind": "activated"}]}), token)
+    assert got.status_code == 200 and got.json() == {"accepted": 1, "duplicates": 1}
+    assert DeviceEvent.objects.get().kind == "installed"
+
+
+@pytest.mark.parametrize("field", ["model", "version"])
+def test_event_model_and_version_are_names_not_free_text(client: Client, device, field: str) -> None:
+    dev, token = device
+    for bad in ["<script>", "a b", "../x", "-x"]:
+        resp = send(client, "/api/v1/events", json.dumps({"events": [event(**{field: bad})]}), token)
+        assert_refused(resp, 400, field=f"events.0.{field}")
+    dev.refresh_from_db()
+    assert dev.installed == {} and DeviceEvent.objects.count() == 0
