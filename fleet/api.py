@@ -268,5 +268,8 @@ def artifact(request: HttpRequest, sha256: str) -> HttpResponse:
 
 @router.post("/events", response={200: EventsOut, **ERRORS}, auth=device_auth, summary="A batch of device events")
 def events(request: HttpRequest, payload: EventsIn) -> dict[str, int]:
-    accepted, duplicates = services.record_events(request.auth.id, [e.model_dump() for e in payload.events])
+    try:
+        accepted, duplicates = services.record_events(request.auth.id, [e.model_dump() for e in payload.events])
+    except services.DeviceGone as e:
+        raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.") from e
     return {"accepted": accepted, "duplicates": duplicates}

@@ -279,3 +279,22 @@ def _bounded(details: dict[str, Any]) -> dict[str, Any]:
 
 
 Details = Annotated[dict[str, Any], AfterValidator(_bounded)]
+
+
+def openapi_body(model: type) -> dict[str, Any]:
+    """An OpenAPI ``requestBody`` for a body parsed by hand (``read_json`` + ``model``), its schema
+    inlined (pydantic's ``#/$defs`` refs do not resolve inside an OpenAPI document)."""
+    schema = model.model_json_schema()  # type: ignore[attr-defined]
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"required": True, "content": {"application/json": {"schema": inline(schema)}}}

@@ -92,6 +92,7 @@ def parse_batch(request: HttpRequest) -> BatchIn:
     "/telemetry",
     auth=device_auth,
     response={202: BatchOut},
+    openapi_extra={"requestBody": wire.openapi_body(BatchIn)},
     description='Body: {"reports": [...]} as in docs/protocol.md (parsed by hand so size and shape errors '
     "get the protocol's error body).",
 )

@@ -438,3 +438,29 @@ def test_event_model_and_version_are_names_not_free_text(client: Client, device,
         assert_refused(resp, 400, field=f"events.0.{field}")
     dev.refresh_from_db()
     assert dev.installed == {} and DeviceEvent.objects.count() == 0
+
+
+def test_a_deleted_device_is_forgotten_and_its_uploads_are_401_not_500(client: Client, device, version) -> None:
+    """Deleting a device (the admin can) must end its token at once: its cached snapshot and ready
+    manifest are dropped, so an upload cannot reach the database for a row that is gone."""
+    dev, token = device
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    assert client.get("/api/v1/manifest", **auth).status_code == 200  # cached everywhere now
+    dev.delete()
+    assert_refused(client.get("/api/v1/manifest", **auth), 401, "token_invalid")
+    assert_refused(send(client, "/api/v1/events", json.dumps({"events": [event()]}), token), 401)
+    body = json.dumps({"reports": [telemetry_support.report(version)]})
+    assert_refused(send(client, "/api/v1/telemetry", body, token), 401)
+    nothing_stored()
+
+
+@pytest.mark.django_db(transaction=True)  # the device's foreign key is checked at commit
+def test_events_of_a_device_deleted_mid_request_are_401(device) -> None:
+    """The race the cache cannot close: the row goes between the token check and the insert."""
+    from fleet import services
+
+    dev, _ = device
+    Device.objects.filter(pk=dev.pk).delete()  # a queryset delete sends no per-row forget
+    with pytest.raises(services.DeviceGone):
+        services.record_events(dev.id, [{**event(), "details": {}}])
+    nothing_stored()
