@@ -2,6 +2,7 @@
 
 Workers and threads come from EDGEFLEET_WEB_WORKERS / EDGEFLEET_WEB_THREADS (edgefleet/serving.py),
 the same place the device API's load shedding reads, so its slots (threads - 1) can actually fill.
+gunicorn takes one config file: this one also carries ops/gunicorn_conf.py's Prometheus hooks.
 """
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgefleet import serving
+from ops.gunicorn_conf import child_exit, on_starting  # noqa: F401  (Prometheus multiprocess mode)
 
 wsgi_app = "edgefleet.wsgi"
 bind = os.environ.get("EDGEFLEET_WEB_BIND", "0.0.0.0:8000")
