@@ -9,6 +9,7 @@ dropped and counted, and the count reported in a ``spool_dropped`` event.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,20 @@ def proxy(live_server: object) -> Iterator[Proxy]:
         yield p
 
 
-def make_agent(url: str, data: Path) -> Agent:
+class Clock:
+    """Wall-clock epoch seconds the test moves: telemetry windows close without waiting for them."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+W = 300  # the server's telemetry window (EDGEFLEET_TELEMETRY_WINDOW default)
+
+
+def make_agent(url: str, data: Path, clock: Clock) -> Agent:
     key = factories.enrollment_key(default_labels={"fleet": "test"})[1]
     cfg = AgentConfig(
         server=url,
@@ -53,7 +67,7 @@ def make_agent(url: str, data: Path) -> Agent:
         backoff_cap=0.02,
         request_timeout=10.0,
     )
-    agent = Agent(cfg, pool=SessionPool(), seed=1)
+    agent = Agent(cfg, pool=SessionPool(), seed=1, clock=clock)
     agent.enroll()
     return agent
 
@@ -82,13 +96,15 @@ def test_uploads_that_keep_failing_never_stop_the_poll_rollback_included(
 
     v1 = factories.staged_version(label="v1", seed=1)
     factories.release(v1)
-    agent = make_agent(proxy.url, tmp_path)
+    clock = Clock(time.time() - 4 * W)
+    agent = make_agent(proxy.url, tmp_path, clock)
     assert agent.poll_once() is True and agent.store.active("fraud").version == "v1"
     assert len(agent.spool) == 0
 
     # 1. Every upload answered 500: the report stays, the next manifest (v2) is installed anyway.
     proxy.mode = {"500_uploads"}
     agent.predict(rows())
+    clock.t += W
     assert agent.close_window() == 1
     v2 = factories.staged_version(label="v2", seed=2)
     factories.release(v2)
@@ -139,7 +155,8 @@ def test_a_batch_refused_as_bad_input_is_dropped_counted_and_reported(proxy: Pro
     from telemetry.models import Report
 
     factories.release(factories.staged_version(label="v1", seed=1))
-    agent = make_agent(proxy.url, tmp_path)
+    clock = Clock(time.time() - 4 * W)
+    agent = make_agent(proxy.url, tmp_path, clock)
     agent.poll_once()
     assert len(agent.spool) == 0
     # What an older or buggy agent version left in the spool, between good items.
@@ -152,7 +169,8 @@ def test_a_batch_refused_as_bad_input_is_dropped_counted_and_reported(proxy: Pro
     )
     agent.event("activated", "fraud", "v1", n=3)
     agent.predict(rows())
-    agent.close_window()
+    clock.t += W
+    assert agent.close_window() == 1
     (report,) = agent.spool.peek("report", 10)
     bad_report = {**report, "id": str(uuid.uuid4()), "inference_count": float("nan")}
     agent.spool.put("report", bad_report)
