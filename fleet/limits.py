@@ -16,9 +16,13 @@ guessing costs the database nothing. Tokens the server already holds are not aff
 The bucket is GCRA (the "virtual scheduling" form of a token bucket): one Redis key per bucket
 holds the time at which it will be full again, updated by one Lua script that also peeks at the
 client's ``auth_fail`` bucket, so a request costs one round trip (folded into the manifest poll's own
-pipeline when that makes one: rollout/manifest.py ``poll``). Written here rather than taken from
-``limits`` or ``django-ratelimit``: those make their own round trip per check, so they cannot share the
-poll's pipeline, and neither has a token bucket.
+pipeline when that makes one: rollout/manifest.py ``poll``). A manifest poll answered from process
+memory makes no round trip at all, and keeps none for its limit either (``Charge.run_in_memory``):
+it spends from this process's own bucket for the device, and the spends go to Redis in bulk once a
+second (``ledger``), which answers which devices are over; those are refused here until their bucket
+has room. Written here rather than taken from ``limits`` or ``django-ratelimit``: those make their
+own round trip per check, so they can neither share the poll's pipeline nor be batched, and
+neither has a token bucket.
 
 Without Redis (embedded mode), or for 5 s after Redis failed, the same buckets live in process
 memory: exact within a process, so a device spread over N processes gets at most N times its rate.
@@ -244,11 +248,14 @@ class Charge:
         keys, args = self._args()
         pipe.eval(GCRA_LUA, 2, *keys, *args)
 
-    def settle(self, result: Any) -> None:
+    def settle(self, result: Any, *, shared: bool = True) -> None:
+        """Read the script's answer (``shared``: from Redis, else from this process's buckets)."""
         wait, lookup_wait = (float(x) for x in result)
         _lookups_blocked.set(lookup_wait)
         if wait > 0:
             raise _refuse(self.bucket, wait)
+        if shared and self.bucket == "manifest":  # this process's own bucket sees every spend (run_in_memory)
+            local_buckets.wait(_key(self.bucket, self.who), rate(self.bucket), charge=True)
 
     def run(self) -> None:
         r = _redis()
@@ -260,7 +267,24 @@ class Charge:
                 _redis_failed(e)
             else:
                 return self.settle(result)
-        self.settle(self._local())
+        self.settle(self._local(), shared=False)
+
+    def run_in_memory(self) -> None:
+        """The warm manifest poll's charge, with no round trip: this process's own bucket for the
+        device, plus what Redis last said about it (the spends go there in bulk every second,
+        ``ledger``). Exact within a process; a device spread over N processes can get at most about
+        N bursts more before every process has heard it is over."""
+        if _redis() is None:
+            return self.run()
+        key = _key(self.bucket, self.who)
+        until = ledger.blocked.get(key, 0.0)
+        now = time.monotonic()
+        if until > now:
+            raise _refuse(self.bucket, (until - now) * 1000)
+        wait = local_buckets.wait(key, rate(self.bucket), charge=True)
+        if wait > 0:
+            raise _refuse(self.bucket, wait)
+        ledger.spent(key, self.bucket)
 
     def _local(self) -> tuple[float, float]:
         keys, _ = self._args()
@@ -268,7 +292,95 @@ class Charge:
         return wait, local_buckets.wait(keys[1], rate("auth_fail"), charge=False)
 
 
+# KEYS: buckets of one class; ARGV: interval ms, burst, then each key's spends. Applies the spends and
+# returns, per key, the ms until its next request would be admitted (0: now).
+SPEND_MANY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new = tat + tonumber(ARGV[i + 2]) * interval
+  redis.call('SET', key, string.format('%.0f', new), 'PX', string.format('%.0f', new - now))
+  local w = new + interval - now - burst * interval
+  if w < 0 then w = 0 end
+  out[i] = string.format('%.0f', w)
+end
+return out
+"""
+
+
+class _Ledger:
+    """Warm polls' spends, sent to the shared buckets in bulk (one call a second per process), and
+    the devices Redis said are over their limit, refused here until their bucket has room again."""
+
+    MAX_BLOCKED = 100_000
+    BATCH = 1000
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[str, int]] = {}
+        self.blocked: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def spent(self, key: str, bucket: str) -> None:
+        with self.lock:
+            n = self.pending.get(key, (bucket, 0))[1]
+            self.pending[key] = (bucket, n + 1)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="rate-limit-ledger", daemon=True)
+                self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                self.sync()
+            except Exception as e:  # Redis away: this process's own buckets still hold
+                _redis_failed(e)
+
+    def sync(self) -> None:
+        """Send the pending spends now; note the devices that are over."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        r = _redis()
+        if r is None or not pending:
+            return
+        by_bucket: dict[str, list[tuple[str, int]]] = {}
+        for key, (bucket, n) in pending.items():
+            by_bucket.setdefault(bucket, []).append((key, n))
+        now = time.monotonic()
+        for bucket, items in by_bucket.items():
+            r_ = rate(bucket)
+            for i in range(0, len(items), self.BATCH):
+                chunk = items[i : i + self.BATCH]
+                waits = _spend_many(r)(
+                    keys=[k for k, _ in chunk], args=[r_.interval_ms, r_.burst, *[n for _, n in chunk]], client=r
+                )
+                for (key, _), w in zip(chunk, waits, strict=True):
+                    if float(w) > 0:
+                        self.blocked[key] = now + float(w) / 1000
+        if len(self.blocked) > self.MAX_BLOCKED:
+            self.blocked = {k: v for k, v in self.blocked.items() if v > now}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.pending.clear()
+            self.blocked.clear()
+
+
+ledger = _Ledger()
 _scripts: dict[int, Any] = {}
+_spend_scripts: dict[int, Any] = {}
+
+
+def _spend_many(r: Any) -> Any:
+    got = _spend_scripts.get(id(r))
+    if got is None:
+        got = _spend_scripts[id(r)] = r.register_script(SPEND_MANY_LUA)
+    return got
 
 
 def _script(r: Any) -> Any:
@@ -297,7 +409,10 @@ def begin_request() -> None:
 
 def reset() -> None:
     """Forget every bucket (tests)."""
+    global _redis_away_until
+    _redis_away_until = 0.0
     local_buckets.clear()
+    ledger.clear()
     _lookups_blocked.set(0.0)
     r = _redis()
     if r is not None:

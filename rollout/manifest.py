@@ -477,7 +477,7 @@ def poll(token: str, charge: Any = None) -> Ready:
     """The ready manifest for the device holding ``token``; ProtocolError 401/403 for a bad token.
 
     ``charge`` (fleet/limits.py ``Charge``): the device's rate limit, spent in the Redis round trip the
-    poll makes anyway, or in its own when the answer is in process memory; ProtocolError 429 if empty."""
+    poll makes anyway, or in process memory when the answer is there; ProtocolError 429 if empty."""
     from fleet.auth import hash_token
     from fleet.presence import redis_client
 
@@ -487,7 +487,7 @@ def poll(token: str, charge: Any = None) -> Ready:
     ready = _ready.get(th)
     if ready is not None and ready.gen == gen and ready.auth == auth and ready.refresh_at > at:
         if charge is not None:
-            charge.run()
+            charge.run_in_memory()  # no round trip: the spend goes to Redis with the process's next batch
         return ready
     seq = epochs.applied()  # before reading anything we may keep (see fleet/epochs.py)
     r = redis_client()

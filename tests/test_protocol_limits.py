@@ -2,11 +2,13 @@
 with Retry-After, on every device endpoint, before any body is parsed; load shedding that engages with
 the deployed gunicorn settings. Real PostgreSQL and Redis; the load-shedding test runs real gunicorn."""
 
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -70,7 +72,7 @@ def test_manifest_polls_beyond_the_burst_are_429_per_device(client: Client, sett
     assert poll(client, other).status_code == 200  # another device has its own bucket
 
 
-def test_the_redis_poll_path_stays_one_round_trip(client: Client, settings, monkeypatch) -> None:
+def test_a_poll_read_from_redis_stays_one_round_trip(client: Client, settings, monkeypatch) -> None:
     _, token = factories.device()
     assert poll(client, token).status_code == 200  # the ready manifest is in Redis now
     manifest._ready.clear()
@@ -87,6 +89,45 @@ def test_the_redis_poll_path_stays_one_round_trip(client: Client, settings, monk
     monkeypatch.setattr(manifest.epochs, "current", lambda: manifest.epochs._memo[1:])  # no epoch re-read now
     assert poll(client, token).status_code == 200
     assert calls == ["pipeline"]
+
+
+def test_a_poll_answered_from_memory_makes_no_round_trip(client: Client, monkeypatch) -> None:
+    _, token = factories.device()
+    assert poll(client, token).status_code == 200  # ready in this process's memory now
+    r = redis_client()
+    me = threading.get_ident()
+    calls: list[Any] = []
+    for cls, name in [(type(r), "execute_command"), (type(r.pipeline()), "execute")]:
+        real = getattr(cls, name)
+
+        def spy(obj: Any, *a: Any, _real: Any = real, **kw: Any) -> Any:
+            if threading.get_ident() == me:
+                calls.append(a[:2])
+            return _real(obj, *a, **kw)
+
+        monkeypatch.setattr(cls, name, spy)
+    monkeypatch.setattr(manifest.epochs, "current", lambda: manifest.epochs._memo[1:])  # no epoch re-read now
+    for _ in range(3):
+        assert poll(client, token).status_code == 200
+    assert calls == []
+
+
+def test_a_device_over_its_limit_in_other_processes_is_refused_here_after_the_next_sync(
+    client: Client, settings
+) -> None:
+    """Warm polls spend from this process's bucket and reach Redis in the once-a-second batch; a
+    device that used its bucket up elsewhere is refused here as soon as that batch comes back."""
+    rates(settings, manifest="3/6")
+    _, token = factories.device()
+    assert poll(client, token).status_code == 200  # cold: spent in Redis (1 of 3)
+    key = f"ef:rl:manifest:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+    r = limits.rate("manifest")
+    limits._spend_many(redis_client())(keys=[key], args=[r.interval_ms, r.burst, 2], client=redis_client())
+    # ^ another process's batch of two warm polls: 3 of 3 spent
+    assert poll(client, token).status_code == 200  # this process has not heard yet (its bucket is full)
+    limits.ledger.sync()  # what the ledger thread does every second
+    assert_limited(poll(client, token), most=20)  # overdrawn by one: two intervals until a token is back
+    assert limits.ledger.pending == {}
 
 
 def test_uploads_share_a_bucket_and_are_refused_before_the_body_is_read(client: Client, settings) -> None:
