@@ -61,21 +61,28 @@ def slots() -> int:
 
 def semaphore() -> threading.BoundedSemaphore:
     limit = slots()
-    with _lock:
-        if limit not in _sems:
-            _sems[limit] = threading.BoundedSemaphore(limit)
-        return _sems[limit]
+    sem = _sems.get(limit)
+    if sem is None:
+        with _lock:
+            sem = _sems.setdefault(limit, threading.BoundedSemaphore(limit))
+    return sem
 
 
-@contextmanager
-def device_slot() -> Iterator[None]:
-    """Hold one slot for the body of a device request, or raise the 429 the API answers with."""
+def take_slot() -> threading.BoundedSemaphore:
+    """One slot (``release()`` it when the request is done), or the 429 the API answers with."""
     sem = semaphore()
     if not sem.acquire(timeout=0.05):
         retry = str(int(getattr(settings, "EDGEFLEET_RETRY_AFTER", 10)))
         raise ProtocolError(
             429, "overloaded", "The server is busy; retry after the given seconds.", None, {"Retry-After": retry}
         )
+    return sem
+
+
+@contextmanager
+def device_slot() -> Iterator[None]:
+    """Hold one slot for the body of a device request, or raise the 429 the API answers with."""
+    sem = take_slot()
     try:
         yield
     finally:
@@ -327,9 +334,9 @@ class _Ledger:
 
     def spent(self, key: str, bucket: str) -> None:
         with self.lock:
-            n = self.pending.get(key, (bucket, 0))[1]
-            self.pending[key] = (bucket, n + 1)
-            if self.thread is None or not self.thread.is_alive():
+            entry = self.pending.get(key)
+            self.pending[key] = (bucket, entry[1] + 1 if entry else 1)
+            if self.thread is None:  # one per process; its loop survives any error
                 self.thread = threading.Thread(target=self._loop, name="rate-limit-ledger", daemon=True)
                 self.thread.start()
 

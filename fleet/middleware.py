@@ -43,18 +43,22 @@ class DeviceEdgeMiddleware:
         bucket = bucket_for(request.path_info)
         if bucket is None:
             return self.get_response(request)
-        limits.begin_request()
         charge = limits.Charge.for_request(bucket, request)
         try:
-            with limits.device_slot():
-                if bucket == "manifest":
-                    request.edge_charge = charge  # type: ignore[attr-defined]
-                else:
-                    charge.run()
-                response = self.get_response(request)
+            slot = limits.take_slot()
+        except ProtocolError as e:
+            return from_exception(e)
+        limits.begin_request()
+        try:
+            if bucket == "manifest":
+                request.edge_charge = charge  # type: ignore[attr-defined]
+            else:
+                charge.run()
+            response = self.get_response(request)
         except ProtocolError as e:
             response = from_exception(e)
         finally:
+            slot.release()
             limits.begin_request()
         if response.status_code == 401:
             limits.note_auth_failure(charge.ip)
