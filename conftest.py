@@ -17,6 +17,15 @@ def _clean_redis() -> None:
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> None:
+    """Every test starts with full device buckets: they live in Redis, which tests do not roll back, and
+    all test clients share one IP."""
+    from fleet import limits
+
+    limits.reset()
+
+
 @pytest.fixture
 def celery_worker(transactional_db: None) -> Iterator[object]:
     """A real Celery worker consuming every queue from Redis, in threads of this process, on the test database.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -52,6 +53,9 @@ MAX_VERIFY_FAILURES = 3  # a download that keeps failing its hash is refused unt
 DEFAULT_POLL = 60.0
 DEFAULT_WINDOW = 300.0
 
+KEEP_ON_REFUSAL = (401, 403, 408)  # refusals that are not the items' fault (429 is ServerAway)
+DETAIL_STRING_MAX = 1000  # the server takes event details strings up to 2,048 characters
+
 # A hook for the simulator: called around each inference with (model, version); returns extra
 # latency in ms to add, or raises to make the inference fail.
 Fault = Callable[[str, str], float]
@@ -63,6 +67,26 @@ class NoModel(Exception):
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fit_details(value: Any, depth: int = 0) -> Any:
+    """Event details as the server takes them (docs/protocol.md): long strings cut, non-finite
+    numbers as null, nesting cut at three levels, so an odd error message cannot get an event refused."""
+    if isinstance(value, dict):
+        if depth >= 3:
+            return str(value)[:DETAIL_STRING_MAX]
+        return {str(k)[:64]: _fit_details(v, depth + 1) for k, v in list(value.items())[:32]}
+    if isinstance(value, list | tuple):
+        if depth >= 3:
+            return str(value)[:DETAIL_STRING_MAX]
+        return [_fit_details(v, depth + 1) for v in list(value)[:32]]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value[:DETAIL_STRING_MAX].encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    if value is None or isinstance(value, bool | int):
+        return value
+    return str(value)[:DETAIL_STRING_MAX]
 
 
 class Agent:
@@ -93,6 +117,8 @@ class Agent:
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.backoff = Backoff(config.backoff_base, config.backoff_cap, self.rng)
+        self.upload_backoff = Backoff(config.backoff_base, config.backoff_cap, self.rng)
+        self.next_upload_at = 0.0
         self.guard_policy = guard_policy or GuardPolicy()
         self.fault = fault
         self.stats: Counter[str] = Counter()
@@ -238,24 +264,29 @@ class Agent:
         return {"models": {m: inst.version for m in self.store.state if (inst := self.store.active(m))}}
 
     def poll_once(self) -> bool:
-        """Flush the spool, fetch the manifest, apply it. True when a new manifest was accepted."""
+        """Fetch the manifest, apply it, then send the spool. True when a new manifest was accepted.
+
+        The poll comes first and uploads never raise: a device whose uploads keep failing (a bad
+        batch, a 5xx, a timeout, a 429) still receives every manifest, rollbacks included. Only a
+        failed manifest poll raises (``ServerAway``/``Rejected``), and then nothing is uploaded."""
         self.roll_window_if_due()
-        self.flush()
         self.stats["polls"] += 1
         doc, etag = self.client.manifest(self.etag, self.agent_state())
         changed = False
-        if doc is None:
-            self.stats["not_modified"] += 1
-        else:
-            changed = self._take_manifest(doc, etag)
-        if self.manifest and self._unexpired():
-            self.apply(self.manifest)
-        elif self.manifest:
-            # Instructions past their expiry install nothing; what runs keeps running. A 304 never
-            # extends a manifest: drop the ETag so the next poll asks for the whole, fresh one.
-            self.stats["manifest_expired"] += 1
-            self.etag = None
-        self.flush()
+        try:
+            if doc is None:
+                self.stats["not_modified"] += 1
+            else:
+                changed = self._take_manifest(doc, etag)
+            if self.manifest and self._unexpired():
+                self.apply(self.manifest)
+            elif self.manifest:
+                # Instructions past their expiry install nothing; what runs keeps running. A 304 never
+                # extends a manifest: drop the ETag so the next poll asks for the whole, fresh one.
+                self.stats["manifest_expired"] += 1
+                self.etag = None
+        finally:
+            self.upload()
         return changed
 
     def _take_manifest(self, doc: dict[str, Any], etag: str | None) -> bool:
@@ -542,39 +573,69 @@ class Agent:
             "at": _now(),
             "model": model or "",
             "version": version or "",
-            "details": {**extra, **details},
+            "details": _fit_details({**extra, **details}),
         }
         self.spool.put("event", body)
         self.stats[f"event_{kind}"] += 1
 
+    def upload(self) -> None:
+        """Send the spool unless uploads are backing off; never raises, so it cannot stop a poll.
+
+        ``ServerAway`` (5xx, timeout, 429) and a refusal that is not the items' fault (401, 403,
+        408) keep everything and back off uploads alone, honouring ``Retry-After``."""
+        now = time.monotonic()
+        if now < self.next_upload_at:
+            self.stats["uploads_waiting"] += 1
+            return
+        try:
+            self.flush()
+        except ServerAway as e:
+            self.stats["uploads_deferred"] += 1
+            delay = self.upload_backoff.next_delay(e.retry_after)
+            log.info("upload deferred (%s); next try in %.1f s", e, delay)
+        except Rejected as e:
+            self.stats["uploads_deferred"] += 1
+            delay = max(self.poll_interval(), self.upload_backoff.next_delay())
+            log.warning("server refused an upload (%s); next try in %.1f s", e, delay)
+        else:
+            self.upload_backoff.reset()
+            delay = 0.0
+        self.next_upload_at = time.monotonic() + delay
+
     def flush(self) -> None:
-        """Send what the spool holds; raises ServerAway (items stay) when the server is not there."""
-        dropped = self.spool.take_dropped()
-        if dropped:
-            self.event("spool_dropped", count=dropped)
+        """Send what the spool holds; raises ServerAway or Rejected (401/403/408: items stay)."""
+        full, refused = self.spool.take_dropped(), self.spool.take_rejected()
+        if full or refused:
+            self.event("spool_dropped", count=full + refused, full=full, refused=refused)
         self._drain("event", EVENT_BATCH, self._send_events)
         self._drain("report", REPORT_BATCH, self._send_reports)
 
     def _drain(self, kind: str, limit: int, send: Callable[[list[dict[str, Any]]], tuple[list, list]]) -> None:
+        """Send ``kind`` items oldest first. A batch refused as bad input (a 4xx other than 401,
+        403, 408 and 429) is halved until the refused items stand alone; those are dropped and
+        counted (``spool_dropped``), never retried: re-sending them cannot succeed, and keeping
+        them would stall everything behind them."""
+        size = limit
         while True:
-            batch = self.spool.peek(kind, limit)
+            batch = self.spool.peek(kind, size)
             if not batch:
                 return
             try:
                 done, rejected = send(batch)
             except Rejected as e:
-                if e.status not in (400, 413, 422):
-                    raise  # 401/403/404/...: not the items' fault; keep them
+                if e.status in KEEP_ON_REFUSAL:
+                    raise  # the token or the request's timing, not the items: keep them
                 if len(batch) > 1:
-                    limit = 1  # find the one the server objects to
+                    size = max(1, len(batch) // 2)  # narrow down to what the server objects to
                     continue
                 done, rejected = [], [batch[0]["id"]]
-                log.warning("server rejected %s %s: %s", kind, batch[0]["id"], e)
+                log.warning("server refused %s %s as bad input; dropped: %s", kind, batch[0]["id"], e)
             self.spool.ack(done)
             self.spool.reject(rejected)
             self.stats[f"{kind}s_rejected"] += len(rejected)
             if not done and not rejected:
                 return  # the server acknowledged nothing; try again at the next poll
+            size = limit
 
     def _send_events(self, batch: list[dict[str, Any]]) -> tuple[list, list]:
         self.client.post_events(batch)

@@ -122,10 +122,20 @@ class Client:
         return resp.json(), resp.headers.get("ETag")
 
     def post_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._request("POST", "/api/v1/events", json={"events": events}).json()
+        return self._post_json("/api/v1/events", {"events": events})
 
     def post_telemetry(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._request("POST", "/api/v1/telemetry", json={"reports": reports}).json()
+        return self._post_json("/api/v1/telemetry", {"reports": reports})
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST strict JSON. A body that is no JSON at all (NaN, Infinity) is refused here as the
+        server would refuse it (400), not mistaken for a network failure and retried forever."""
+        try:
+            data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except (ValueError, TypeError) as e:
+            raise Rejected(400, "not_json", f"the body cannot be sent as JSON: {e}") from None
+        headers = {"Content-Type": "application/json"}
+        return self._request("POST", path, data=data, headers=headers).json()
 
     def download(self, url: str, part: Path, size: int) -> Path:
         """Fetch ``url`` into ``part``, resuming from what is there with ``Range``; fsync when whole.

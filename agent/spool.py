@@ -1,9 +1,10 @@
 """Bounded on-disk spool (sqlite3) of events and reports waiting for the server's acknowledgement.
 
-Items leave only when the server acknowledges their id (accepted or duplicate) or explicitly
-rejects them; so a day-long outage or a restart loses nothing, and a replay after a lost answer is
-harmless because the ids are the item's own. When full, the oldest items go first and the loss is
-counted, so the agent can report it as a ``spool_dropped`` event. A connection is opened per
+Items leave only when the server acknowledges their id (accepted or duplicate) or refuses them as
+bad input; so a day-long outage or a restart loses nothing, and a replay after a lost answer is
+harmless because the ids are the item's own. When full, the oldest items go first. Both losses are
+counted (``dropped``, ``rejected``) and kept pending until the agent reports them in a
+``spool_dropped`` event. A connection is opened per
 operation: a simulator with thousands of devices holds no file handles between calls.
 """
 
@@ -93,15 +94,25 @@ class Spool:
         if not ids:
             return
         with self._lock, self._db() as db:
-            db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
-            self._bump(db, "rejected", len(ids))
+            n = 0
+            for i in ids:
+                n += db.execute("DELETE FROM items WHERE id = ?", (i,)).rowcount
+            self._bump(db, "rejected", n)
+            self._bump(db, "rejected_pending", n)
+
+    def _take(self, name: str) -> int:
+        with self._lock, self._db() as db:
+            row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            db.execute("UPDATE counters SET value = 0 WHERE name = ?", (name,))
+        return int(row[0]) if row else 0
 
     def take_dropped(self) -> int:
-        """Drops not yet reported; resets the pending count (the caller reports them in an event)."""
-        with self._lock, self._db() as db:
-            row = db.execute("SELECT value FROM counters WHERE name = 'dropped_pending'").fetchone()
-            db.execute("UPDATE counters SET value = 0 WHERE name = 'dropped_pending'")
-        return int(row[0]) if row else 0
+        """Drops of a full spool not yet reported; resets the pending count (the caller reports them)."""
+        return self._take("dropped_pending")
+
+    def take_rejected(self) -> int:
+        """Items the server refused, not yet reported; resets the pending count."""
+        return self._take("rejected_pending")
 
     def counters(self) -> dict[str, int]:
         with self._lock, self._db() as db:

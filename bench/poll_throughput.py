@@ -237,6 +237,7 @@ def main() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(exist_ok=True)
     # a 403 still logs "Forbidden" (django.request), as in production
+    # (django_env: rate-limit buckets too large to empty, so every poll pays for the check, none is refused)
     env = django_env(DB, REDIS, str(data_dir), LOG_LEVEL="WARNING")
     work = data_dir
     pairs = prepare(args, env, work / "pairs.txt")

@@ -1,8 +1,11 @@
 """The JSON API (device protocol v1 and the operator API), with its OpenAPI schema at /api/v1/docs."""
 
+import re
 from typing import Any
 
+from django.http import HttpRequest
 from ninja import NinjaAPI
+from ninja.parser import Parser
 
 import ota.registry_api  # noqa: F401  (registers the registry's read routes on ota's router)
 from accounts.api import router as accounts_router
@@ -17,13 +20,28 @@ from telemetry.api import router as telemetry_router
 ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 
 
+DEVICE_PATH = re.compile(r"^/api/v1/(enroll|signing-key|manifest|artifacts/|events|telemetry)")
+
+
+class WireParser(Parser):
+    """Every JSON body goes through the device API's strict parse (fleet/wire.py). Ninja wraps what
+    ``parse_body`` raises in a plain 400; the HttpError handler below unwraps our ProtocolError so the
+    status (413/415) and the field survive."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        from fleet import wire
+
+        return wire.read_json(request)
+
+
 class EdgeFleetAPI(NinjaAPI):
-    """Documents the protocol's errors on every device call: any token-checked call may answer 401,
-    403 or 429 (load shedding), any call with a body 400 or 413, whatever its route declares."""
+    """Documents the protocol's errors on every device call: any device call may answer 429 (rate
+    limit or load shedding), any token-checked call 401 or 403, any call with a body 400, 413 or 415,
+    whatever its route declares."""
 
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
         schema = super().get_openapi_schema(*args, **kwargs)
-        for ops in schema.get("paths", {}).values():
+        for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
@@ -33,8 +51,12 @@ class EdgeFleetAPI(NinjaAPI):
                 if any("RoleAuth" in sec for sec in op.get("security", [])):
                     # Management routes: bad query/path values, unknown objects, refused transitions.
                     codes += ["400", "401", "403", "404", "409"]
+                if DEVICE_PATH.match(path):
+                    codes += ["429"]
                 if method in ("post", "put", "patch"):
                     codes += ["400", "413"]
+                    if "application/json" in op.get("requestBody", {}).get("content", {}):
+                        codes += ["415"]  # JSON bodies go through the strict parse (WireParser)
                 # ninja keys responses by int; the same code as a string would be a duplicate key in the JSON.
                 declared = {str(c) for c in op["responses"]}
                 for code in codes:
@@ -48,6 +70,7 @@ api = EdgeFleetAPI(
     title="EdgeFleet API",
     version="1",
     urls_namespace="api",
+    parser=WireParser(),
     description="Device protocol v1 (enroll, manifest, artifacts, events, telemetry) and the operator API.",
 )
 api.add_router("", fleet_router)
@@ -61,7 +84,7 @@ api.add_router("", notify_router)
 
 
 # Every API error has the protocol's shape {"error": {"code", "message", "field"}} (docs/protocol.md).
-from django.http import Http404, HttpRequest, HttpResponse  # noqa: E402
+from django.http import Http404, HttpResponse  # noqa: E402
 from ninja.errors import AuthenticationError, HttpError, ValidationError  # noqa: E402
 
 from fleet.errors import ProtocolError, error_response, field_path, from_exception  # noqa: E402
@@ -91,6 +114,8 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc.__cause__, ProtocolError):  # the strict parse, wrapped by ninja's body reader
+        return from_exception(exc.__cause__)
     if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
         return error_response(400, "malformed_json", "The request body is not valid JSON.")
     return error_response(exc.status_code, f"http_{exc.status_code}", str(exc))

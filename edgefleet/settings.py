@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from edgefleet import serving
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = os.environ
 
@@ -73,6 +75,7 @@ MIDDLEWARE = [
     "ops.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "edgefleet.middleware.ServiceAwayMiddleware",
+    "fleet.middleware.DeviceEdgeMiddleware",  # load shedding and rate limits, before any body is read
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -349,6 +352,28 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes wants: turns a lockout into its page
 ]
 # ==== end of the security block ====================================================================
+
+# The device API's limits (fleet/limits.py, docs/protocol.md "Limits"). Load shedding: device requests
+# one web process serves at once, by default its threads minus one (edgefleet/serving.py, shared with
+# docker/gunicorn.conf.py), so a full process still answers pages and /healthz.
+EDGEFLEET_DEVICE_API_CONCURRENCY = env_int("EDGEFLEET_DEVICE_API_CONCURRENCY", serving.device_api_slots())
+EDGEFLEET_RETRY_AFTER = env_int("EDGEFLEET_RETRY_AFTER", 10)  # seconds a shed request is told to wait
+# Token buckets, "burst/per_minute": per device (its token) for manifest, upload (events and
+# telemetry) and artifact; per client IP for enroll, signing-key and failed token or enrollment-key
+# checks ("auth_fail": an IP over it may not have unknown tokens looked up). "auto": ten per
+# EDGEFLEET_POLL_INTERVAL (an agent makes one poll and at most two uploads per interval, and flushes a
+# full spool, 100 batches, within the upload burst). Sized so an agent polling at the manifest's
+# interval never meets them. Set EDGEFLEET_NUM_PROXIES to the proxies in front of the server, so the
+# client IP is read from X-Forwarded-For (default 0: REMOTE_ADDR).
+EDGEFLEET_RATE_LIMITS = {
+    "manifest": env.get("EDGEFLEET_RATE_MANIFEST", "30/auto"),
+    "upload": env.get("EDGEFLEET_RATE_UPLOAD", "120/auto"),
+    "artifact": env.get("EDGEFLEET_RATE_ARTIFACT", "60/30"),
+    "enroll": env.get("EDGEFLEET_RATE_ENROLL", "60/60"),
+    "signing_key": env.get("EDGEFLEET_RATE_SIGNING_KEY", "60/60"),
+    "auth_fail": env.get("EDGEFLEET_RATE_AUTH_FAIL", "30/30"),
+}
+EDGEFLEET_NUM_PROXIES = env_int("EDGEFLEET_NUM_PROXIES", 0)
 
 from edgefleet.schedule import BEAT_SCHEDULE  # noqa: E402
 

@@ -10,6 +10,9 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("EDGEFLEET_DATA_DIR", tempfile.mkdtemp(prefix="edgefleet-test-"))
 os.environ.setdefault("ORT_NUM_THREADS", "1")
+# The live test server runs a thread per connection, not gunicorn's few: size load shedding for that
+# (tests/test_protocol_limits.py runs real gunicorn with the deployed settings).
+os.environ.setdefault("EDGEFLEET_DEVICE_API_CONCURRENCY", "64")
 
 from edgefleet.settings import *  # noqa: F403
 

@@ -4,7 +4,7 @@ Views only parse, call a service and answer; every error has the protocol's shap
 """
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, ConfigDict
 from fleet import presence, services
 from fleet.auth import device_auth
 from fleet.errors import ProtocolError, from_exception
-from fleet.limits import device_slot
+from fleet.wire import Details, UtcDatetime
 from ota import downloads, signing
 from rollout import manifest as manifests
 
@@ -25,7 +25,7 @@ Word = Field(..., min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_
 
 
 class Strict(Schema):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ErrorBody(Strict):
@@ -44,8 +44,8 @@ class Hardware(Strict):
     ram_mb: int | None = Field(None, ge=0, le=10_000_000)
     accelerator: str = Field("none", max_length=40)
     ort_version: str = Field("", max_length=40)
-    providers: list[str] = Field(default_factory=list, max_length=16)
-    storage_free_mb: int | None = Field(None, ge=0)
+    providers: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=16)
+    storage_free_mb: int | None = Field(None, ge=0, le=10**12)
 
 
 class EnrollIn(Strict):
@@ -148,10 +148,11 @@ EventKind = Literal[
 class EventIn(Strict):
     id: uuid.UUID
     kind: EventKind
-    at: AwareDatetime
-    model: str = Field("", max_length=100)
-    version: str = Field("", max_length=64)
-    details: dict[str, Any] = Field(default_factory=dict)
+    at: UtcDatetime
+    # Names as the manifest gave them (they become the device's "installed" map), or empty.
+    model: str = Field("", max_length=100, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+    version: str = Field("", max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+    details: Details = Field(default_factory=dict)
 
 
 class EventsIn(Strict):
@@ -163,7 +164,7 @@ class EventsOut(Strict):
     duplicates: int
 
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 429: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 415: ErrorOut, 429: ErrorOut}
 
 
 MANIFEST_HEADERS = [
@@ -180,17 +181,16 @@ MANIFEST_HEADERS = [
 
 @router.post("/enroll", response={201: EnrollOut, **ERRORS}, auth=None, summary="Join the fleet with an enrollment key")
 def enroll(request: HttpRequest, payload: EnrollIn) -> tuple[int, dict[str, Any]]:
-    with device_slot():
-        try:
-            done = services.enroll(
-                payload.enrollment_key,
-                name=payload.name,
-                hardware=payload.hardware.model_dump(),
-                labels=payload.labels,
-                agent_version=payload.agent_version,
-            )
-        except services.EnrollError as e:
-            raise ProtocolError(e.status, e.code, e.message, e.field) from e
+    try:
+        done = services.enroll(
+            payload.enrollment_key,
+            name=payload.name,
+            hardware=payload.hardware.model_dump(),
+            labels=payload.labels,
+            agent_version=payload.agent_version,
+        )
+    except services.EnrollError as e:
+        raise ProtocolError(e.status, e.code, e.message, e.field) from e
     return 201, {
         "device_id": done.device.id,
         "token": done.token,
@@ -212,8 +212,7 @@ def signing_key(request: HttpRequest) -> dict[str, str]:
     summary="The signed desired state for this device",
 )
 def manifest(request: HttpRequest) -> HttpResponse:
-    with device_slot():
-        return _manifest(request, _bearer(request))
+    return _manifest(request, _bearer(request))
 
 
 def _bearer(request: HttpRequest) -> str:
@@ -233,7 +232,7 @@ def _manifest(request: HttpRequest, token: str) -> HttpResponse:
         state = presence.parse_state(request.headers.get("X-Agent-State"))
     except ValueError as e:
         raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
-    ready = manifests.poll(token)
+    ready = manifests.poll(token, charge=getattr(request, "edge_charge", None))
     presence.touch(ready.device_id, state)
     if request.headers.get("If-None-Match") == ready.etag:
         resp = HttpResponse(status=304)
@@ -251,8 +250,7 @@ def manifest_fast(request: HttpRequest) -> HttpResponse:
     try:
         if request.method != "GET":
             raise ProtocolError(405, "method_not_allowed", "Use GET.")
-        with device_slot():
-            return _manifest(request, _bearer(request))
+        return _manifest(request, _bearer(request))
     except ProtocolError as e:
         return from_exception(e)
 
@@ -265,12 +263,13 @@ def manifest_fast(request: HttpRequest) -> HttpResponse:
     openapi_extra={"parameters": [{"in": "header", "name": "Range", "required": False, "schema": {"type": "string"}}]},
 )
 def artifact(request: HttpRequest, sha256: str) -> HttpResponse:
-    with device_slot():
-        return downloads.serve(request.auth, sha256, request.headers.get("Range"))
+    return downloads.serve(request.auth, sha256, request.headers.get("Range"))
 
 
 @router.post("/events", response={200: EventsOut, **ERRORS}, auth=device_auth, summary="A batch of device events")
 def events(request: HttpRequest, payload: EventsIn) -> dict[str, int]:
-    with device_slot():
+    try:
         accepted, duplicates = services.record_events(request.auth.id, [e.model_dump() for e in payload.events])
+    except services.DeviceGone as e:
+        raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.") from e
     return {"accepted": accepted, "duplicates": duplicates}

@@ -144,6 +144,9 @@ def snapshot_for_token(token: str, *, local: bool = True) -> DeviceSnapshot | No
             return None
         snap = DeviceSnapshot.from_dict(hit)
     else:
+        from fleet.limits import check_lookup
+
+        check_lookup()  # a client that keeps sending unknown tokens gets no more lookups for a while
         before = _forget_count(th)
         device = Device.objects.filter(token_hash=th).only("id", "labels", "hardware", "token_revoked_at").first()
         if device is None:

@@ -9,6 +9,8 @@ mode (no Redis) a poll does one cheap UPDATE instead: correct, and enough for a 
 import atexit
 import json
 import logging
+import math
+import re
 import threading
 import time
 import uuid
@@ -37,19 +39,39 @@ def redis_client() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+MAX_STATE_CHARS = 4096
+MAX_STATE_MODELS = 64
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", re.ASCII)
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
+
+
+def valid_state(models: Any) -> dict[str, str]:
+    """``models`` as what a device may say it runs (model name -> version label); ValueError if not.
+
+    The same check guards the request and the flush job, so nothing else can reach the database."""
+    if not isinstance(models, dict) or len(models) > MAX_STATE_MODELS:
+        raise ValueError(f"X-Agent-State models is an object of at most {MAX_STATE_MODELS} entries")
+    for k, v in models.items():
+        if not isinstance(k, str) or not _MODEL.fullmatch(k) or not isinstance(v, str) or not _VERSION.fullmatch(v):
+            raise ValueError("X-Agent-State models map model names to version labels (letters, digits, _ . -)")
+    return dict(models)
+
+
 def parse_state(header: str | None) -> dict[str, str] | None:
-    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``; ValueError if malformed."""
+    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``.
+
+    Strictly parsed like a body (fleet/wire.py: ProtocolError naming the header); ValueError if the
+    shape is wrong."""
+    from fleet import wire
+
     if not header:
         return None
-    if len(header) > 4096:
-        raise ValueError("X-Agent-State is longer than 4096 characters")
-    data = json.loads(header)
-    if not isinstance(data, dict) or set(data) - {"models"} or not isinstance(data.get("models", {}), dict):
+    if len(header) > MAX_STATE_CHARS:
+        raise ValueError(f"X-Agent-State is longer than {MAX_STATE_CHARS} characters")
+    data = wire.header_json(header, "X-Agent-State")
+    if not isinstance(data, dict) or set(data) - {"models"}:
         raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}}')
-    models = data.get("models", {})
-    if not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 100 and len(v) <= 64 for k, v in models.items()):
-        raise ValueError("X-Agent-State models map model names to version labels (strings)")
-    return models
+    return valid_state(data.get("models", {}))
 
 
 # Polls within a process are buffered for up to EDGEFLEET_PRESENCE_BUFFER_SECONDS (default 1 s) and
@@ -160,15 +182,18 @@ def drain() -> int:
 
 
 def flush(batch: int = 5000) -> int:
-    """Write every dirty device's last seen (and state) to the database in bulk; returns how many."""
-    from fleet.models import Device
+    """Write every dirty device's last seen (and state) to the database in bulk; returns how many.
 
+    Shared by the whole fleet, so no single entry may stop it: an entry that does not parse (an id
+    that is no UUID, a time that is no number, a state that is not what a poll may report) is
+    skipped with a log line, and a batch the database refuses is written row by row, skipping the
+    row it refuses."""
     r = redis_client()
     if r is None:
         return 0
     total = 0
     while True:
-        ids = [i.decode() for i in (r.spop(DIRTY, batch) or [])]
+        ids = [i.decode("utf-8", "replace") for i in (r.spop(DIRTY, batch) or [])]
         if not ids:
             return total
         pipe = r.pipeline(transaction=False)
@@ -176,14 +201,56 @@ def flush(batch: int = 5000) -> int:
             pipe.hmget(hash_key(did), "seen", "state")
         seen_only, with_state = [], []
         for did, (seen, state) in zip(ids, pipe.execute(), strict=True):
-            if seen is None:
+            try:
+                device = _entry(did, seen, state)
+            except (ValueError, TypeError, OverflowError, OSError) as e:
+                logger.warning("presence: skipped the entry of device %r: %s", did[:64], e)
                 continue
-            d = Device(id=uuid.UUID(did), last_seen_at=datetime.fromtimestamp(float(seen), UTC))
-            if state is not None:
-                d.installed = json.loads(state)
-                with_state.append(d)
-            else:
-                seen_only.append(d)
-        Device.objects.bulk_update(seen_only, ["last_seen_at"], batch_size=1000)
-        Device.objects.bulk_update(with_state, ["last_seen_at", "installed"], batch_size=1000)
-        total += len(seen_only) + len(with_state)
+            if device is not None:
+                (with_state if state is not None else seen_only).append(device)
+        total += _write(seen_only, ["last_seen_at"]) + _write(with_state, ["last_seen_at", "installed"])
+
+
+def _entry(did: str, seen: bytes | None, state: bytes | None) -> Any:
+    """The Device row to write for one Redis entry (None: nothing to write); ValueError if it is garbage."""
+    from fleet import wire
+    from fleet.errors import ProtocolError
+    from fleet.models import Device
+
+    device_id = uuid.UUID(did)
+    if seen is None:
+        return None
+    when = float(seen)
+    if not math.isfinite(when):
+        raise ValueError(f"last seen {seen[:40]!r} is not a time")
+    d = Device(id=device_id, last_seen_at=datetime.fromtimestamp(when, UTC))
+    if state is not None:
+        try:
+            d.installed = valid_state(wire.loads(state))
+        except ProtocolError as e:
+            raise ValueError(f"state: {e.message}") from None
+    return d
+
+
+def _write(devices: list[Any], fields: list[str]) -> int:
+    from django.db import DatabaseError, transaction
+
+    from fleet.models import Device
+
+    if not devices:
+        return 0
+    try:
+        with transaction.atomic():
+            Device.objects.bulk_update(devices, fields, batch_size=1000)
+        return len(devices)
+    except DatabaseError:
+        logger.warning("presence: a batch of %d was refused; writing it row by row", len(devices), exc_info=True)
+    written = 0
+    for d in devices:
+        try:
+            with transaction.atomic():
+                Device.objects.filter(pk=d.pk).update(**{f: getattr(d, f) for f in fields})
+            written += 1
+        except DatabaseError as e:
+            logger.warning("presence: skipped the entry of device %s: %s", d.pk, e)
+    return written

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -19,6 +19,10 @@ from fleet.models import Cohort, Device, DeviceEvent, EnrollmentKey
 KEY_PREFIX = "efk_"
 MAX_LABELS = 32
 INSTALL_KINDS = ("installed", "activated", "fell_back")
+
+
+class DeviceGone(Exception):
+    """The device was deleted while its request was under way (the API answers 401)."""
 
 
 class EnrollError(Exception):
@@ -260,7 +264,13 @@ def save_cohort(name: str, selector_text: str, description: str = "", user: Any 
 
 
 def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[int, int]:
-    """Store a batch idempotently; ``(accepted, duplicates)``. Installs also update ``installed``."""
+    """Store a batch idempotently; ``(accepted, duplicates)``. Installs also update ``installed``.
+
+    ``events`` come parsed and bounded by the device API (fleet/wire.py, fleet/api.py ``EventIn``);
+    an id twice in one batch counts once, the second as a duplicate."""
+    firsts: dict[Any, dict[str, Any]] = {}
+    for e in events:
+        firsts.setdefault(e["id"], e)
     rows = [
         DeviceEvent(
             id=e["id"],
@@ -271,8 +281,15 @@ def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[i
             version_label=e.get("version") or "",
             details=e.get("details") or {},
         )
-        for e in events
+        for e in firsts.values()
     ]
+    try:
+        return _store_events(device_id, rows, len(events))
+    except IntegrityError as e:  # the only constraint left is the device's row: it was deleted meanwhile
+        raise DeviceGone(str(device_id)) from e
+
+
+def _store_events(device_id: uuid.UUID, rows: list[DeviceEvent], sent: int) -> tuple[int, int]:
     ids = [r.id for r in rows]
     with transaction.atomic():
         existing = set(DeviceEvent.objects.filter(id__in=ids).values_list("id", flat=True))
@@ -297,4 +314,4 @@ def record_events(device_id: uuid.UUID, events: list[dict[str, Any]]) -> tuple[i
             for r in activations:
                 installed[r.model_name] = r.version_label
             Device.objects.filter(pk=device_id).update(installed=installed)
-    return len(newly), len(rows) - len(newly)
+    return len(newly), sent - len(newly)

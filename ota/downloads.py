@@ -18,7 +18,8 @@ from ota.models import Artifact
 from rollout.manifest import may_fetch
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
-RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)  # ASCII digits only: \d also matches "٣"
+BEYOND = 10**19  # what a number longer than 19 digits counts as: past any artifact (and no 4,300-digit int())
 CHUNK = 256 * 1024
 
 
@@ -49,15 +50,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None  # a malformed Range is ignored, as RFC 9110 says
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix: the last N bytes
-        n = int(last)
+        n = _number(last)
         if n == 0:
             raise _unsatisfiable(size)
         return max(size - n, 0), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = _number(first)
+    end = min(_number(last), size - 1) if last else size - 1
+    if start >= size or (last and _number(last) < start):
         raise _unsatisfiable(size)
     return start, end
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= 19 else BEYOND
 
 
 def _unsatisfiable(size: int) -> ProtocolError:

@@ -473,8 +473,11 @@ def _build(
     return ready, mid_hash, tail_hash, named
 
 
-def poll(token: str) -> Ready:
-    """The ready manifest for the device holding ``token``; ProtocolError 401/403 for a bad token."""
+def poll(token: str, charge: Any = None) -> Ready:
+    """The ready manifest for the device holding ``token``; ProtocolError 401/403 for a bad token.
+
+    ``charge`` (fleet/limits.py ``Charge``): the device's rate limit, spent in the Redis round trip the
+    poll makes anyway, or in process memory when the answer is there; ProtocolError 429 if empty."""
     from fleet.auth import hash_token
     from fleet.presence import redis_client
 
@@ -483,16 +486,20 @@ def poll(token: str) -> Ready:
     at = freshness.now()
     ready = _ready.get(th)
     if ready is not None and ready.gen == gen and ready.auth == auth and ready.refresh_at > at:
+        if charge is not None:
+            charge.run_in_memory()  # no round trip: the spend goes to Redis with the process's next batch
         return ready
     seq = epochs.applied()  # before reading anything we may keep (see fleet/epochs.py)
     r = redis_client()
     if r is None:
+        if charge is not None:
+            charge.run()
         snap = _authenticate(token)
         ready, _, _, named = _build(snap, gen, auth, ready, at)
         _remember_told(snap.id, named)
     else:
         _start_warming(r)
-        ready = _poll_redis(r, token, th, gen, auth, at)
+        ready = _poll_redis(r, token, th, gen, auth, at, charge)
     if len(_ready) >= _READY_MAX:
         _ready.clear()
     _ready[th] = ready
@@ -568,12 +575,17 @@ def _ready_from(entry: _Entry, gen: str, auth: str, r: Any) -> Ready | None:
     return Ready(entry.device_id, gen, auth, entry.etag, head, pieces[0], pieces[1], entry.sig, f, entry.refresh_at)
 
 
-def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str, at: float) -> Ready:
+def _poll_redis(r: Any, token: str, th: str, gen: str, auth: str, at: float, charge: Any = None) -> Ready:
     global _script
     from fleet.auth import forget_counter_key, poll_key
 
     fkey, pkey = forget_counter_key(th), poll_key(th)
-    forgotten, raw = r.pipeline(transaction=False).get(fkey).get(pkey).execute()  # counter first
+    pipe = r.pipeline(transaction=False).get(fkey).get(pkey)  # counter first
+    if charge is not None:
+        charge.queue(pipe)
+    forgotten, raw, *spent = pipe.execute()
+    if charge is not None:
+        charge.settle(spent[0])
     entry = _parse(raw) if raw else None
     if entry is not None:
         if entry.gen == gen and entry.refresh_at > at and (ready := _ready_from(entry, gen, auth, r)) is not None:

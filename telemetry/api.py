@@ -8,17 +8,14 @@ stale report cannot block a device's spool. No Redis on this path: 202 means com
 
 from __future__ import annotations
 
-import json
-import math
-from datetime import datetime
-
-from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 from pydantic import UUID4, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet import wire
 from fleet.auth import device_auth
 from fleet.errors import ProtocolError, field_path
+from fleet.wire import UtcDatetime
 from telemetry import services
 
 router = Router(tags=["device"])
@@ -47,8 +44,8 @@ class ReportIn(_Strict):
     id: UUID4
     model: str = Field(max_length=100)
     version: str = Field(max_length=64)
-    window_start: datetime
-    window_end: datetime
+    window_start: UtcDatetime
+    window_end: UtcDatetime
     inference_count: Number
     error_count: Number
     latency_ms: Hist
@@ -75,21 +72,11 @@ class BatchOut(BaseModel):
 
 
 def parse_batch(request: HttpRequest) -> BatchIn:
-    """The body as a ``BatchIn``, or a ProtocolError naming what is wrong (never a 500)."""
-    limit = int(getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024) or 1024 * 1024)
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > limit:
-        raise ProtocolError(413, "too_large", f"the body is larger than {limit} bytes")
-    raw = request.read(limit + 1)
-    if len(raw) > limit:
-        raise ProtocolError(413, "too_large", f"the body is larger than {limit} bytes")
-    try:
-        data = json.loads(raw, parse_constant=lambda c: math.nan)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(400, "malformed_json", f"the body is not JSON: {e}") from None
+    """The body as a ``BatchIn``, or a ProtocolError naming what is wrong (never a 500).
+
+    The device API's strict parse first (fleet/wire.py: content type, size, UTF-8, no NaN, NUL,
+    duplicate keys or deep nesting), then the schema."""
+    data = wire.read_json(request)
     if not isinstance(data, dict):
         raise ProtocolError(400, "invalid", "the body must be a JSON object", None)
     try:
@@ -105,6 +92,7 @@ def parse_batch(request: HttpRequest) -> BatchIn:
     "/telemetry",
     auth=device_auth,
     response={202: BatchOut},
+    openapi_extra={"requestBody": wire.openapi_body(BatchIn)},
     description='Body: {"reports": [...]} as in docs/protocol.md (parsed by hand so size and shape errors '
     "get the protocol's error body).",
 )

@@ -6,7 +6,8 @@ artifact bytes flipped in transit, an artifact cut half-way, "the server did it 
 was lost" (forward, then close), which is what makes exactly-once delivery worth testing, and a
 replay: every manifest the server sends is captured per device token (``captured``), and
 ``replay(body)`` answers manifest polls with a captured body instead of asking the server, as an
-attacker on the path would.
+attacker on the path would. Uploads alone (POST) can fail: ``500_uploads`` answers them 500,
+``slow_uploads`` holds them ``delay`` seconds before forwarding (past the agent's timeout).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +28,7 @@ class Proxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.mode: set[str] = set()
+        self.delay = 2.0
         self.log: list[tuple[str, str, int]] = []  # (method, path + range, status or 0 for dropped)
         self.captured: dict[str, list[bytes]] = {}  # device token -> manifest bodies (200) seen, in order
         self.replayed: bytes | None = None
@@ -99,6 +102,14 @@ class Proxy:
             h.end_headers()
             h.wfile.write(self.replayed)
             return None
+        if "500_uploads" in mode and h.command == "POST":
+            self._record(h, 500)
+            h.send_response(500)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return None
+        if "slow_uploads" in mode and h.command == "POST":
+            time.sleep(self.delay)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "content-length", "connection")}
         up = self.http.request(h.command, self.upstream + h.path, headers=headers, data=body, timeout=30)
         data = up.content

@@ -41,17 +41,16 @@ def processes(py: str, host: str, port: int) -> dict[str, list[str]]:
             py,
             "-m",
             "gunicorn",
-            "edgefleet.wsgi",
+            # Threads (and so the device API's load-shedding slots) from one place, and the
+            # Prometheus multiprocess hooks: /metrics sums every worker.
+            "-c",
+            str(settings.BASE_DIR / "docker" / "gunicorn.conf.py"),
             "-b",
             f"{host}:{port}",
             "-w",
             "2",
-            "--threads",
-            "4",
             "--access-logfile",
             "-",
-            "-c",
-            "python:ops.gunicorn_conf",  # Prometheus multiprocess mode: /metrics sums every worker
         ],
         "worker-control": celery_worker(py, "control", [queues.CONTROL], 2),
         "worker": celery_worker(py, "validation", [queues.VALIDATION, queues.DEFAULT], 1),
