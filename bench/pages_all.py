@@ -178,18 +178,18 @@ def build_versions(user: Any) -> tuple[Any, Any, Any]:
 
 def build_campaigns(user: Any, v1: Any, v2: Any, other_v2: Any) -> tuple[Any, Any, Any]:
     from fleet.models import Cohort
-    from rollout import campaigns
+    from rollout import lifecycle
     from rollout.models import Campaign
     from rollout.releases import create_release
 
     create_release(v1, note="demo: v1 for the whole fleet", user=user)
-    first = campaigns.create_campaign(
+    first = lifecycle.create_campaign(
         name="v2 rollout #1", version=v2, cohort=None, previous_version=v1, waves=WAVES, gates=GATES, user=user
     )
-    campaigns.start(first.pk, user=user, reason="demo: roll v2 out in waves")
-    campaigns.advance(first.pk, reason="wave 1 passed every gate", numbers={"wave": 1}, expect_wave=0)
-    campaigns.rollback(first.pk, reason="gate failed: error_rate, drift", numbers={"wave": 2}, expect_wave=1)
-    running = campaigns.create_campaign(
+    lifecycle.start(first.pk, user=user, reason="demo: roll v2 out in waves")
+    lifecycle.advance(first.pk, reason="wave 1 passed every gate", numbers={"wave": 1}, expect_wave=0)
+    lifecycle.rollback(first.pk, reason="gate failed: error_rate, drift", numbers={"wave": 2}, expect_wave=1)
+    running = lifecycle.create_campaign(
         name="v2 rollout eu",
         version=v2,
         cohort=Cohort.objects.get(name="eu"),
@@ -198,10 +198,10 @@ def build_campaigns(user: Any, v1: Any, v2: Any, other_v2: Any) -> tuple[Any, An
         gates=GATES,
         user=user,
     )
-    started = campaigns.start(running.pk, user=user, reason="retry in eu only")
+    started = lifecycle.start(running.pk, user=user, reason="retry in eu only")
     six_hours_ago = started.started_at - timedelta(hours=6)  # its wave 1 has soaked for a while
     Campaign.objects.filter(pk=running.pk).update(started_at=six_hours_ago, wave_started_at=six_hours_ago)
-    draft = campaigns.create_campaign(
+    draft = lifecycle.create_campaign(
         name="anomaly v2 everywhere", version=other_v2, cohort=None, waves=WAVES, gates=GATES, user=user
     )
     return first, Campaign.objects.get(pk=running.pk), draft
@@ -425,15 +425,15 @@ def time_pages(repeat: int) -> None:
 
 def time_gate_read(repeat: int) -> None:
     """``canary_vs_control`` as the gate job calls it for the running campaign (not a page)."""
-    from rollout import campaigns
+    from rollout import evaluation
     from rollout.models import Campaign
 
     c = Campaign.objects.select_related("version", "previous_version", "cohort").get(state="running")
-    campaigns.compare(c, c.wave_started_at, 20)
+    evaluation.compare(c, c.wave_started_at, 20)
     times = []
     for _ in range(max(3, repeat // 3)):
         t0 = time.perf_counter()
-        campaigns.compare(c, c.wave_started_at, 20)
+        evaluation.compare(c, c.wave_started_at, 20)
         times.append((time.perf_counter() - t0) * 1000)
     print(f"{'(gate job) canary_vs_control, running campaign':64} {statistics.median(times):9.1f} {p95(times):8.1f}")
 

@@ -4,7 +4,7 @@ Measures in one run and one server configuration (gunicorn, ``--workers`` x ``--
 2 x 4 as deployed): (a) a trivial Django JSON view (/healthz); (b) GET /api/v1/manifest for a random
 device among all of them, 200 and 304 (If-None-Match). Every device's signed manifest is made ready
 in Redis before the server starts (as its first poll would). A worker's first poll starts its bulk
-warming from Redis (rollout/manifest.py: ``warm``), so (b) is what a worker answers a few seconds
+warming from Redis (fleet/manifests.py: ``warm``), so (b) is what a worker answers a few seconds
 after it started, for any device. (c) the same for ``--hot`` devices every worker has served: the
 process-memory path. (d) (b) while another process revokes-and-forgets ``--forgets`` random devices
 a second (fleet/epochs.py: per-device forgetting; those devices then answer 403). ``--cold`` adds
@@ -49,6 +49,7 @@ def populate(n: int) -> list[tuple[str, str]]:
     import redis
     from django.core.cache import cache
 
+    from fleet import manifests
     from fleet.auth import DeviceSnapshot, hash_token, token_key
     from fleet.models import Cohort, Device
     from rollout import manifest
@@ -91,7 +92,7 @@ def populate(n: int) -> list[tuple[str, str]]:
             batch = {}
     cache.set_many(batch, 24 * 3600)
     for tok in tokens:
-        out.append((tok, manifest.poll(tok).etag))  # signed and stored in Redis, as a first poll does
+        out.append((tok, manifests.poll(tok).etag))  # signed and stored in Redis, as a first poll does
     print(f"made {n} ready signed manifests (Redis) in {time.perf_counter() - t0:.1f} s (gen {state.generation})")
     return out
 
@@ -170,16 +171,16 @@ def prepare(args: argparse.Namespace, env: dict[str, str], pairs_file: Path) -> 
             import django
 
             django.setup()
+            from fleet import manifests
             from fleet.auth import forget_device, hash_token
             from fleet.models import Device
-            from rollout import manifest
 
             revoked = list(Device.objects.filter(token_revoked_at__isnull=False).values_list("token_hash", flat=True))
             Device.objects.filter(token_revoked_at__isnull=False).update(token_revoked_at=None)
             by_hash = {hash_token(tok): tok for tok, _ in pairs}
             for th in revoked:
                 forget_device(th)
-                manifest.poll(by_hash[th])  # ready again, as before the last run
+                manifests.poll(by_hash[th])  # ready again, as before the last run
             print(f"reusing {len(pairs)} devices (restored {len(revoked)} revoked)")
             return pairs
     fresh_database(DB, env)

@@ -82,7 +82,7 @@ def main() -> None:
 
     django.setup()
     from fleet.models import DeviceEvent
-    from rollout import campaigns
+    from rollout import lifecycle, targeting
     from rollout.models import Campaign
     from telemetry.models import Report
     from tests import factories
@@ -147,9 +147,9 @@ def main() -> None:
             {"percent": 100, "min_soak_minutes": a.soak, "min_devices": a.min_devices},
         ]
         gates = {"error_rate": 0.02, "latency_p95": 1.25, "install_failure_rate": 0.05}
-        c = campaigns.create_campaign(name="bench", version=v2, cohort=None, waves=waves, gates=gates)
-        c = campaigns.start(c.pk)
-        wave1 = set(campaigns.targeted_device_ids(c)[0])
+        c = lifecycle.create_campaign(name="bench", version=v2, cohort=None, waves=waves, gates=gates)
+        c = lifecycle.start(c.pk)
+        wave1 = set(targeting.targeted_device_ids(c)[0])
         print(f"campaign started; wave 1 targets {len(wave1)} devices")
 
         # Wait for the rollback, then for 95% of the devices that ran v2 to report v1 again.

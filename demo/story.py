@@ -27,7 +27,7 @@ from demo import models_onnx
 from fleet import services as fleet_services
 from fleet.models import Cohort, Device
 from ota.models import Model, ModelVersion
-from rollout import campaigns
+from rollout import lifecycle
 from rollout.models import Campaign, Release
 from rollout.releases import create_release
 
@@ -159,10 +159,10 @@ class Director:
         pipeline.wait_staged("v2")
         v2 = ModelVersion.objects.get(model__name=MODEL, label="v2")
         for c in Campaign.objects.filter(model__name=MODEL, state__in=["running", "paused", "draft", "scheduled"]):
-            campaigns.abort(c.pk, user=self.user, reason="demo restart")
+            lifecycle.abort(c.pk, user=self.user, reason="demo restart")
         time.sleep(20)  # a couple of telemetry windows of v1 as the control baseline
         n = Campaign.objects.filter(model__name=MODEL).count() + 1
-        campaign = campaigns.create_campaign(
+        campaign = lifecycle.create_campaign(
             name=f"v2 rollout #{n}",
             version=v2,
             cohort=None,
@@ -172,7 +172,7 @@ class Director:
             on_failure=Campaign.OnFailure.ROLLBACK,
             user=self.user,
         )
-        campaigns.start(campaign.pk, user=self.user, reason="demo: roll v2 out in waves")
+        lifecycle.start(campaign.pk, user=self.user, reason="demo: roll v2 out in waves")
         say(f"campaign '{campaign.name}' started: wave 1 is 10% of the fleet")
         if not wait_for(lambda: self._campaign(campaign.pk).wave_index >= 1 or self._ended(campaign.pk), 900):
             return

@@ -12,12 +12,11 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, Router, Schema
 from pydantic import AwareDatetime, ConfigDict
 
-from fleet import presence, services
+from fleet import manifests, presence, services
 from fleet.auth import device_auth
 from fleet.errors import ProtocolError, from_exception
 from fleet.wire import Details, UtcDatetime
 from ota import downloads, signing
-from rollout import manifest as manifests
 
 router = Router(tags=["device protocol v1"])
 
@@ -207,7 +206,7 @@ def signing_key(request: HttpRequest) -> dict[str, str]:
 @router.get(
     "/manifest",
     response={200: ManifestOut, 304: None, **ERRORS},
-    auth=None,  # checked in the view (manifests.poll), so a ready manifest needs no snapshot lookup
+    auth=None,  # checked in the view (fleet.manifests.poll), so a ready manifest needs no snapshot lookup
     openapi_extra={"parameters": MANIFEST_HEADERS, "security": [{"DeviceBearer": []}]},
     summary="The signed desired state for this device",
 )

@@ -40,7 +40,7 @@ def token_key(token_hash: str) -> str:
 
 
 def poll_key(token_hash: str) -> str:
-    """Raw Redis key of the device's ready, signed manifest (rollout/manifest.py: ``poll``)."""
+    """Raw Redis key of the device's ready, signed manifest (fleet/manifests.py: ``poll``)."""
     return f"ef:poll:{token_hash}"
 
 
@@ -195,6 +195,16 @@ def forget_device(token_hash: str) -> None:
         transaction.on_commit(drop)
 
 
+def authenticate_token(token: str, *, local: bool = True) -> DeviceSnapshot:
+    """The device holding ``token``; ProtocolError 401 when unknown, 403 when revoked."""
+    snap = snapshot_for_token(token, local=local)
+    if snap is None:
+        raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.")
+    if snap.revoked:
+        raise ProtocolError(403, "token_revoked", "This device token was revoked.")
+    return snap
+
+
 class DeviceBearer(HttpBearer):
     """401 for a missing or unknown token, 403 for a revoked one."""
 
@@ -207,12 +217,7 @@ class DeviceBearer(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> DeviceSnapshot:
         if not token or len(token) > 200:
             raise ProtocolError(401, "token_invalid", "The device token is not valid.")
-        snap = snapshot_for_token(token)
-        if snap is None:
-            raise ProtocolError(401, "token_invalid", "The device token is not known; enroll again.")
-        if snap.revoked:
-            raise ProtocolError(403, "token_revoked", "This device token was revoked.")
-        return snap
+        return authenticate_token(token)
 
 
 device_auth = DeviceBearer()

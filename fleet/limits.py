@@ -16,7 +16,7 @@ guessing costs the database nothing. Tokens the server already holds are not aff
 The bucket is GCRA (the "virtual scheduling" form of a token bucket): one Redis key per bucket
 holds the time at which it will be full again, updated by one Lua script that also peeks at the
 client's ``auth_fail`` bucket, so a request costs one round trip (folded into the manifest poll's own
-pipeline when that makes one: rollout/manifest.py ``poll``). A manifest poll answered from process
+pipeline when that makes one: fleet/manifests.py ``poll``). A manifest poll answered from process
 memory makes no round trip at all, and keeps none for its limit either (``Charge.run_in_memory``):
 it spends from this process's own bucket for the device, and the spends go to Redis in bulk once a
 second (``ledger``), which answers which devices are over; those are refused here until their bucket

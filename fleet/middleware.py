@@ -3,7 +3,7 @@
 Here rather than in each view: ninja parses a body before the view runs, so a view-level check
 would let a flood cost a full parse each, and a slow upload would hold a thread without a slot.
 The manifest poll's charge is left to the view (``request.edge_charge``) so it can share the
-poll's one Redis round trip (rollout/manifest.py ``poll``).
+poll's one Redis round trip (fleet/manifests.py ``poll``).
 """
 
 from __future__ import annotations

@@ -95,6 +95,14 @@ def note_told(key: str, members: set[str], ttl: int) -> None:
         _ensure_flusher()
 
 
+TOLD_TTL = 90 * 24 * 3600
+
+
+def told_key(device_id: uuid.UUID | str) -> str:
+    """Redis set of what this device's manifests named (``v:<version id>``, ``a:<sha256>``)."""
+    return f"ef:told:{device_id}"
+
+
 def pending_told(key: str, member: str) -> bool:
     entry = _told.get(key)
     return bool(entry and member in entry[0])

@@ -1,10 +1,10 @@
 """Management API of rollouts: releases and campaigns (what the release and campaign pages do).
 
-Thin: parse, call ``rollout.campaigns`` / ``rollout.releases`` (the same services the pages call),
-shape the answer. Refusals get the protocol's error body with a stable code:
-``not_found`` (404), ``invalid_state`` (409: the action is not allowed from the campaign's state),
-``version_not_staged`` (409), ``conflict`` (409: e.g. an overlapping campaign), ``invalid`` (400,
-naming the field, e.g. ``waves``), ``reason_required`` (400).
+Thin: parse, call ``rollout.lifecycle`` / ``rollout.targeting`` / ``rollout.progress`` /
+``rollout.releases`` (the same services the pages call), shape the answer. Refusals get the
+protocol's error body with a stable code: ``not_found`` (404), ``invalid_state`` (409: the action
+is not allowed from the campaign's state), ``version_not_staged`` (409), ``conflict`` (409: e.g.
+an overlapping campaign), ``invalid`` (400, naming the field, e.g. ``waves``), ``reason_required`` (400).
 """
 
 from datetime import datetime
@@ -22,10 +22,11 @@ from fleet import selectors
 from fleet.errors import ProtocolError
 from fleet.models import Cohort
 from ota.models import ModelVersion
-from rollout import campaigns as services
 from rollout import gates as gate_logic
-from rollout import placement
+from rollout import lifecycle, placement, targeting
+from rollout.evaluation import min_cohort
 from rollout.models import Campaign, CampaignDecision, Release
+from rollout.progress import install_progress
 from rollout.releases import ReleaseError, create_release
 
 router = Router(tags=["rollout"])
@@ -302,7 +303,7 @@ class DryRunOut(Schema):
 def decision_json(d: CampaignDecision) -> dict[str, Any]:
     numbers = dict(d.numbers or {})
     if "gates" in numbers:  # numbers from fewer than k devices a side stay hidden, even in old decisions
-        numbers["gates"] = gate_logic.public_rows(numbers["gates"], services.min_cohort())
+        numbers["gates"] = gate_logic.public_rows(numbers["gates"], min_cohort())
     return {"id": d.pk, "at": d.at, "kind": d.kind, "actor": d.actor_label, "reason": d.reason, "numbers": numbers}
 
 
@@ -335,20 +336,20 @@ def campaign_json(c: Campaign) -> dict[str, Any]:
 
 def campaign_status_json(c: Campaign) -> dict[str, Any]:
     report = c.gate_report or {}
-    progress = services.install_progress(c, cached=True) if c.wave_index >= 0 else None
+    progress = install_progress(c, cached=True) if c.wave_index >= 0 else None
     return {
         **campaign_json(c),
         "verdict": report.get("verdict"),
         "gates_report": [
             {k: row.get(k) for k in GateVerdictOut.model_fields if k in row}
-            for row in gate_logic.public_rows(report.get("gates", []), services.min_cohort())
+            for row in gate_logic.public_rows(report.get("gates", []), min_cohort())
             if "name" in row and "verdict" in row
         ],
         "gate_numbers": {k: v for k, v in report.items() if k != "gates"},
         "last_evaluated_at": c.last_evaluated_at,
         "progress": progress,
         "exclusions": c.exclusions or {},
-        "allowed_actions": [a for a, states in services.ALLOWED_FROM.items() if c.state in states],
+        "allowed_actions": [a for a, states in lifecycle.ALLOWED_FROM.items() if c.state in states],
     }
 
 
@@ -399,7 +400,7 @@ def create_campaign(request: HttpRequest, payload: CampaignIn) -> tuple[int, dic
     if previous is not None and previous.pk == plan["version"].pk:
         raise ProtocolError(400, "invalid", "The previous version must differ from the version.", "previous_version")
     try:
-        campaign = services.create_campaign(
+        campaign = lifecycle.create_campaign(
             name=payload.name,
             gates=gates,
             on_failure=payload.on_failure,
@@ -408,12 +409,12 @@ def create_campaign(request: HttpRequest, payload: CampaignIn) -> tuple[int, dic
             request=request,
             **plan,
         )
-    except services.CampaignError as exc:
+    except lifecycle.CampaignError as exc:
         raise ProtocolError(409, "conflict", str(exc)) from None
     if payload.start:
         try:
-            services.start(campaign.pk, user=request.user, request=request)
-        except services.CampaignError as exc:
+            lifecycle.start(campaign.pk, user=request.user, request=request)
+        except lifecycle.CampaignError as exc:
             raise ProtocolError(
                 409, "conflict", f"Campaign {campaign.pk} was created as a draft but not started: {exc}"
             ) from None
@@ -428,7 +429,7 @@ def create_campaign(request: HttpRequest, payload: CampaignIn) -> tuple[int, dic
 )
 def dry_run_plan(request: HttpRequest, payload: PlanIn) -> dict[str, Any]:
     plan = _plan(payload, request)
-    return services.dry_run(campaign_id=None, cached=True, **plan).as_dict()
+    return targeting.dry_run(campaign_id=None, cached=True, **plan).as_dict()
 
 
 @router.get(
@@ -449,7 +450,7 @@ def get_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dict[st
 )
 def dry_run_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dict[str, Any]:
     c = _campaign(campaign_id)
-    return services.dry_run(
+    return targeting.dry_run(
         version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk, requirements=c.requirements, cached=True
     ).as_dict()
 
@@ -485,7 +486,7 @@ ACTION_TEXT = {
 
 def _act(request: HttpRequest, campaign_id: int, action: str, reason: str) -> dict[str, Any]:
     campaign = _campaign(campaign_id)
-    allowed = services.ALLOWED_FROM[action]
+    allowed = lifecycle.ALLOWED_FROM[action]
     if campaign.state not in allowed:
         raise ProtocolError(
             409,
@@ -495,8 +496,8 @@ def _act(request: HttpRequest, campaign_id: int, action: str, reason: str) -> di
     if action in ("advance", "rollback") and not reason.strip():
         raise ProtocolError(400, "reason_required", f"Say why you {action} the campaign by hand.", "reason")
     try:
-        services.ACTIONS[action](campaign.pk, user=request.user, request=request, reason=reason.strip())
-    except services.CampaignError as exc:
+        lifecycle.ACTIONS[action](campaign.pk, user=request.user, request=request, reason=reason.strip())
+    except lifecycle.CampaignError as exc:
         raise ProtocolError(409, "conflict", str(exc)) from None
     return campaign_status_json(_campaign(campaign.pk))
 
@@ -515,5 +516,5 @@ def _register_action(action: str) -> None:
     )(view)
 
 
-for _action in services.ACTIONS:
+for _action in lifecycle.ACTIONS:
     _register_action(_action)

@@ -6,6 +6,6 @@ class RolloutConfig(AppConfig):
     verbose_name = "Releases and rollout campaigns"
 
     def ready(self) -> None:
-        from rollout.campaigns import register_manifest_hook
+        from rollout.campaign_layer import register_manifest_hook
 
         register_manifest_hook()

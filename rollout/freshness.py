@@ -18,7 +18,7 @@ a row built from a newer generation is not replaced by a claim from an older one
 reloads its data and builds again. So a process that has not yet heard of a rollback cannot hand a
 device a higher-numbered manifest for the state before it.
 
-The poll path (rollout/manifest.py) consults this only when it must sign: a ready manifest is served
+The poll path (fleet/manifests.py) consults this only when it must sign: a ready manifest is served
 from memory or Redis with no query.
 """
 

@@ -25,3 +25,13 @@ def create_release(version: ModelVersion, *, cohort: Cohort | None = None, note:
     )
     bump_generation()
     return rel
+
+
+def current_release(model_id: int, cohort: Cohort | None) -> Release | None:
+    """The release devices of this cohort follow now: the cohort's own, else the fleet-wide one."""
+    releases = Release.objects.filter(model_id=model_id).select_related("version")
+    if cohort is not None:
+        own = releases.filter(cohort=cohort).first()
+        if own:
+            return own
+    return releases.filter(cohort__isnull=True).first() or releases.first()

@@ -1,6 +1,7 @@
 """Campaign pages: list, creation form with a live dry run, the campaign page and its actions.
 
-Views only parse the request and call ``rollout.campaigns``; refusals come back as messages.
+Views only parse the request and call the rollout services (``lifecycle``, ``targeting``, ``progress``,
+``charts``); refusals come back as messages.
 """
 
 from typing import Any
@@ -13,9 +14,12 @@ from django.views.decorators.http import require_POST
 from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
 from ota.models import ModelVersion
-from rollout import campaigns as campaign_services
 from rollout import gates as gate_logic
+from rollout import lifecycle, placement, targeting
+from rollout.charts import chart_series
+from rollout.evaluation import min_cohort
 from rollout.models import Campaign
+from rollout.progress import install_progress
 from telemetry import quarantine
 from telemetry.models import Quarantine
 
@@ -24,7 +28,7 @@ DEFAULT_WAVES_TEXT = "5, 30, 20\n25, 30, 50\n100, 60, 100"
 
 def _campaign_form_values(data: Any) -> dict[str, Any]:
     """Turn the form's fields into ``create_campaign`` arguments (raises CampaignError on bad input)."""
-    CampaignError = campaign_services.CampaignError
+    CampaignError = lifecycle.CampaignError
     try:
         version = ModelVersion.objects.select_related("model").get(pk=int(data.get("version") or 0))
     except (ValueError, ModelVersion.DoesNotExist) as exc:
@@ -58,7 +62,7 @@ def _campaign_form_values(data: Any) -> dict[str, Any]:
         "name": data.get("name", ""),
         "version": version,
         "cohort": cohort,
-        "waves": campaign_services.parse_waves(data.get("waves", "")),
+        "waves": lifecycle.parse_waves(data.get("waves", "")),
         "gates": float_gates,
         "on_failure": data.get("on_failure", "rollback"),
         "previous_version": previous,
@@ -91,16 +95,16 @@ def campaign_new(request: HttpRequest) -> HttpResponse:
         context["form"] = request.POST
         context["gates"] = [(n, text, request.POST.get(f"gate_{n}", "")) for n, text, _ in context["gates"]]
         try:
-            campaign = campaign_services.create_campaign(
+            campaign = lifecycle.create_campaign(
                 **_campaign_form_values(request.POST), user=request.user, request=request
             )
-        except campaign_services.CampaignError as err:
+        except lifecycle.CampaignError as err:
             context["error"] = str(err)
             context["reserved_id"] = request.POST.get("reserved_id")
             return render(request, "rollout/campaign_new.html", context, status=400)
         messages.success(request, f"Campaign “{campaign.name}” created as a draft. Check the dry run, then start it.")
         return redirect("campaign-detail", campaign.pk)
-    context["reserved_id"] = campaign_services.reserve_campaign_id()
+    context["reserved_id"] = lifecycle.reserve_campaign_id()
     return render(request, "rollout/campaign_new.html", context)
 
 
@@ -109,10 +113,10 @@ def campaign_preview(request: HttpRequest) -> HttpResponse:
     """The dry-run fragment for the creation form (refreshed as the operator types)."""
     try:
         values = _campaign_form_values(request.GET)
-        problems = campaign_services.placement.validate_waves(values["waves"])
+        problems = placement.validate_waves(values["waves"])
         if problems:
-            raise campaign_services.CampaignError(" ".join(problems))
-        dry = campaign_services.dry_run(
+            raise lifecycle.CampaignError(" ".join(problems))
+        dry = targeting.dry_run(
             version=values["version"],
             cohort=values["cohort"],
             waves=values["waves"],
@@ -120,13 +124,13 @@ def campaign_preview(request: HttpRequest) -> HttpResponse:
             requirements=values["requirements"],
             cached=True,
         )
-    except campaign_services.CampaignError as err:
+    except lifecycle.CampaignError as err:
         return render(request, "rollout/campaign_dry_run.html", {"error": str(err)})
     return render(request, "rollout/campaign_dry_run.html", {"dry": dry, "reasons": _reasons(dry.excluded)})
 
 
 def _reasons(excluded: dict[str, int]) -> list[tuple[str, str, int]]:
-    return [(k, campaign_services.placement.REASON_TEXT.get(k, k), n) for k, n in sorted(excluded.items())]
+    return [(k, placement.REASON_TEXT.get(k, k), n) for k, n in sorted(excluded.items())]
 
 
 def _detail_context(campaign: Campaign) -> dict[str, Any]:
@@ -136,8 +140,8 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         if campaign.state == Campaign.State.COMPLETED:
             status = "done"
         waves.append({**w, "number": i + 1, "status": status})
-    progress = campaign_services.install_progress(campaign, cached=True) if campaign.wave_index >= 0 else None
-    k = campaign_services.min_cohort()
+    progress = install_progress(campaign, cached=True) if campaign.wave_index >= 0 else None
+    k = min_cohort()
     decisions = list(campaign.decisions.all()[:100])
     for d in decisions:  # numbers below k stay hidden, even in decisions stored before they were hidden
         d.public_gates = gate_logic.public_rows((d.numbers or {}).get("gates"), k)
@@ -150,7 +154,7 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         "quarantine": quarantine.of(Quarantine.Kind.CAMPAIGN, str(campaign.pk)),
         "decisions": decisions,
         "exclusions": _reasons(campaign.exclusions or {}),
-        "allowed": {a for a, states in campaign_services.ALLOWED_FROM.items() if campaign.state in states},
+        "allowed": {a for a, states in lifecycle.ALLOWED_FROM.items() if campaign.state in states},
     }
 
 
@@ -165,7 +169,7 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
     campaign = _campaign(pk)
     context = _detail_context(campaign)
     if campaign.state == Campaign.State.DRAFT:
-        dry = campaign_services.dry_run(
+        dry = targeting.dry_run(
             version=campaign.version,
             cohort=campaign.cohort,
             waves=campaign.waves,
@@ -185,18 +189,18 @@ def campaign_live(request: HttpRequest, pk: int) -> HttpResponse:
 
 @viewer_required
 def campaign_series(request: HttpRequest, pk: int) -> JsonResponse:
-    return JsonResponse(campaign_services.chart_series(_campaign(pk)))
+    return JsonResponse(chart_series(_campaign(pk)))
 
 
 @require_POST
 @operator_required
 def campaign_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
-    if action not in campaign_services.ACTIONS:
+    if action not in lifecycle.ACTIONS:
         raise Http404("no such action")
     campaign = _campaign(pk)
     try:
-        campaign_services.act(action, campaign.pk, request=request, reason=request.POST.get("reason", "").strip())
-    except campaign_services.CampaignError as err:
+        lifecycle.act(action, campaign.pk, request=request, reason=request.POST.get("reason", "").strip())
+    except lifecycle.CampaignError as err:
         messages.error(request, str(err))
         return redirect("campaign-detail", campaign.pk)
     messages.success(request, f"Campaign “{campaign.name}”: {action} done.")

@@ -49,7 +49,7 @@ def refusals(device_id: str) -> list[str]:
 def test_replayed_manifests_are_refused_and_a_real_rollback_is_newer(
     proxy: Proxy, enrollment_key: str, tmp_path: Path
 ) -> None:
-    from rollout import campaigns
+    from rollout import lifecycle
 
     v1 = factories.staged_version(label="v1", seed=1)
     v2 = factories.staged_version(label="v2", seed=2)
@@ -62,8 +62,8 @@ def test_replayed_manifests_are_refused_and_a_real_rollback_is_newer(
     a_v1 = proxy.captured[a.identity["token"]][-1]  # device A's signed v1 manifest
     d_v1 = proxy.captured[d.identity["token"]][-1]  # D's own, older than what comes next
 
-    campaign = campaigns.create_campaign(name="to v2", version=v2, cohort=None, waves=[{"percent": 100}], gates={})
-    campaigns.start(campaign.pk)
+    campaign = lifecycle.create_campaign(name="to v2", version=v2, cohort=None, waves=[{"percent": 100}], gates={})
+    lifecycle.start(campaign.pk)
     assert d.poll_once() is True and d.runtimes["fraud"].version == "v2"
 
     proxy.replay(a_v1)  # another device's manifest: the signature is valid, the device is not D
@@ -88,7 +88,7 @@ def test_replayed_manifests_are_refused_and_a_real_rollback_is_newer(
     assert refusals(d.device_id) == ["device_id", "sequence_older", "sequence_older"]
 
     downloads = len(proxy.hits("/api/v1/artifacts/"))
-    campaigns.rollback(campaign.pk, reason="test")  # a real rollback: a newer manifest naming v1
+    lifecycle.rollback(campaign.pk, reason="test")  # a real rollback: a newer manifest naming v1
     assert restarted.poll_once() is True
     assert restarted.runtimes["fraud"].version == "v1" and restarted.accepted.sequence > on_v2
     assert len(proxy.hits("/api/v1/artifacts/")) == downloads  # v1 was still on disk

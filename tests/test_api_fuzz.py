@@ -32,7 +32,7 @@ def operator_token(live_server: Any, transactional_db: None, django_user_model: 
 
     from accounts.models import ApiToken
     from notify import services as notify
-    from rollout import campaigns
+    from rollout import lifecycle
     from telemetry.models import Alert
 
     user = django_user_model.objects.create_user("fuzz", password="pw-fuzz-12345")
@@ -42,8 +42,8 @@ def operator_token(live_server: Any, transactional_db: None, django_user_model: 
     v1, v2 = factories.staged_version("fraud", "v1", seed=1), factories.staged_version("fraud", "v2", seed=2)
     factories.release(v1)
     factories.device(labels={"region": "eu"})
-    c = campaigns.create_campaign(name="c", version=v2, cohort=None, waves=[{"percent": 100}], gates={})
-    campaigns.start(c.pk)
+    c = lifecycle.create_campaign(name="c", version=v2, cohort=None, waves=[{"percent": 100}], gates={})
+    lifecycle.start(c.pk)
     now = timezone.now()
     Alert.objects.create(kind="drift", version=v1, opened_at=now, updated_at=now)
     notify.create(user, name="m", channel="email", emails=["a@example.com"], events=["alert.opened"])

@@ -27,7 +27,7 @@ import requests
 
 from agent.simulate import SimOptions, run_simulation
 from fleet.models import DeviceEvent
-from rollout import campaigns, placement
+from rollout import cohorts, lifecycle, placement, targeting
 from rollout.models import Campaign, Release
 from tests import factories
 
@@ -137,7 +137,7 @@ def state(c: Campaign) -> tuple[str, int]:
 
 def targeted(c: Campaign) -> set[Any]:
     c.refresh_from_db()
-    return set(campaigns.targeted_device_ids(c)[0])
+    return set(targeting.targeted_device_ids(c)[0])
 
 
 def operator_session(url: str, django_user_model: Any) -> requests.Session:
@@ -174,8 +174,8 @@ def test_healthy_campaign_walks_every_wave_and_the_whole_fleet_ends_on_it(
         {"percent": 50, "min_soak_minutes": SOAK, "min_devices": 6},
         {"percent": 100, "min_soak_minutes": SOAK, "min_devices": 10},
     ]
-    c = campaigns.create_campaign(name="healthy", version=world["v2"], cohort=None, waves=waves, gates=GATES)
-    campaigns.start(c.pk)
+    c = lifecycle.create_campaign(name="healthy", version=world["v2"], cohort=None, waves=waves, gates=GATES)
+    lifecycle.start(c.pk)
     wave1 = targeted(c)
     assert 0 < len(wave1) < N
 
@@ -225,8 +225,8 @@ def test_regressing_version_is_rolled_back_by_the_gate_and_every_device_returns(
         {"percent": 100, "min_soak_minutes": SOAK, "min_devices": 10},
     ]
     gates = {**GATES, "latency_p95": 1.25}
-    c = campaigns.create_campaign(name="regress", version=world["v2"], cohort=None, waves=waves, gates=gates)
-    campaigns.start(c.pk)
+    c = lifecycle.create_campaign(name="regress", version=world["v2"], cohort=None, waves=waves, gates=gates)
+    lifecycle.start(c.pk)
     canary = targeted(c)
     wait_for(lambda: state(c)[0] == "rolled_back", 20, "the automatic rollback", gates=True)
     summary = sim.finish()
@@ -256,10 +256,10 @@ def test_pause_holds_the_fleet_overlap_is_refused_and_incompatible_devices_never
         {"percent": 100, "min_soak_minutes": SOAK, "min_devices": 6},
     ]
     # The simulator gives devices 512, 2048 or 16384 MB free: asking for 1024 MB excludes about a third.
-    c = campaigns.create_campaign(
+    c = lifecycle.create_campaign(
         name="held", version=world["v2"], cohort=None, waves=waves, gates=GATES, requirements={"min_storage_mb": 1024}
     )
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     c.refresh_from_db()
     excluded = sum(c.exclusions.values())
     assert set(c.exclusions) == {"storage"} and 0 < excluded < N
@@ -314,5 +314,5 @@ def factories_cohort(name: str, selector: str) -> Any:
 
 
 def excluded_devices(c: Campaign) -> set[Any]:
-    req = campaigns.requirements_for(c.version, c.requirements)
-    return {d for d, _, hw in campaigns.cohort_devices(c.cohort) if placement.incompatibility(hw, req)}
+    req = targeting.requirements_for(c.version, c.requirements)
+    return {d for d, _, hw in cohorts.cohort_devices(c.cohort) if placement.incompatibility(hw, req)}

@@ -1,6 +1,6 @@
 """The grouped PostgreSQL scan of dry runs and install progress answers what the per-device loop does.
 
-``rollout.campaigns`` groups devices in the database (bucket by sha256 in SQL, storage compared in
+``rollout.cohorts`` groups devices in the database (bucket by sha256 in SQL, storage compared in
 SQL) so a 100,000-device dry run stays fast; these tests run both paths over a fleet with every
 kind of odd hardware and compare the results number for number.
 """
@@ -11,8 +11,9 @@ import uuid
 import pytest
 
 from fleet.models import DeviceEvent
-from rollout import campaigns, placement
+from rollout import cohorts, lifecycle, placement, targeting
 from rollout.models import Campaign
+from rollout.progress import install_progress
 from tests import test_campaign_factories as f
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +60,7 @@ def mixed_fleet() -> dict:
 
 def both(monkeypatch: pytest.MonkeyPatch, call) -> tuple:
     grouped = call()
-    monkeypatch.setattr(campaigns, "grouped_scan_available", lambda: False)
+    monkeypatch.setattr(cohorts, "grouped_scan_available", lambda: False)
     per_device = call()
     monkeypatch.undo()
     return grouped, per_device
@@ -69,10 +70,10 @@ def both(monkeypatch: pytest.MonkeyPatch, call) -> tuple:
 @pytest.mark.parametrize("requirements", [None, {"provider": "CUDAExecutionProvider"}, {"min_storage_mb": 1000}])
 def test_dry_run_grouped_equals_per_device(mixed_fleet, monkeypatch, selector, requirements) -> None:
     cohort = f.cohort("c", selector) if selector else None
-    assert campaigns.grouped_scan_available()
+    assert cohorts.grouped_scan_available()
 
     def call() -> dict:
-        return campaigns.dry_run(
+        return targeting.dry_run(
             version=mixed_fleet["v2"], cohort=cohort, waves=f.WAVES, campaign_id=4242, requirements=requirements
         ).as_dict()
 
@@ -86,10 +87,10 @@ def test_dry_run_grouped_equals_per_device(mixed_fleet, monkeypatch, selector, r
 
 def test_sql_bucket_is_placement_bucket(mixed_fleet) -> None:
     """Every device lands in the same wave in SQL as ``placement.bucket`` puts it (negative digests too)."""
-    req = campaigns.requirements_for(mixed_fleet["v2"])
+    req = targeting.requirements_for(mixed_fleet["v2"])
     for cid in (1, 77, 123456):
         limits = list(range(1, placement.BUCKETS + 1, 97))
-        groups = list(campaigns._grouped_devices(None, cid, limits, req))
+        groups = list(cohorts.grouped_devices(None, cid, limits, req))
         expected: dict[int | None, int] = {}
         for d in mixed_fleet["devices"]:
             b = placement.bucket(d.id, cid)
@@ -102,11 +103,11 @@ def test_sql_bucket_is_placement_bucket(mixed_fleet) -> None:
 
 
 def test_install_progress_grouped_equals_per_device(mixed_fleet, monkeypatch) -> None:
-    c = campaigns.create_campaign(
+    c = lifecycle.create_campaign(
         name="v2", version=mixed_fleet["v2"], cohort=None, waves=f.WAVES, gates={"error_rate": 0.01}
     )
-    campaigns.start(c.pk)
-    campaigns.advance(c.pk, reason="test", expect_wave=0)
+    lifecycle.start(c.pk)
+    lifecycle.advance(c.pk, reason="test", expect_wave=0)
     for d in mixed_fleet["devices"][::4]:
         DeviceEvent.objects.create(
             id=uuid.uuid4(),
@@ -117,6 +118,6 @@ def test_install_progress_grouped_equals_per_device(mixed_fleet, monkeypatch) ->
             version_label="v2",
         )
     c = Campaign.objects.select_related("model", "version", "previous_version", "cohort").get(pk=c.pk)
-    grouped, per_device = both(monkeypatch, lambda: campaigns.install_progress(c))
+    grouped, per_device = both(monkeypatch, lambda: install_progress(c))
     assert grouped["targeted"] > 0 and grouped["install_failed"] > 0
     assert grouped == per_device

@@ -5,7 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from fleet.auth import DeviceSnapshot
-from rollout import campaigns, manifest, placement
+from rollout import lifecycle, manifest, placement
 from rollout.models import Campaign
 from tests import test_campaign_factories as f
 
@@ -31,7 +31,7 @@ def setup() -> dict:
     devs = [f.device({"region": "eu"}) for _ in range(60)]
     old = f.device({"region": "eu"}, ort_version="1.14.0")  # cannot run opset 21
     us = f.device({"region": "us"})
-    c = campaigns.create_campaign(
+    c = lifecycle.create_campaign(
         name="c", version=v2, cohort=eu, waves=f.WAVES, gates={"error_rate": 0.02}, previous_version=None
     )
     return {"c": c, "devs": devs, "old": old, "us": us}
@@ -49,15 +49,15 @@ def test_a_draft_changes_nothing(setup) -> None:
 
 def test_waves_reach_their_buckets_and_pause_holds(setup) -> None:
     c, devs = setup["c"], setup["devs"]
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     inside, outside = split(c, devs, 0)
     assert inside and outside
     assert all(desired(d) == {"fraud": ("v2", "v1", c.pk)} for d in inside)
     assert all(desired(d)["fraud"][0] == "v1" for d in outside)
-    campaigns.pause(c.pk)
+    lifecycle.pause(c.pk)
     assert all(desired(d)["fraud"][0] == "v2" for d in inside)  # a pause holds the fleet where it is
-    campaigns.resume(c.pk)
-    campaigns.advance(c.pk, numbers={})
+    lifecycle.resume(c.pk)
+    lifecycle.advance(c.pk, numbers={})
     inside2, _ = split(Campaign.objects.get(pk=c.pk), devs, 1)
     assert set(map(id, inside)) <= set(map(id, inside2))
     assert all(desired(d)["fraud"][0] == "v2" for d in inside2)
@@ -68,17 +68,17 @@ def test_waves_reach_their_buckets_and_pause_holds(setup) -> None:
 
 def test_rollback_sends_every_targeted_device_back(setup) -> None:
     c, devs = setup["c"], setup["devs"]
-    campaigns.start(c.pk)
-    campaigns.advance(c.pk, numbers={})
-    campaigns.rollback(c.pk, numbers={}, reason="regression")
+    lifecycle.start(c.pk)
+    lifecycle.advance(c.pk, numbers={})
+    lifecycle.rollback(c.pk, numbers={}, reason="regression")
     assert all(desired(d)["fraud"][0] == "v1" for d in devs)
 
 
 def test_completion_releases_to_the_cohort_but_not_to_incompatible_devices(setup) -> None:
     c, devs = setup["c"], setup["devs"]
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     for _ in range(3):
-        campaigns.advance(c.pk, numbers={})
+        lifecycle.advance(c.pk, numbers={})
     assert Campaign.objects.get(pk=c.pk).state == "completed"
     assert all(desired(d)["fraud"][0] == "v2" for d in devs)
     assert desired(setup["old"])["fraud"][0] == "v1"
@@ -87,7 +87,7 @@ def test_completion_releases_to_the_cohort_but_not_to_incompatible_devices(setup
 
 def test_a_warm_resolution_makes_no_query(setup) -> None:
     c = setup["c"]
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     manifest.bump_generation()
     manifest.desired_for(snap(setup["devs"][0]))  # loads the generation once
     with CaptureQueriesContext(connection) as q:

@@ -7,9 +7,10 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry
 from ota.models import ModelVersion
-from rollout import campaigns, placement
-from rollout.campaigns import CampaignError
+from rollout import evaluation, lifecycle, placement, targeting
+from rollout.lifecycle import CampaignError
 from rollout.models import Campaign, CampaignDecision, Release
+from rollout.progress import install_progress
 from tests import test_campaign_factories as f
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +31,7 @@ def fleet() -> dict:
 
 def make(fleet: dict, **kw) -> Campaign:
     args = {"name": "v2 to eu", "version": fleet["v2"], "cohort": fleet["eu"], "waves": f.WAVES, "gates": GATES}
-    return campaigns.create_campaign(**{**args, **kw})
+    return lifecycle.create_campaign(**{**args, **kw})
 
 
 # --- create -------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_rolling_out_what_devices_already_run_is_refused(fleet) -> None:
 
 def test_overlapping_active_campaign_is_refused_with_the_reason(fleet) -> None:
     first = make(fleet)
-    campaigns.start(first.pk)
+    lifecycle.start(first.pk)
     v3 = f.version(fleet["model"], "v3")
     rpi = f.cohort("rpi", "hw=rpi4")  # every eu device is an rpi4: overlap through shared devices
     with pytest.raises(CampaignError, match="one active campaign per model and device") as err:
@@ -100,9 +101,9 @@ def test_overlapping_active_campaign_is_refused_with_the_reason(fleet) -> None:
 def test_two_drafts_may_overlap_but_only_one_can_start(fleet) -> None:
     a = make(fleet)
     b = make(fleet, version=f.version(fleet["model"], "v3"), name="b")
-    campaigns.start(a.pk)
+    lifecycle.start(a.pk)
     with pytest.raises(CampaignError, match="one active campaign"):
-        campaigns.start(b.pk)
+        lifecycle.start(b.pk)
     assert Campaign.objects.get(pk=b.pk).state == Campaign.State.DRAFT
 
 
@@ -114,7 +115,7 @@ def test_dry_run_counts_waves_by_label_and_hardware_and_exclusions(fleet) -> Non
     f.device({"region": "eu"}, ort_version="1.10.0")  # opset 17 needs ort >= 1.12
     f.device({"region": "eu"}, ort_version="1.10.0")
     c = make(fleet)
-    dr = campaigns.dry_run(version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk)
+    dr = targeting.dry_run(version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk)
     assert dr.total == 43 and dr.compatible == 40
     assert dr.excluded == {"ram": 1, "ort_version": 2}
     counts = [w["devices"] for w in dr.waves]
@@ -129,13 +130,13 @@ def test_dry_run_counts_waves_by_label_and_hardware_and_exclusions(fleet) -> Non
 def test_dry_run_gives_small_devices_the_int8_build(fleet) -> None:
     v3 = f.version(fleet["model"], "v3", int8_size=50_000)
     f.device({"region": "eu"}, ram_mb=512)
-    dr = campaigns.dry_run(version=v3, cohort=fleet["eu"], waves=f.WAVES, campaign_id=7)
+    dr = targeting.dry_run(version=v3, cohort=fleet["eu"], waves=f.WAVES, campaign_id=7)
     assert dr.waves[-1]["by_variant"] == {"fp32": 40, "int8": 1}
 
 
 def test_required_provider_excludes_devices_without_it(fleet) -> None:
     f.device({"region": "eu"}, providers=["CPUExecutionProvider", "CUDAExecutionProvider"])
-    dr = campaigns.dry_run(
+    dr = targeting.dry_run(
         version=fleet["v2"],
         cohort=fleet["eu"],
         waves=f.WAVES,
@@ -146,11 +147,11 @@ def test_required_provider_excludes_devices_without_it(fleet) -> None:
 
 
 def test_reserved_id_makes_the_preview_exact(fleet) -> None:
-    reserved = campaigns.reserve_campaign_id()
-    preview = campaigns.dry_run(version=fleet["v2"], cohort=fleet["eu"], waves=f.WAVES, campaign_id=reserved)
+    reserved = lifecycle.reserve_campaign_id()
+    preview = targeting.dry_run(version=fleet["v2"], cohort=fleet["eu"], waves=f.WAVES, campaign_id=reserved)
     c = make(fleet, reserved_id=reserved)
     assert c.pk == reserved
-    again = campaigns.dry_run(version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk)
+    again = targeting.dry_run(version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk)
     assert again.waves == preview.waves
     # an id nobody reserved is ignored rather than trusted
     c2 = make(fleet, cohort=f.cohort("us", "region=us"), reserved_id=10**9, name="x")
@@ -162,15 +163,15 @@ def test_reserved_id_makes_the_preview_exact(fleet) -> None:
 
 def test_start_pause_resume_advance_rollback_are_recorded_and_audited(fleet, operator) -> None:
     c = make(fleet)
-    campaigns.start(c.pk, user=operator)
+    lifecycle.start(c.pk, user=operator)
     c.refresh_from_db()
     assert c.state == "running" and c.wave_index == 0 and c.started_at and c.exclusions == {}
-    campaigns.pause(c.pk, user=operator, reason="looking at it")
-    campaigns.resume(c.pk, user=operator)
-    campaigns.advance(c.pk, user=operator, reason="numbers look fine")
+    lifecycle.pause(c.pk, user=operator, reason="looking at it")
+    lifecycle.resume(c.pk, user=operator)
+    lifecycle.advance(c.pk, user=operator, reason="numbers look fine")
     c.refresh_from_db()
     assert c.wave_index == 1 and c.state == "running"
-    campaigns.rollback(c.pk, user=operator, reason="customer complaint")
+    lifecycle.rollback(c.pk, user=operator, reason="customer complaint")
     c.refresh_from_db()
     assert c.state == "rolled_back" and c.finished_at
     kinds = list(c.decisions.order_by("at", "id").values_list("kind", flat=True))
@@ -201,15 +202,15 @@ def test_transitions_that_are_not_allowed_change_nothing(fleet, operator, state,
     Campaign.objects.filter(pk=c.pk).update(state=state, wave_index=0 if state != "draft" else -1)
     before = (CampaignDecision.objects.count(), AuditEntry.objects.count())
     with pytest.raises(CampaignError, match=f"Cannot {action}"):
-        campaigns.ACTIONS[action](c.pk, user=operator, reason="because")
+        lifecycle.ACTIONS[action](c.pk, user=operator, reason="because")
     assert Campaign.objects.get(pk=c.pk).state == state
     assert (CampaignDecision.objects.count(), AuditEntry.objects.count()) == before
 
 
 def test_manual_advance_and_rollback_need_a_reason(fleet, operator) -> None:
     c = make(fleet)
-    campaigns.start(c.pk)
-    for fn in (campaigns.advance, campaigns.rollback):
+    lifecycle.start(c.pk)
+    for fn in (lifecycle.advance, lifecycle.rollback):
         with pytest.raises(CampaignError, match="Say why"):
             fn(c.pk, user=operator, reason="  ")
     c.refresh_from_db()
@@ -218,9 +219,9 @@ def test_manual_advance_and_rollback_need_a_reason(fleet, operator) -> None:
 
 def test_advancing_past_the_last_wave_completes_and_releases(fleet, operator) -> None:
     c = make(fleet)
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     for _ in range(3):
-        campaigns.advance(c.pk, user=operator, reason="go")
+        lifecycle.advance(c.pk, user=operator, reason="go")
     c.refresh_from_db()
     assert c.state == "completed" and c.finished_at
     rel = Release.objects.filter(model=fleet["model"]).first()
@@ -229,18 +230,18 @@ def test_advancing_past_the_last_wave_completes_and_releases(fleet, operator) ->
 
 def test_abort_from_draft(fleet) -> None:
     c = make(fleet)
-    campaigns.abort(c.pk, reason="wrong cohort")
+    lifecycle.abort(c.pk, reason="wrong cohort")
     assert Campaign.objects.get(pk=c.pk).state == "aborted"
 
 
 def test_install_progress_counts_targeted_devices(fleet) -> None:
     c = make(fleet, waves=[{"percent": 100}])
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     eu = fleet["devices"][:40]
     for d in eu[:15]:
         d.installed = {"fraud": "v2"}
         d.save()
-    progress = campaigns.install_progress(Campaign.objects.get(pk=c.pk))
+    progress = install_progress(Campaign.objects.get(pk=c.pk))
     assert progress["targeted"] == 40 and progress["on_version"] == 15 and progress["on_previous"] == 25
 
 
@@ -266,14 +267,14 @@ def comparison(verdict: str = "pass", n: int = 30, error_canary: float = 0.01) -
 @pytest.fixture
 def synthetic(monkeypatch) -> dict:
     box = {"value": comparison()}
-    monkeypatch.setattr(campaigns, "compare", lambda campaign, since, min_devices=1: box["value"])
+    monkeypatch.setattr(evaluation, "compare", lambda campaign, since, min_devices=1: box["value"])
     return box
 
 
 def test_job_advances_through_every_wave_to_completion(fleet, synthetic) -> None:
     c = make(fleet)
-    campaigns.start(c.pk)
-    results = [campaigns.evaluate_campaign(c.pk) for _ in range(4)]
+    lifecycle.start(c.pk)
+    results = [evaluation.evaluate_campaign(c.pk) for _ in range(4)]
     assert results == ["advance", "advance", "complete", "skip"]
     c.refresh_from_db()
     assert c.state == "completed"
@@ -286,24 +287,24 @@ def test_job_advances_through_every_wave_to_completion(fleet, synthetic) -> None
 def test_job_holds_while_soaking_and_while_too_few_devices_report(fleet, synthetic) -> None:
     waves = [{"percent": 50, "min_soak_minutes": 10, "min_devices": 20}, {"percent": 100}]
     c = make(fleet, waves=waves)
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "hold"
-    assert campaigns.evaluate_campaign(c.pk) == "hold"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "hold"
+    assert evaluation.evaluate_campaign(c.pk) == "hold"
     assert c.decisions.filter(kind="hold").count() == 1  # the same reason is not repeated
     later = timezone.now() + timedelta(minutes=11)
     synthetic["value"] = comparison(n=5)
-    assert campaigns.evaluate_campaign(c.pk, now=later) == "hold"
+    assert evaluation.evaluate_campaign(c.pk, now=later) == "hold"
     hold = c.decisions.filter(kind="hold").order_by("-at", "-id").first()
     assert "5 of 20" in hold.reason
     synthetic["value"] = comparison(n=25)
-    assert campaigns.evaluate_campaign(c.pk, now=later) == "advance"
+    assert evaluation.evaluate_campaign(c.pk, now=later) == "advance"
 
 
 def test_job_holds_on_not_enough_data(fleet, synthetic) -> None:
     synthetic["value"] = comparison("not_enough_data")
     c = make(fleet)
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "hold"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "hold"
     c.refresh_from_db()
     assert c.state == "running" and c.wave_index == 0 and c.gate_report["verdict"] == "not_enough_data"
 
@@ -311,8 +312,8 @@ def test_job_holds_on_not_enough_data(fleet, synthetic) -> None:
 def test_job_rolls_back_on_a_failing_gate_with_the_numbers(fleet, synthetic) -> None:
     synthetic["value"] = comparison("fail", error_canary=0.2)
     c = make(fleet)
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "rollback"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "rollback"
     c.refresh_from_db()
     assert c.state == "rolled_back"
     d = c.decisions.get(kind="rollback")
@@ -325,18 +326,18 @@ def test_job_rolls_back_on_a_failing_gate_with_the_numbers(fleet, synthetic) -> 
 def test_job_pauses_when_the_campaign_says_pause(fleet, synthetic) -> None:
     synthetic["value"] = comparison("fail", error_canary=0.2)
     c = make(fleet, on_failure="pause")
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "pause"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "pause"
     assert Campaign.objects.get(pk=c.pk).state == "paused"
-    assert campaigns.evaluate_campaign(c.pk) == "skip"  # a paused campaign is held by the job
+    assert evaluation.evaluate_campaign(c.pk) == "skip"  # a paused campaign is held by the job
 
 
 def test_a_stale_evaluation_does_not_act_twice(fleet, synthetic) -> None:
     c = make(fleet)
-    campaigns.start(c.pk)
-    campaigns.advance(c.pk, numbers={}, expect_wave=0)
+    lifecycle.start(c.pk)
+    lifecycle.advance(c.pk, numbers={}, expect_wave=0)
     with pytest.raises(CampaignError, match="moved on"):
-        campaigns.advance(c.pk, numbers={}, expect_wave=0)
+        lifecycle.advance(c.pk, numbers={}, expect_wave=0)
     assert Campaign.objects.get(pk=c.pk).wave_index == 1
 
 
@@ -345,15 +346,15 @@ def test_an_automatic_rollback_opens_one_regression_alert(fleet, synthetic) -> N
 
     synthetic["value"] = comparison("fail", error_canary=0.2)
     c = make(fleet)
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "rollback"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "rollback"
     alert = Alert.objects.get(kind="regression", state="open")
     assert alert.version_id == c.version_id and "error_rate" in alert.message and "rolled back" in alert.message
     assert alert.numbers["campaign"] == c.pk
     # A second failing campaign of the same version updates the open alert instead of adding one.
     again = make(fleet)
-    campaigns.start(again.pk)
-    assert campaigns.evaluate_campaign(again.pk) == "rollback"
+    lifecycle.start(again.pk)
+    assert evaluation.evaluate_campaign(again.pk) == "rollback"
     assert Alert.objects.filter(kind="regression", state="open").count() == 1
     assert Alert.objects.get(kind="regression").numbers["campaign"] == again.pk
 
@@ -363,6 +364,6 @@ def test_a_passing_or_holding_gate_opens_no_alert(fleet, synthetic) -> None:
 
     synthetic["value"] = comparison("not_enough_data")
     c = make(fleet)
-    campaigns.start(c.pk)
-    assert campaigns.evaluate_campaign(c.pk) == "hold"
+    lifecycle.start(c.pk)
+    assert evaluation.evaluate_campaign(c.pk) == "hold"
     assert not Alert.objects.filter(kind="regression").exists()

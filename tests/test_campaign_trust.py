@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from rollout import campaigns
+from rollout import evaluation, lifecycle
 from rollout.models import Campaign
 from rollout.tasks import evaluate_campaigns
 from telemetry.binning import LATENCY_EDGES_MS
@@ -47,8 +47,8 @@ def make_fleet(model: str = "fraud") -> dict:
     f.release(v1)
     cohort = f.cohort(f"{model}-eu", f"region=eu,m={model}")
     devices = [f.device({"region": "eu", "m": model}, {model: "v1"}) for _ in range(60)]
-    c = campaigns.create_campaign(name=f"{model} v2", version=v2, cohort=cohort, waves=WAVES, gates=GATES)
-    campaigns.start(c.pk)
+    c = lifecycle.create_campaign(name=f"{model} v2", version=v2, cohort=cohort, waves=WAVES, gates=GATES)
+    lifecycle.start(c.pk)
     return {"c": c, "v1": v1, "v2": v2, "devices": devices}
 
 
@@ -82,7 +82,7 @@ def page_text(client, c: Campaign) -> str:
 def test_one_reporting_device_gives_a_count_and_a_reason_only(viewer_client) -> None:
     fleet = make_fleet()
     report_sides(fleet, canary=1, control=30, canary_errors=370.5)
-    assert campaigns.evaluate_campaign(fleet["c"].pk) == "hold"
+    assert evaluation.evaluate_campaign(fleet["c"].pk) == "hold"
     c = Campaign.objects.get(pk=fleet["c"].pk)
     assert c.gate_report["verdict"] == "not_enough_data" and c.gate_report["reporting_devices"] == 1
     assert_no_numbers(c.gate_report["gates"], 1)
@@ -100,9 +100,9 @@ def test_at_the_statistical_floor_a_regression_still_rolls_back_without_numbers(
     assert settings.EDGEFLEET_MIN_COHORT == 20
     fleet = make_fleet()
     report_sides(fleet, canary=4, control=30, canary_errors=300.0)
-    assert campaigns.evaluate_campaign(fleet["c"].pk) == "hold", "4 canary devices: below the floor"
+    assert evaluation.evaluate_campaign(fleet["c"].pk) == "hold", "4 canary devices: below the floor"
     row(fleet["devices"][59], fleet["v2"], 300.0)
-    assert campaigns.evaluate_campaign(fleet["c"].pk) == "rollback", "5 canary devices: at the floor"
+    assert evaluation.evaluate_campaign(fleet["c"].pk) == "rollback", "5 canary devices: at the floor"
     c = Campaign.objects.get(pk=fleet["c"].pk)
     error = next(g for g in c.gate_report["gates"] if g["name"] == "error_rate")
     assert error["verdict"] == "fail"
@@ -120,7 +120,7 @@ def test_at_the_statistical_floor_a_regression_still_rolls_back_without_numbers(
 def test_from_k_devices_on_each_side_the_numbers_are_shown(viewer_client) -> None:
     fleet = make_fleet()
     report_sides(fleet, canary=20, control=20, canary_errors=5.0)
-    assert campaigns.evaluate_campaign(fleet["c"].pk) == "complete"
+    assert evaluation.evaluate_campaign(fleet["c"].pk) == "complete"
     c = Campaign.objects.get(pk=fleet["c"].pk)
     error = next(g for g in c.decisions.get(kind="complete").numbers["gates"] if g["name"] == "error_rate")
     assert error["canary"] == pytest.approx(0.005) and error["control"] == pytest.approx(0.005)

@@ -3,7 +3,7 @@
 import pytest
 
 from accounts.models import AuditEntry
-from rollout import campaigns
+from rollout import lifecycle
 from rollout.models import Campaign
 from tests import test_campaign_factories as f
 
@@ -36,7 +36,7 @@ def form(setup: dict, **kw) -> dict:
 
 
 def draft(setup: dict) -> Campaign:
-    return campaigns.create_campaign(
+    return lifecycle.create_campaign(
         name="c", version=setup["v2"], cohort=setup["eu"], waves=f.WAVES, gates={"error_rate": 0.02}
     )
 
@@ -97,14 +97,14 @@ def test_bad_form_input_is_explained_and_nothing_is_made(operator_client, setup,
 
 
 def test_overlap_is_refused_in_the_form(operator_client, setup) -> None:
-    campaigns.start(draft(setup).pk)
+    lifecycle.start(draft(setup).pk)
     response = operator_client.post("/campaigns/new/", form(setup, version=f.version(setup["v1"].model, "v3").pk))
     assert response.status_code == 400 and "one active campaign per model and device" in response.content.decode()
     assert Campaign.objects.count() == 1
 
 
 def test_preview_shows_waves_and_exclusions(operator_client, setup) -> None:
-    data = form(setup, reserved_id=campaigns.reserve_campaign_id())
+    data = form(setup, reserved_id=lifecycle.reserve_campaign_id())
     response = operator_client.get("/campaigns/preview/", data)
     page = response.content.decode()
     assert response.status_code == 200 and 'id="dry-run-waves"' in page
@@ -134,7 +134,7 @@ def test_a_refused_action_says_why_and_changes_nothing(operator_client, setup) -
     c = draft(setup)
     response = operator_client.post(f"/campaigns/{c.pk}/pause/", follow=True)
     assert "Cannot pause" in response.content.decode()
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     response = operator_client.post(f"/campaigns/{c.pk}/rollback/", {"reason": ""}, follow=True)
     assert "Say why" in response.content.decode()
     c.refresh_from_db()
@@ -145,7 +145,7 @@ def test_a_refused_action_says_why_and_changes_nothing(operator_client, setup) -
 
 def test_live_fragment_and_series(viewer_client, setup) -> None:
     c = draft(setup)
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     page = viewer_client.get(f"/campaigns/{c.pk}/").content.decode()
     assert f'data-poll-url="/campaigns/{c.pk}/live/"' in page and "vendor/plotly.min.js" in page
     live = viewer_client.get(f"/campaigns/{c.pk}/live/").content.decode()
@@ -167,7 +167,7 @@ def test_series_includes_the_started_bucket_and_reads_latency_through_the_noise(
     settings.EDGEFLEET_MIN_COHORT = 20
     settings.EDGEFLEET_ROLLUP_SECONDS = 3600
     c = draft(setup)
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     bucket = timezone.now().replace(minute=0, second=0, microsecond=0)
     latency = [0.0] * (len(LATENCY_EDGES_MS) - 1)
     latency[1] = 5000.0  # 1-2 ms: the real mass

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry
 from fleet.auth import DeviceSnapshot
-from rollout import campaigns, manifest, placement
+from rollout import lifecycle, manifest, placement
 from rollout.models import Campaign, Release
 from rollout.tasks import evaluate_campaigns
 from telemetry.binning import DEFAULT_SCORE_EDGES, LATENCY_EDGES_MS
@@ -60,10 +60,10 @@ def fleet(transactional_db) -> dict:
     eu = f.cohort("eu", "region=eu")
     devices = [f.device({"region": "eu"}, {"fraud": "v1"}) for _ in range(80)]
     waves = [{"percent": 50, "min_soak_minutes": 0, "min_devices": 5}, {"percent": 100, "min_devices": 5}]
-    c = campaigns.create_campaign(
+    c = lifecycle.create_campaign(
         name="w", version=v2, cohort=eu, waves=waves, gates={"error_rate": 0.02, "latency_p95": 1.25}
     )
-    campaigns.start(c.pk)
+    lifecycle.start(c.pk)
     return {"c": c, "v1": v1, "v2": v2, "devices": devices}
 
 

@@ -64,16 +64,16 @@ def test_values_that_are_not_json_are_refused_on_both_sides(value: object) -> No
 
 @pytest.mark.django_db
 def test_a_signature_from_the_server_verifies_in_the_agent_and_fails_on_any_changed_byte() -> None:
-    from rollout import manifest
+    from fleet import manifests
     from tests import factories
 
     factories.release(factories.staged_version("d\u00e9tection-\u6771", "v1", seed=1))  # non-ASCII in the bytes
     dev, token = factories.device(labels={"region": "eu"})
-    body = manifest.poll(token).body
+    body = manifests.poll(token).body
     pinned = signing.public_info()
     doc = json.loads(body)
     got = verify.verify_manifest(doc, pinned)
-    assert got["device_id"] == str(dev.id) and verify.canonical(got) == manifest.poll(token).canonical
+    assert got["device_id"] == str(dev.id) and verify.canonical(got) == manifests.poll(token).canonical
     assert got["models"][0]["model"] == "d\u00e9tection-\u6771"
 
     start = body.index(b'{"device_id"')

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 
 from fleet.models import Cohort, Device
 from notify import services as notify
-from rollout import campaigns
+from rollout import lifecycle
 from tests import factories
 from tests import test_campaign_factories as f
 from tests.test_telemetry_pages import populate
@@ -52,8 +52,8 @@ def world(transactional_db, django_user_model) -> dict:
     v2.save(update_fields=["reference_profile"])
     devices = [f.device({"region": "eu"}, {"fraud": "v1"}) for _ in range(20)]
     eu = Cohort.objects.get(name="eu")
-    c = campaigns.create_campaign(name="v2 to eu", version=v2, cohort=eu, waves=f.WAVES, gates={"error_rate": 0.02})
-    campaigns.start(c.pk, user=ada)
+    c = lifecycle.create_campaign(name="v2 to eu", version=v2, cohort=eu, waves=f.WAVES, gates={"error_rate": 0.02})
+    lifecycle.start(c.pk, user=ada)
     sub, _ = notify.create(ada, name="on call", channel="email", emails=["oncall@example.com"], events=["alert.opened"])
     return {"ada": ada, "v1": v1, "v2": v2, "campaign": c, "device": devices[0], "subscription": sub}
 

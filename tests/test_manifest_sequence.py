@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent.verify import Accepted, check_manifest, digest, parse_time, verify_manifest
+from fleet import manifests
 from fleet.auth import hash_token, poll_key
 from fleet.presence import redis_client
 from ota import signing
@@ -54,15 +55,15 @@ def rerelease(label: str) -> None:
     factories.release(ModelVersion.objects.get(model__name="fraud", label=label))
 
 
-def told(ready: manifest.Ready) -> dict[str, Any]:
+def told(ready: manifests.Ready) -> dict[str, Any]:
     return json.loads(ready.body)["manifest"]
 
 
-def version_of(ready: manifest.Ready) -> str:
+def version_of(ready: manifests.Ready) -> str:
     return told(ready)["models"][0]["version"]
 
 
-def mark(ready: manifest.Ready) -> Accepted:
+def mark(ready: manifests.Ready) -> Accepted:
     m = told(ready)
     return Accepted(m["device_id"], m["sequence"], digest(m), parse_time(m["issued_at"]), parse_time(m["expires_at"]))
 
@@ -70,19 +71,19 @@ def mark(ready: manifest.Ready) -> Accepted:
 @contextmanager
 def another_process():
     """This process's memory swapped for an empty one, as another web worker's would be."""
-    saved = (manifest._ready, manifest._rests)
-    manifest._ready, manifest._rests = {}, {}
+    saved = (manifests._ready, manifests._rests)
+    manifests._ready, manifests._rests = {}, {}
     try:
         yield
     finally:
-        manifest._ready, manifest._rests = saved
+        manifests._ready, manifests._rests = saved
 
 
 def test_the_signed_manifest_carries_sequence_issue_time_and_expiry(device, clock, settings) -> None:
     from fleet.api import ManifestOut
 
     dev, token = device
-    ready = manifest.poll(token)
+    ready = manifests.poll(token)
     doc = json.loads(ready.body)
     m = verify_manifest(doc, signing.public_info())  # the fields are inside what is signed
     assert m["protocol"] == 2 and m["device_id"] == str(dev.id)
@@ -97,11 +98,11 @@ def test_the_signed_manifest_carries_sequence_issue_time_and_expiry(device, cloc
 
 def test_a_change_and_a_rollback_each_get_a_higher_sequence(device, clock) -> None:
     dev, token = device
-    v1 = told(first := manifest.poll(token))
+    v1 = told(first := manifests.poll(token))
     factories.release(factories.staged_version("fraud", "v2", seed=2))
-    second = manifest.poll(token)
+    second = manifests.poll(token)
     rerelease("v1")  # back to v1
-    third = manifest.poll(token)
+    third = manifests.poll(token)
     assert [version_of(r) for r in (first, second, third)] == ["v1", "v2", "v1"]
     assert v1["sequence"] < told(second)["sequence"] < told(third)["sequence"]
     # the rollback is newer to the agent, which has accepted v2
@@ -111,46 +112,46 @@ def test_a_change_and_a_rollback_each_get_a_higher_sequence(device, clock) -> No
 
 def test_an_unchanged_manifest_keeps_sequence_and_signature_across_generation_bumps(device, monkeypatch) -> None:
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     manifest.bump_generation()
-    manifest._ready.clear()
+    manifests._ready.clear()
     monkeypatch.setattr(signing, "sign", lambda data: pytest.fail("same content: the old signature still signs it"))
     monkeypatch.setattr(freshness, "claim", lambda *a, **k: pytest.fail("same content: no new sequence"))
-    again = manifest.poll(token)
+    again = manifests.poll(token)
     assert again.gen != first.gen and again.body == first.body and again.etag == first.etag
 
 
 def test_a_ready_manifest_is_served_with_no_query(device, django_assert_num_queries) -> None:
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     with django_assert_num_queries(0):
-        assert manifest.poll(token) is first  # process memory
+        assert manifests.poll(token) is first  # process memory
     with another_process(), django_assert_num_queries(0):
-        assert manifest.poll(token).body == first.body  # one Redis round trip
+        assert manifests.poll(token).body == first.body  # one Redis round trip
 
 
 def test_a_manifest_near_expiry_is_resigned_with_a_higher_sequence(device, clock) -> None:
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     refresh_at = first.refresh_at
     assert refresh_at == first.fresh.expires_at - DAY  # EDGEFLEET_MANIFEST_REFRESH
     clock["t"] = refresh_at - 1
-    assert manifest.poll(token) is first
+    assert manifests.poll(token) is first
     with another_process():
-        assert manifest.poll(token).body == first.body
+        assert manifests.poll(token).body == first.body
     clock["t"] = refresh_at
-    renewed = manifest.poll(token)
+    renewed = manifests.poll(token)
     assert renewed.fresh.sequence > first.fresh.sequence and renewed.fresh.issued_at == refresh_at
     assert renewed.etag != first.etag and version_of(renewed) == "v1"
     with another_process():  # the renewed one is what Redis holds now
-        assert manifest.poll(token).body == renewed.body
+        assert manifests.poll(token).body == renewed.body
 
 
 def test_a_device_offline_past_expiry_gets_a_fresh_manifest(device, clock) -> None:
     dev, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     clock["t"] += 40 * DAY  # offline for longer than the manifest lived; polls again
-    fresh = manifest.poll(token)
+    fresh = manifests.poll(token)
     m = told(fresh)
     assert parse_time(m["expires_at"]) == clock["t"] + 7 * DAY and m["sequence"] > first.fresh.sequence
     with pytest.raises(Exception, match="expired"):  # what it held is of no use now...
@@ -167,15 +168,15 @@ def test_two_web_processes_and_redis_flushes_never_lower_a_devices_sequence(devi
 
     def other_process() -> dict[str, Any]:
         code = (
-            "import django, json; django.setup(); from rollout import manifest; "
-            f"r = manifest.poll({token!r}); print(json.dumps({{'etag': r.etag, 'body': r.body.decode()}}))"
+            "import django, json; django.setup(); from fleet import manifests; "
+            f"r = manifests.poll({token!r}); print(json.dumps({{'etag': r.etag, 'body': r.body.decode()}}))"
         )
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "edgefleet.settings", "DATABASE_URL": db_url}
         out = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, capture_output=True)
         return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
     def here() -> dict[str, Any]:
-        r = manifest.poll(token)
+        r = manifests.poll(token)
         return {"etag": r.etag, "body": r.body.decode()}
 
     seen: list[tuple[str, int, str]] = []
@@ -207,13 +208,13 @@ def test_without_redis_two_processes_build_the_same_manifest(device, monkeypatch
 
     _, token = device
     monkeypatch.setattr(presence, "redis_client", lambda: None)
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     with another_process():
-        assert manifest.poll(token).body == first.body  # the database's row, not this process, decided
+        assert manifests.poll(token).body == first.body  # the database's row, not this process, decided
     factories.release(factories.staged_version("fraud", "v2", seed=2))
     with another_process():
-        second = manifest.poll(token)
-    assert second.fresh.sequence > first.fresh.sequence and manifest.poll(token).body == second.body
+        second = manifests.poll(token)
+    assert second.fresh.sequence > first.fresh.sequence and manifests.poll(token).body == second.body
 
 
 def test_a_process_holding_older_data_cannot_hand_out_a_newer_sequence(device, check_now) -> None:
@@ -224,12 +225,12 @@ def test_a_process_holding_older_data_cannot_hand_out_a_newer_sequence(device, c
     _, token = device
     old_state = manifest.load_state()
     factories.release(factories.staged_version("fraud", "v2", seed=2))
-    newest = manifest.poll(token)
+    newest = manifests.poll(token)
     assert version_of(newest) == "v2"
     manifest._state = dataclasses.replace(old_state, generation=manifest.current_generation(), memo={})
-    manifest._ready.clear()
+    manifests._ready.clear()
     redis_client().delete(poll_key(hash_token(token)))
-    again = manifest.poll(token)
+    again = manifests.poll(token)
     assert version_of(again) == "v2" and again.fresh.sequence == newest.fresh.sequence
     assert manifest._state.number > old_state.number
 
@@ -238,11 +239,11 @@ def test_redis_keeps_the_higher_sequence_when_two_processes_race(device, clock, 
     """Process A signs, process B signs a newer manifest and stores it before A stores its own: A
     serves B's, and Redis keeps B's."""
     _, token = device
-    manifest.poll(token)
+    manifests.poll(token)
     manifest.bump_generation()  # everyone rebuilds
     clock["t"] += 7 * DAY  # ...and the manifest is due to be re-signed
-    real_build = manifest._build
-    other: dict[str, manifest.Ready] = {}
+    real_build = manifests._build
+    other: dict[str, manifests.Ready] = {}
 
     def build_then_b_signs_newer(*args: Any, **kwargs: Any) -> Any:
         built = real_build(*args, **kwargs)
@@ -250,28 +251,28 @@ def test_redis_keeps_the_higher_sequence_when_two_processes_race(device, clock, 
             other["a"] = built[0]
             with another_process():
                 clock["t"] += 7 * DAY
-                other["b"] = manifest.poll(token)  # B's clock says A's is due again: B signs a newer one
+                other["b"] = manifests.poll(token)  # B's clock says A's is due again: B signs a newer one
                 clock["t"] -= 7 * DAY
         return built
 
-    monkeypatch.setattr(manifest, "_build", build_then_b_signs_newer)
-    manifest._ready.clear()
-    a = manifest.poll(token)
+    monkeypatch.setattr(manifests, "_build", build_then_b_signs_newer)
+    manifests._ready.clear()
+    a = manifests.poll(token)
     assert other["b"].fresh.sequence > other["a"].fresh.sequence, "B signed a newer one while A was building"
     assert a.body == other["b"].body
-    monkeypatch.setattr(manifest, "_build", real_build)
+    monkeypatch.setattr(manifests, "_build", real_build)
     with another_process():
-        assert manifest.poll(token).body == other["b"].body
+        assert manifests.poll(token).body == other["b"].body
 
 
 def test_a_lost_row_still_gives_a_higher_sequence(device, clock) -> None:
     """The database restored from an older backup: the time floor keeps the sequence rising."""
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     IssuedManifest.objects.all().delete()
     clock["t"] += 60
     factories.release(factories.staged_version("fraud", "v2", seed=2))
-    assert manifest.poll(token).fresh.sequence > first.fresh.sequence
+    assert manifests.poll(token).fresh.sequence > first.fresh.sequence
 
 
 def test_a_deleted_device_with_a_ready_manifest_gets_401_not_500(device) -> None:
@@ -279,12 +280,12 @@ def test_a_deleted_device_with_a_ready_manifest_gets_401_not_500(device) -> None
     from fleet.models import Device
 
     dev, token = device
-    manifest.poll(token)
+    manifests.poll(token)
     Device.objects.filter(pk=dev.pk).delete()
     factories.release(factories.staged_version("fraud", "v2", seed=2))  # its entry must be rebuilt
-    manifest._ready.clear()
+    manifests._ready.clear()
     with pytest.raises(ProtocolError) as e:
-        manifest.poll(token)
+        manifests.poll(token)
     assert e.value.status == 401
 
 

@@ -423,7 +423,7 @@ def test_validation_finished_and_decisions_become_events_after_commit(
     operator: Any, fast: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     from ota.models import ModelVersion
-    from rollout import campaigns
+    from rollout import lifecycle
 
     services.create(operator, name="all", channel="email", emails=["a@example.com"],
                     events=["validation.finished", "campaign.pause"])  # fmt: skip
@@ -437,9 +437,9 @@ def test_validation_finished_and_decisions_become_events_after_commit(
     assert e.payload["status"] == "rejected" and e.payload["error"] == "not ONNX" and e.deliveries.count() == 1
     factories.release(v1)
     v3 = factories.staged_version("fraud", "v3", seed=3)
-    c = campaigns.create_campaign(name="c", version=v3, cohort=None, waves=[{"percent": 100}], gates={})
+    c = lifecycle.create_campaign(name="c", version=v3, cohort=None, waves=[{"percent": 100}], gates={})
     with django_capture_on_commit_callbacks(execute=True):
-        campaigns.start(c.pk)
-        campaigns.pause(c.pk, reason="gate failed: error_rate")
+        lifecycle.start(c.pk)
+        lifecycle.pause(c.pk, reason="gate failed: error_rate")
     kinds = sorted(Event.objects.values_list("kind", flat=True))
     assert kinds == ["campaign.pause", "validation.finished"]  # start is not a kind one subscribes to

@@ -18,7 +18,7 @@ import pytest
 import requests
 from django.test import Client
 
-from fleet import limits
+from fleet import limits, manifests
 from fleet.limits import Rate, _LocalBuckets
 from fleet.models import Device, DeviceEvent
 from fleet.presence import redis_client
@@ -64,10 +64,10 @@ def test_manifest_polls_beyond_the_burst_are_429_per_device(client: Client, sett
     _, other = factories.device(name="other")
     for _ in range(3):
         if path == "redis":
-            manifest._ready.clear()
+            manifests._ready.clear()
         assert poll(client, token).status_code == 200
     if path == "redis":
-        manifest._ready.clear()
+        manifests._ready.clear()
     assert_limited(poll(client, token), most=10)
     assert poll(client, other).status_code == 200  # another device has its own bucket
 
@@ -75,7 +75,7 @@ def test_manifest_polls_beyond_the_burst_are_429_per_device(client: Client, sett
 def test_a_poll_read_from_redis_stays_one_round_trip(client: Client, settings, monkeypatch) -> None:
     _, token = factories.device()
     assert poll(client, token).status_code == 200  # the ready manifest is in Redis now
-    manifest._ready.clear()
+    manifests._ready.clear()
     r = redis_client()
     calls: list[str] = []
     real_execute = type(r.pipeline()).execute

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fleet import services
+from fleet import manifests, services
 from fleet.auth import forget_counter_key, hash_token, poll_key
 from fleet.errors import ProtocolError
 from fleet.presence import redis_client
@@ -25,12 +25,12 @@ def device() -> tuple[Any, str]:
 
 def test_a_fresh_process_serves_the_ready_manifest_from_redis_without_signing(device, monkeypatch) -> None:
     dev, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     assert redis_client().exists(poll_key(hash_token(token)))
-    manifest._ready.clear()  # another worker: nothing in its memory
-    manifest._rests.clear()
+    manifests._ready.clear()  # another worker: nothing in its memory
+    manifests._rests.clear()
     monkeypatch.setattr(signing, "sign", lambda data: pytest.fail("a ready manifest must not be signed again"))
-    again = manifest.poll(token)
+    again = manifests.poll(token)
     assert (again.etag, again.body) == (first.etag, first.body)
     assert again.device_id == dev.id
     assert signing.verify(signing.public_info()["public_key"], again.canonical, _sig(again))
@@ -38,56 +38,56 @@ def test_a_fresh_process_serves_the_ready_manifest_from_redis_without_signing(de
 
 def test_generation_bump_rebuilds_but_reuses_the_signature_when_nothing_changed(device, monkeypatch) -> None:
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     manifest.bump_generation()
-    manifest._ready.clear()
+    manifests._ready.clear()
     monkeypatch.setattr(signing, "sign", lambda data: pytest.fail("same bytes: the old signature still signs them"))
-    same = manifest.poll(token)
+    same = manifests.poll(token)
     assert same.gen != first.gen and same.body == first.body
 
 
 def test_generation_bump_that_changes_the_desired_version_resigns(device) -> None:
     _, token = device
-    first = manifest.poll(token)
+    first = manifests.poll(token)
     factories.release(factories.staged_version("fraud", "v2", seed=2))
-    manifest._ready.clear()
-    second = manifest.poll(token)
+    manifests._ready.clear()
+    second = manifests.poll(token)
     assert second.etag != first.etag and b'"version":"v2"' in second.body
     assert signing.verify(signing.public_info()["public_key"], second.canonical, _sig(second))
 
 
 def test_revocation_reaches_a_process_holding_the_ready_manifest(device) -> None:
     dev, token = device
-    manifest.poll(token)
+    manifests.poll(token)
     services.revoke_token(dev)
     assert not redis_client().exists(poll_key(hash_token(token)))
     with pytest.raises(ProtocolError) as e:
-        manifest.poll(token)
+        manifests.poll(token)
     assert e.value.status == 403
 
 
 def test_a_poll_that_raced_a_revocation_does_not_store_its_manifest(device, monkeypatch) -> None:
     dev, token = device
     th = hash_token(token)
-    real_build = manifest._build
+    real_build = manifests._build
 
     def build_then_revoked(*args: Any, **kwargs: Any) -> Any:
         built = real_build(*args, **kwargs)
         services.revoke_token(dev)  # lands between reading the snapshot and storing the manifest
         return built
 
-    monkeypatch.setattr(manifest, "_build", build_then_revoked)
-    manifest.poll(token)  # this one answer was already on its way
-    monkeypatch.setattr(manifest, "_build", real_build)
+    monkeypatch.setattr(manifests, "_build", build_then_revoked)
+    manifests.poll(token)  # this one answer was already on its way
+    monkeypatch.setattr(manifests, "_build", real_build)
     assert redis_client().get(forget_counter_key(th)) is not None
     assert not redis_client().exists(poll_key(th)), "a stale snapshot must not be cached"
-    manifest._ready.clear()
+    manifests._ready.clear()
     with pytest.raises(ProtocolError) as e:
-        manifest.poll(token)
+        manifests.poll(token)
     assert e.value.status == 403
 
 
-def _sig(ready: manifest.Ready) -> str:
+def _sig(ready: manifests.Ready) -> str:
     import json
 
     return json.loads(ready.sig)["value"]
@@ -120,17 +120,17 @@ def test_a_revocation_in_another_process_drops_only_that_device_here(check_now) 
 
     factories.release(factories.staged_version("fraud", "v1", seed=1))
     (a, a_token), (b, b_token) = factories.device(name="a"), factories.device(name="b")
-    manifest.poll(a_token)
-    b_ready = manifest.poll(b_token)
+    manifests.poll(a_token)
+    b_ready = manifests.poll(b_token)
     Device.objects.filter(pk=a.pk).update(token_revoked_at=a.enrolled_at)  # the row, without forgetting here
-    assert manifest.poll(a_token).device_id == a.id, "not yet told: memory still answers"
+    assert manifests.poll(a_token).device_id == a.id, "not yet told: memory still answers"
 
     _forget_in_another_process(a.token_hash)
     with pytest.raises(ProtocolError) as e:
-        manifest.poll(a_token)
+        manifests.poll(a_token)
     assert e.value.status == 403
-    assert manifest._ready.get(b.token_hash) is b_ready, "another device's ready manifest stays in memory"
-    assert manifest.poll(b_token) is b_ready
+    assert manifests._ready.get(b.token_hash) is b_ready, "another device's ready manifest stays in memory"
+    assert manifests.poll(b_token) is b_ready
 
 
 @pytest.mark.django_db(transaction=True)  # the other thread has its own database connection
@@ -140,13 +140,13 @@ def test_a_forget_reaches_other_threads_of_this_process(device, check_now) -> No
     from django.db import connection
 
     dev, token = device
-    manifest.poll(token)
+    manifests.poll(token)
     services.revoke_token(dev)
     seen: list[int] = []
 
     def poll_in_thread() -> None:
         try:
-            manifest.poll(token)
+            manifests.poll(token)
             seen.append(200)
         except ProtocolError as e:
             seen.append(e.status)
@@ -165,9 +165,9 @@ def test_a_fill_that_read_before_a_forget_is_not_kept(device, check_now, monkeyp
     from fleet import epochs
 
     dev, token = device
-    manifest.poll(token)
-    manifest._ready.clear()
-    real = manifest._poll_redis
+    manifests.poll(token)
+    manifests._ready.clear()
+    real = manifests._poll_redis
 
     def read_then_forgotten(*args: Any, **kwargs: Any) -> Any:
         got = real(*args, **kwargs)
@@ -175,24 +175,24 @@ def test_a_fill_that_read_before_a_forget_is_not_kept(device, check_now, monkeyp
         epochs.current()  # this process applies the log before the poll stores its answer
         return got
 
-    monkeypatch.setattr(manifest, "_poll_redis", read_then_forgotten)
-    manifest.poll(token)
-    assert dev.token_hash not in manifest._ready
+    monkeypatch.setattr(manifests, "_poll_redis", read_then_forgotten)
+    manifests.poll(token)
+    assert dev.token_hash not in manifests._ready
 
 
 def test_a_process_that_missed_trimmed_log_entries_drops_everything(device, check_now) -> None:
     from fleet import epochs
 
     _, token = device
-    manifest.poll(token)
-    assert manifest._ready
+    manifests.poll(token)
+    assert manifests._ready
     epochs.current()
     behind = epochs._applied  # the log position this process has read
     r = redis_client()
     r.set(epochs.SEQ_KEY, behind + 10)
     r.set(epochs.FLOOR_KEY, behind + 5)  # entries this process never read were trimmed away
     epochs.current()
-    assert not manifest._ready
+    assert not manifests._ready
     assert epochs._applied == behind + 10
 
 
@@ -201,20 +201,20 @@ def test_warming_loads_ready_manifests_without_signing_or_queries(
 ) -> None:
     dev, token = device
     _, other_token = factories.device(name="other")
-    first = manifest.poll(token)
-    manifest.poll(other_token)
-    manifest._ready.clear()
-    manifest._rests.clear()
+    first = manifests.poll(token)
+    manifests.poll(other_token)
+    manifests._ready.clear()
+    manifests._rests.clear()
     monkeypatch.setattr(signing, "sign", lambda data: pytest.fail("warming must not sign"))
     with django_assert_num_queries(0):
-        assert manifest.warm() == 2
-    assert manifest._ready[dev.token_hash].body == first.body
+        assert manifests.warm() == 2
+    assert manifests._ready[dev.token_hash].body == first.body
 
 
 def test_warming_skips_a_device_forgotten_meanwhile(device, check_now) -> None:
     dev, token = device
-    manifest.poll(token)
-    manifest._ready.clear()
+    manifests.poll(token)
+    manifests._ready.clear()
     services.revoke_token(dev)  # deletes the entry in Redis and logs the forget
-    assert manifest.warm() == 0
-    assert dev.token_hash not in manifest._ready
+    assert manifests.warm() == 0
+    assert dev.token_hash not in manifests._ready
