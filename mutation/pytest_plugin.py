@@ -18,7 +18,7 @@ STATS = Path("mutmut-stats.json")  # mutmut runs pytest inside mutants/, where i
 
 
 def _under_mutmut() -> bool:
-    return bool(os.environ.get("MUTANT_UNDER_TEST"))
+    return "MUTANT_UNDER_TEST" in os.environ  # set (possibly empty) for every pytest run mutmut starts
 
 
 def pytest_configure(config: pytest.Config) -> None:
