@@ -162,3 +162,25 @@ def test_threshold_defaults_and_floor() -> None:
     assert drift.psi_threshold(REF, 600, 20.0, reference_mass=3000) == pytest.approx(max(expected, 0.1), rel=1e-9)
     # the floor wins exactly when the null is narrower than it
     assert drift.psi_threshold(REF, 600, 20.0, reference_mass=3000, floor=expected * 2) == expected * 2
+
+
+def test_float32_inputs_are_computed_in_float64() -> None:
+    """A caller's float32 arrays give exactly the float64 answer (no precision lost to the input type)."""
+    counts = np.array([1.1, 2.7, 0.3, 5.9])
+    edges = np.array([0.1, 0.7, 1.3, 2.9, 3.3])
+    assert (
+        drift.distribution(counts.astype(np.float32)).tolist()
+        == drift.distribution(counts.astype(np.float32).astype(np.float64)).tolist()
+    )
+    assert drift.distribution(counts.astype(np.float32)).dtype == np.float64
+    assert (
+        drift.centers(edges.astype(np.float32)).tolist()
+        == drift.centers(edges.astype(np.float32).astype(np.float64)).tolist()
+    )
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0])
+def test_an_alpha_of_zero_or_below_uses_the_largest_simulated_value(alpha: float) -> None:
+    null = replayed_null(REF, 600, 20.0, sims=100)
+    expected = max(float(np.mean(null) + 6.0 * np.std(null)), float(np.max(null)))
+    assert drift.psi_threshold(REF, 600, 20.0, alpha=alpha, floor=0.0, sims=100) == pytest.approx(expected, rel=1e-9)

@@ -7,6 +7,7 @@ Written from mutation testing (`make mutation`): each test pins a behaviour a on
 """
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from scipy import stats
 
-from agent.secagg import prg, primitives, shamir
+from agent.secagg import graph, prg, primitives, shamir
 from agent.secagg.config import RoundConfig
 from agent.secagg.ring import MAX_BITS, MIN_BITS, Ring, RingOverflow
 
@@ -354,3 +356,132 @@ def test_round_parameters_at_their_limits_are_accepted() -> None:
 def test_round_parameters_out_of_range_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _config(**changes)
+
+
+# --- graph -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "p", "t"), [(10, 0.3, 1), (10, 0.3, 4), (10, 0.3, 10), (40, 0.05, 7), (200, 0.35, 120), (5, 0.5, 3)]
+)
+def test_binomial_tail_matches_scipy(k: int, p: float, t: int) -> None:
+    assert graph._log_binom_tail_ge(k, p, t) == pytest.approx(stats.binom.logsf(t - 1, k, p), rel=1e-10)
+
+
+def test_binomial_tail_edges() -> None:
+    assert graph._log_binom_tail_ge(10, 0.3, 0) == 0.0
+    assert graph._log_binom_tail_ge(10, 0.3, -1) == 0.0
+    assert graph._log_binom_tail_ge(10, 0.3, 11) == -math.inf
+    assert graph._log_binom_tail_ge(10, 0.0, 1) == -math.inf
+    assert graph._log_binom_tail_ge(10, 1.0, 10) == 0.0
+
+
+def _bounds(n: int, k: int, t: int, corrupt: float, dropout: float, complete: bool) -> tuple[float, float]:
+    """Conditions 1-3 of the sparse-graph analysis, from scipy's binomial tail."""
+    priv = math.log(n) + stats.binom.logsf(t - 1, k, corrupt)
+    if not complete:
+        f = corrupt + dropout
+        conn = math.log(n * (n - 1) / 2) + k * math.log(f) if f > 0 else -math.inf
+        both = priv > -math.inf and conn > -math.inf
+        priv = max(priv, conn) + (math.log(2) if both else 0.0)
+    corr = math.log(n) + stats.binom.logsf(k - t, k, dropout)
+    return priv / math.log(2), corr / math.log(2)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(1000, 40, 10, 0.05, 0.3, False), (1000, 40, 10, 0.05, 0.3, True), (300, 60, 25, 0.1, 0.2, False)],
+)
+def test_bounds_match_the_analysis(args: tuple) -> None:
+    assert graph._bounds(*args) == pytest.approx(_bounds(*args), rel=1e-9)
+
+
+def test_bounds_without_corruption_or_dropout() -> None:
+    priv, corr = graph._bounds(100, 10, 3, 0.0, 0.0, False)
+    assert priv == -math.inf and corr == -math.inf
+    priv, _ = graph._bounds(100, 10, 3, 0.0, 0.2, False)
+    assert priv == pytest.approx((math.log(100 * 99 / 2) + 10 * math.log(0.2)) / math.log(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [600, 2000])
+def test_chosen_sparse_parameters_are_the_smallest_that_meet_the_bounds(n: int) -> None:
+    params = graph.choose_parameters(n)
+    assert (graph.SIGMA_BITS, graph.ETA_BITS, graph.DEFAULT_CORRUPT, graph.DEFAULT_DROPOUT) == (40, 30, 0.05, 0.30)
+    assert params.k % 2 == 0 and params.k < n - 1 and not params.complete
+    priv, corr = _bounds(n, params.k, params.t, 0.05, 0.3, False)
+    assert (params.log2_privacy_failure, params.log2_correctness_failure) == pytest.approx((priv, corr), rel=1e-9)
+    assert priv <= -40 and corr <= -30
+    # no smaller even degree meets both conditions with the first t that meets privacy
+    for k in range(2, params.k, 2):
+        firsts = [t for t in range(1, k + 1) if _bounds(n, k, t, 0.05, 0.3, False)[0] <= -40]
+        assert not firsts or _bounds(n, k, firsts[0], 0.05, 0.3, False)[1] > -30
+    assert params.t == min(t for t in range(1, params.k + 1) if _bounds(n, params.k, t, 0.05, 0.3, False)[0] <= -40)
+
+
+def test_small_groups_use_the_complete_graph() -> None:
+    p = graph.choose_parameters(30)
+    assert (p.n, p.k, p.t, p.complete) == (30, 29, 20, True)
+    priv, corr = _bounds(30, 29, 20, 0.05, 0.3, True)
+    assert (p.log2_privacy_failure, p.log2_correctness_failure) == pytest.approx((priv, corr), rel=1e-9)
+    two, three = graph.choose_parameters(2), graph.choose_parameters(3)
+    assert (two.k, two.t, three.k, three.t) == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 1}, "a round needs at least 2 devices"),
+        ({"n": 10, "corrupt": -0.01}, "corrupt and dropout fractions must be in [0, 1) and sum below 1"),
+        ({"n": 10, "dropout": 1.0}, "corrupt and dropout fractions must be in [0, 1) and sum below 1"),
+        ({"n": 10, "corrupt": 0.5, "dropout": 0.5}, "corrupt and dropout fractions must be in [0, 1) and sum below 1"),
+    ],
+)
+def test_choose_parameters_refusals(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        graph.choose_parameters(**kwargs)
+    assert str(info.value) == message
+
+
+def test_choose_parameters_accepts_no_corruption() -> None:
+    assert graph.choose_parameters(10, corrupt=0.0, dropout=0.0).n == 10
+
+
+@pytest.mark.parametrize(("n", "t"), [(2, 2), (3, 2), (4, 3), (6, 4), (7, 5), (30, 20), (31, 21)])
+def test_complete_threshold_is_two_thirds_rounded_up(n: int, t: int) -> None:
+    assert graph.complete_threshold(n) == t
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "seed", "message"),
+    [
+        (1, 1, bytes(16), "need 2 ≤ k ≤ n − 1, got n=1, k=1"),
+        (5, 1, bytes(16), "need 2 ≤ k ≤ n − 1, got n=5, k=1"),
+        (5, 5, bytes(16), "need 2 ≤ k ≤ n − 1, got n=5, k=5"),
+        (6, 3, bytes(16), "a Harary graph's degree must be even (or n − 1 for the complete graph)"),
+        (6, 4, bytes(15), "graph seed must be at least 16 bytes"),
+    ],
+)
+def test_graph_refusals(n: int, k: int, seed: bytes, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        graph.Graph(n, k, seed)
+    assert str(info.value) == message
+
+
+def test_harary_graph_neighbourhoods() -> None:
+    g = graph.Graph(11, 4, bytes(16))
+    order = g._order
+    assert sorted(order) == list(range(1, 12))
+    for pos, u in enumerate(order):
+        expected = {order[(pos + d) % 11] for d in (-2, -1, 1, 2)}
+        assert g.neighbours(u) == expected
+    assert all(u in g.neighbours(v) for u in range(1, 12) for v in g.neighbours(u))
+    for bad in (0, 12):
+        with pytest.raises(KeyError):
+            g.neighbours(bad)
+    assert graph.Graph(11, 4, bytes(16))._order == order
+    assert graph.Graph(11, 4, b"\x01" + bytes(15))._order != order
+
+
+def test_odd_complete_graph_and_its_neighbourhoods() -> None:
+    g = graph.Graph(4, 3, bytes(16))
+    assert g.neighbours(1) == {2, 3, 4} and g.neighbours(4) == {1, 2, 3}
