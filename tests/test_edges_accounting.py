@@ -79,6 +79,14 @@ def test_may_join_with_its_tolerance() -> None:
     assert acc.may_join([c, c], c, e / (1 + 0.5e-9)) is True  # within the float tolerance
     assert acc.may_join([c, c], c, e / (1 + 2e-9)) is False
     assert acc.may_join([c, c], c, e / 2) is False
+    # exactly at the tolerance: still allowed
+    limit = e / (1 + 1e-9)
+    while limit * (1 + 1e-9) < e:
+        limit = math.nextafter(limit, math.inf)
+    while limit * (1 + 1e-9) > e:
+        limit = math.nextafter(limit, 0.0)
+    if limit * (1 + 1e-9) == e:
+        assert acc.may_join([c, c], c, limit) is True
     assert acc.may_join([], c, acc.epsilon([c])) is True
     assert acc.may_join([c, c], c, acc.epsilon([c] * 3, 1e-3), delta=1e-3) is True
     assert acc.may_join([c, c], c, acc.epsilon([c] * 3, 1e-3)) is False

@@ -65,6 +65,8 @@ def test_group_mean_and_median() -> None:
     # noise can cancel a group's mass entirely, or make it negative: no mean, not a division by zero
     assert det.group_mean(np.array([1.0, -1.0, 0.0, 0.0, 0.0]), EDGES) == 0.0
     assert det.group_mean(np.array([-1.0, 0.0, 0.0, 0.0, -2.0]), EDGES) == 0.0
+    # a nearly empty (noisy) group still has a mean
+    assert det.group_mean(np.array([0.0, 0.0, 0.0, 0.5, 0.0]), EDGES) == pytest.approx(1.0)
     assert det.median_of_groups([3.0, -1.0, 10.0]) == 3.0
     assert det.median_of_groups([1, 2, 3, 10]) == 2.5
 
@@ -109,6 +111,8 @@ def _drift_sd_per_bin(s: det.Setting) -> float:
 def test_drift_noise_per_bin() -> None:
     sd, m = det.drift_noise_sd_per_bin(SMALL)
     assert m == 1024.0
+    other = det._replace(SMALL, resolution_bits=8, delta=1e-4, output_bins=12)
+    assert det.drift_noise_sd_per_bin(other) == pytest.approx((_drift_sd_per_bin(other), 256.0), rel=1e-12)
     assert sd == pytest.approx(_drift_sd_per_bin(SMALL), rel=1e-12)
     # a group larger than the fleet is the fleet
     big_group = det._replace(SMALL, group_size=500)
@@ -142,6 +146,17 @@ def test_detectable_shift_solves_the_power_equation(seconds: int, rounds: int) -
     assert 0 < d < 4
     assert det.binned_mean_shift(EDGES, d) == pytest.approx(need, rel=1e-5)
     assert det.drift_power(SMALL, d, seconds) == pytest.approx(0.95, abs=2e-5)
+
+
+def test_shifts_beyond_the_edges_are_out_of_reach() -> None:
+    """A shift only found beyond ±4σ (where the end bins clip) is reported as out of reach."""
+    s = det._replace(SMALL, epsilon_drift_day=1.0, inferences_per_window=10)
+    sd = _statistic_sd(s, 24)
+    power = stats.norm.cdf(det.binned_mean_shift(EDGES, 4.5) / sd - stats.norm.isf(0.005))
+    assert 0 < power < 1
+    assert det.detectable_shift(s, power=power) == math.inf
+    near = stats.norm.cdf(det.binned_mean_shift(EDGES, 3.9) / sd - stats.norm.isf(0.005))
+    assert det.detectable_shift(s, power=near) == pytest.approx(3.9, abs=1e-3)
 
 
 def test_detectable_shift_other_levels_and_out_of_reach() -> None:
@@ -208,6 +223,8 @@ def test_canary_power_is_the_one_sided_gate(rise: float, windows: int) -> None:
     sd = _canary_sd(CANARY, windows, 0.01 + rise)
     expected = stats.norm.sf((max(0.02, stats.norm.isf(0.01) * sd) - rise) / sd)
     assert det.canary_power(CANARY, rise, windows) == pytest.approx(expected, rel=1e-10)
+    if windows == 1:
+        assert det.canary_power(CANARY, rise) == det.canary_power(CANARY, rise, 1)
     sd2 = _canary_sd(CANARY, windows, 0.05 + rise)
     expected2 = stats.norm.sf((max(0.001, stats.norm.isf(0.01) * sd2) - rise) / sd2)
     assert det.canary_power(CANARY, rise, windows, base=0.05, max_increase=0.001) == pytest.approx(expected2, rel=1e-10)
@@ -246,12 +263,13 @@ def test_replace_keeps_everything_else() -> None:
 
 
 def test_summary_names_each_figure() -> None:
-    s = det._replace(SMALL, canary=30, group_size=30)
+    s = det._replace(CANARY, epsilon_drift_day=40.0)
+    assert math.isfinite(det.detectable_error_rise(s, 1)) and math.isfinite(det.detectable_shift(s, 3600))
     assert det.summary(s) == {
         "epsilon_drift_day": s.epsilon_drift_day,
         "epsilon_health_day": s.epsilon_health_day,
         "delta": DEFAULT_DELTA,
-        "groups": 3,
+        "groups": s.fleet // s.group_size,
         "detect_shift_day_sigma": det.detectable_shift(s),
         "detect_shift_hour_sigma": det.detectable_shift(s, 3600),
         "canary_error_rise_1_window": det.detectable_error_rise(s, 1),

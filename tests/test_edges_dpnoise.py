@@ -136,7 +136,14 @@ def test_discrete_gaussian_rejects_until_accepted(monkeypatch: pytest.MonkeyPatc
     assert dpnoise.discrete_gaussian(Fraction(1)) == 2
 
 
-@pytest.mark.parametrize(("sigma2", "group", "length", "log2"), [(Fraction(9), 20, 50, 40), (Fraction(1, 3), 1, 1, 10)])
+@pytest.mark.parametrize(
+    ("sigma2", "group", "length", "log2"),
+    [
+        (Fraction(9), 20, 50, 40),
+        (Fraction(1, 3), 1, 1, 10),
+        *((Fraction(s2), g, 7, 40) for s2 in (1, 50, 2000) for g in (1, 3, 30)),
+    ],
+)
 def test_truncation_bound_formula(sigma2: Fraction, group: int, length: int, log2: int) -> None:
     per_sample = log2 * math.log(2) + math.log(2 * group * length)
     expected = math.ceil(math.sqrt(2 * float(sigma2) * per_sample)) + 1
@@ -156,6 +163,8 @@ def test_device_noise_bounds() -> None:
     n = DeviceNoise.for_group(Fraction(9), 20, 50)
     assert n == DeviceNoise(Fraction(9), dpnoise.truncation_bound(Fraction(9), 20, 50))
     assert DeviceNoise.for_group(0, 20, 50) == DeviceNoise(Fraction(0), 0)
+    half = DeviceNoise.for_group(Fraction(1, 2), 20, 50)
+    assert half.bound == dpnoise.truncation_bound(Fraction(1, 2), 20, 50) > 0
     assert isinstance(DeviceNoise.for_group(2, 1, 1).sigma2, Fraction)
 
 

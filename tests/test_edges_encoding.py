@@ -173,11 +173,19 @@ HEALTH = enc.health_layout(2, 3)  # latency mass 8 per active device, fraction 0
         ([16, 16, 0, 4], 3, 0, "latency: mass 32 fits no count of active devices among 3"),
         ([8, 8, 17, 2], 3, 0, "error_fraction: mass 17 fits no count of active devices among 3"),
         ([9, 9, 0, 2], 3, 1, None),  # mass within size × bound of 2 × 8
+        ([8, 8, 18, 2], 3, 1, None),  # a fraction's noise widens its interval down, as the others'
+        ([8, 8, 20, 2], 3, 1, "error_fraction: mass 20 fits no count of active devices among 3"),
         ([12, 12, 0, 1], 3, 1, "participation: mass 1 fits no count of active devices among 3"),
     ],
 )
 def test_plausibility_bounds(total: list[int], survivors: int, bound: int, why: str | None) -> None:
     assert enc.implausible(HEALTH, np.array(total), survivors, bound) == why
+
+
+def test_plausibility_reads_unsigned_input_as_signed() -> None:
+    """A sum handed over as uint64 ring words is read as signed 64-bit: −3 stays −3."""
+    total = np.array([-3, 19, 0, 2], dtype=np.int64).astype(np.uint64)
+    assert enc.implausible(HEALTH, total, 3, 1) == "latency: a coordinate below −1, which no honest group can produce"
 
 
 def _window(**changes: object) -> SimpleNamespace:
@@ -204,6 +212,12 @@ def test_window_vectors_worked_by_hand() -> None:
     assert health.tolist() == [4, 2, 1, 1, 2, 1]
     assert enc.window_vectors(_window()).keys() == {"drift", "health"}
     assert enc.window_vectors(_window())["drift"][0].block("output").scale == 1024
+
+
+def test_window_vectors_with_one_inference_and_a_single_output() -> None:
+    one = enc.window_vectors(_window(inferences=1, errors=0, outputs=[1.0, 0.0]), resolution_bits=3)
+    assert one["drift"][1].tolist()[3:] == [8, 0, 0, 1]  # active: one row, its output in the first bin
+    assert one["health"][1].tolist()[4:] == [0, 1]
 
 
 def test_window_vectors_when_every_row_failed_or_none_ran() -> None:

@@ -56,6 +56,8 @@ def test_protocol_constants() -> None:
 def test_base64url_without_padding() -> None:
     assert m.b64(b"\xfb\xff") == "-_8"
     assert m.b64(b"") == ""
+    assert m.b64(b"\x00\x00\x17") == "AAAX"  # only padding is stripped, never a trailing data character
+    assert m.b64(b"\x00") == "AA"
     assert m.unb64("-_8", 2, "x") == b"\xfb\xff"
     assert m.unb64("AAAAAA", None, "x") == bytes(4)
 
