@@ -108,8 +108,14 @@ def test_may_join_with_its_tolerance() -> None:
     ],
 )
 def test_calibrate_refusals(args: tuple, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as info:
         acc.calibrate(*args)
+    assert str(info.value).startswith(message)
+    assert str(info.value) in (
+        "epsilon_day must be positive and finite",
+        "need 0 < delta < 1, rounds_per_day ≥ 1, min_survivors ≥ 1, sensitivity > 0",
+        "delta is too small for this many rounds' truncation",
+    )
 
 
 def test_calibration_is_the_smallest_grid_noise_within_budget() -> None:
@@ -124,6 +130,35 @@ def test_calibration_is_the_smallest_grid_noise_within_budget() -> None:
     assert cal.sigma2_total == pytest.approx(10 * float(cal.sigma2_device), rel=1e-15)
     assert cal.charge == RoundCharge.for_round(3.0, cal.sigma2_device, 10, 12)
     assert cal.noise_multiplier == pytest.approx(math.sqrt(cal.sigma2_total) / 3.0)
+
+
+def test_calibration_steps_up_when_the_search_lands_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search's tolerance may land below the noise the budget needs: the grid value is then
+    raised by 0.1 % plus one grid step at a time until the day's ε holds."""
+    real = acc.dp_accounting.calibrate_dp_mechanism
+    monkeypatch.setattr(acc.dp_accounting, "calibrate_dp_mechanism", lambda *a, **k: real(*a, **k) * 0.97)
+    cal = acc.calibrate(2.0, 6, 10, 3.0, 12)
+    monkeypatch.setattr(acc.dp_accounting, "calibrate_dp_mechanism", real)
+    mult = real(
+        acc._fresh,
+        lambda m: dp_accounting.SelfComposedDpEvent(RoundCharge.for_round(3.0, (m * 3.0) ** 2 / 10, 10, 12).event(), 6),
+        2.0,
+        1e-6 - 6 * 2.0**-40,
+        dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+        tol=1e-9,
+    )
+    s2 = Fraction(math.ceil((0.97 * mult * 3.0) ** 2 / 10 * 1000), 1000)
+    steps = 0
+    while acc.epsilon_day_for(s2, 6, 10, 3.0, 12) > 2.0:
+        s2 = s2 * Fraction(1001, 1000) + Fraction(1, 1000)
+        steps += 1
+    assert steps > 1
+    assert cal.sigma2_device == s2
+    assert cal.epsilon_reached <= 2.0
+
+
+def test_calibration_with_a_single_survivor() -> None:
+    assert acc.calibrate(2.0, 6, 1, 3.0, 12).min_survivors == 1
 
 
 def test_calibration_at_another_delta() -> None:

@@ -107,6 +107,8 @@ def test_fixed_fraction(num: float, den: float, scale: int, value: int) -> None:
 def test_encode_blocks() -> None:
     layout = enc.health_layout(3, 3)
     assert enc.encode(layout, False, {"latency": [1, 2, 3]}).tolist() == [0] * 5
+    assert enc.encode(layout, False, {}).dtype == np.int64
+    assert enc.encode(layout, True, {}).dtype == np.int64
     assert enc.encode(layout, True, {"latency": [0, 0, 4]}, {"error_fraction": (1, 2)}).tolist() == [0, 0, 8, 4, 1]
     # a missing histogram of an active device is spread uniformly; a missing fraction is 0
     assert enc.encode(layout, True, {}).tolist() == [3, 3, 2, 0, 1]

@@ -403,19 +403,39 @@ def test_bounds_without_corruption_or_dropout() -> None:
     assert priv == pytest.approx((math.log(100 * 99 / 2) + 10 * math.log(0.2)) / math.log(2), rel=1e-12)
 
 
-@pytest.mark.parametrize("n", [600, 2000])
-def test_chosen_sparse_parameters_are_the_smallest_that_meet_the_bounds(n: int) -> None:
-    params = graph.choose_parameters(n)
-    assert (graph.SIGMA_BITS, graph.ETA_BITS, graph.DEFAULT_CORRUPT, graph.DEFAULT_DROPOUT) == (40, 30, 0.05, 0.30)
+@pytest.mark.parametrize(
+    ("n", "corrupt", "dropout"),
+    [(600, 0.05, 0.3), (2000, 0.05, 0.3), (80, 0.05, 0.3), (100, 0.5, 0.0), (60, 0.4, 0.0), (1000, 0.0, 0.3)],
+)
+def test_chosen_sparse_parameters_are_the_smallest_that_meet_the_bounds(n: int, corrupt: float, dropout: float) -> None:
+    params = graph.choose_parameters(n, corrupt, dropout)
     assert params.k % 2 == 0 and params.k < n - 1 and not params.complete
-    priv, corr = _bounds(n, params.k, params.t, 0.05, 0.3, False)
+    priv, corr = _bounds(n, params.k, params.t, corrupt, dropout, False)
     assert (params.log2_privacy_failure, params.log2_correctness_failure) == pytest.approx((priv, corr), rel=1e-9)
     assert priv <= -40 and corr <= -30
     # no smaller even degree meets both conditions with the first t that meets privacy
     for k in range(2, params.k, 2):
-        firsts = [t for t in range(1, k + 1) if _bounds(n, k, t, 0.05, 0.3, False)[0] <= -40]
-        assert not firsts or _bounds(n, k, firsts[0], 0.05, 0.3, False)[1] > -30
-    assert params.t == min(t for t in range(1, params.k + 1) if _bounds(n, params.k, t, 0.05, 0.3, False)[0] <= -40)
+        firsts = [t for t in range(1, k + 1) if _bounds(n, k, t, corrupt, dropout, False)[0] <= -40]
+        assert not firsts or _bounds(n, k, firsts[0], corrupt, dropout, False)[1] > -30
+    first = min(t for t in range(1, params.k + 1) if _bounds(n, params.k, t, corrupt, dropout, False)[0] <= -40)
+    assert params.t == first
+
+
+def test_defaults_and_the_last_sparse_degree() -> None:
+    assert (graph.SIGMA_BITS, graph.ETA_BITS, graph.DEFAULT_CORRUPT, graph.DEFAULT_DROPOUT) == (40, 30, 0.05, 0.30)
+    assert graph.choose_parameters(600) == graph.choose_parameters(600, 0.05, 0.3, 40, 30)
+    p80 = graph.choose_parameters(80)
+    assert (p80.k, p80.t) == (78, 26)  # n − 2 is still a sparse degree
+    # n = 79: the sparse search stops below n − 1 (78 would pass the sparse bounds): complete graph
+    p79 = graph.choose_parameters(79)
+    assert (p79.k, p79.t, p79.complete) == (78, graph.complete_threshold(79), True)
+    assert (graph.choose_parameters(100, 0.5, 0.0).k, graph.choose_parameters(100, 0.5, 0.0).t) == (54, 53)
+
+
+def test_looser_targets_give_smaller_graphs() -> None:
+    strict, loose = graph.choose_parameters(2000), graph.choose_parameters(2000, sigma=20, eta=10)
+    assert loose.k < strict.k
+    assert loose.log2_privacy_failure <= -20 and loose.log2_correctness_failure <= -10
 
 
 def test_small_groups_use_the_complete_graph() -> None:
