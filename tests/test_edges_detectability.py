@@ -188,6 +188,8 @@ def _health_s2(s: det.Setting, n: int) -> float:
 
 def test_health_noise() -> None:
     assert det.health_sigma2_device(SMALL, 30) == pytest.approx(_health_s2(SMALL, 30), rel=1e-12)
+    other = det._replace(SMALL, resolution_bits=8, latency_bins=3, delta=1e-4, window_s=600)
+    assert det.health_sigma2_device(other, 25) == pytest.approx(_health_s2(other, 25), rel=1e-12)
 
 
 def _canary_sd(s: det.Setting, windows: int, p: float) -> float:
@@ -212,7 +214,12 @@ CANARY = det.Setting(fleet=400, canary=90, inferences_per_window=50, epsilon_hea
 
 @pytest.mark.parametrize(
     "s",
-    [CANARY, det._replace(CANARY, canary=300), det._replace(CANARY, canary=40, canary_group_size=50, group_size=500)],
+    [
+        CANARY,
+        det._replace(CANARY, canary=300),
+        det._replace(CANARY, canary=100, canary_group_size=0),  # 100 in groups of 33: three groups, not 3.03
+        det._replace(CANARY, canary=40, canary_group_size=50, group_size=500),
+    ],
 )
 def test_canary_sd(s: det.Setting) -> None:
     assert det.canary_sd(s, 2, 0.05) == pytest.approx(_canary_sd(s, 2, 0.05), rel=1e-12)
@@ -242,6 +249,28 @@ def test_detectable_error_rise_solves_the_gate_equation() -> None:
     assert det.detectable_error_rise(hopeless) == math.inf
 
 
+def test_detectable_error_rise_defaults_and_rates_near_one() -> None:
+    assert det.detectable_error_rise(CANARY) == det.detectable_error_rise(CANARY, 1, 0.01, 0.02, 0.95)
+    # little noise, one inference per window: the search must stay at error rates ≤ 1
+    sharp = det._replace(CANARY, epsilon_health_day=1000.0, inferences_per_window=1)
+    assert 0 < det.detectable_error_rise(sharp) < 0.99
+
+
+def test_smallest_health_budget_defaults_and_edges() -> None:
+    cheap = det.Setting(fleet=20_000, canary=3000, inferences_per_window=10_000, soak_rounds=1, health_rounds_per_day=1)
+    assert det.smallest_health_budget(cheap) == det.smallest_health_budget(cheap, 3, 0.01, 0.10)
+    # the cheapest budget tried is already close but short: the search runs, and lands above it
+    eps = det.smallest_health_budget(cheap, windows=3, target=0.2)
+    assert 0.05 < eps < 0.2
+    assert det.detectable_error_rise(det._replace(cheap, epsilon_health_day=eps), 3) == pytest.approx(0.19, abs=1e-3)
+    # the error rate before the rise is the given one, not the default
+    eps2 = det.smallest_health_budget(cheap, windows=3, base=0.05, target=0.3)
+    rise2 = det.detectable_error_rise(det._replace(cheap, epsilon_health_day=eps2), 3, 0.05)
+    assert rise2 == pytest.approx(0.25, abs=1e-3)
+    # a target no budget up to 200 reaches, though the rise is finite there
+    assert det.smallest_health_budget(CANARY, target=0.0101) == math.inf
+
+
 def test_smallest_health_budget() -> None:
     s = det._replace(CANARY, epsilon_health_day=1.0)
     eps = det.smallest_health_budget(s, windows=3, target=0.10)
@@ -249,6 +278,9 @@ def test_smallest_health_budget() -> None:
     at = det.detectable_error_rise(det._replace(s, epsilon_health_day=eps), 3, 0.01)
     assert at == pytest.approx(0.09, abs=1e-3)
     assert det.detectable_error_rise(det._replace(s, epsilon_health_day=eps * 0.9), 3, 0.01) > 0.09
+    # found to the stated tolerance of 1e-3 in ε
+    assert det.detectable_error_rise(det._replace(s, epsilon_health_day=eps - 2e-3), 3, 0.01) > 0.09
+    assert det.detectable_error_rise(det._replace(s, epsilon_health_day=eps + 2e-3), 3, 0.01) < 0.09
     # a target so easy the smallest budget tried already meets it, and one no budget meets
     cheap = det.Setting(fleet=20_000, canary=3000, inferences_per_window=10_000, soak_rounds=1, health_rounds_per_day=1)
     assert det.smallest_health_budget(cheap, windows=3, target=0.5) == 0.05

@@ -68,7 +68,12 @@ def test_centred_range_edges(bits: int) -> None:
     r = Ring(bits)
     half = 1 << (bits - 1)
     a = np.array([0, half - 1, half, (1 << bits) - 1], dtype=np.uint64)
-    assert [int(x) for x in r.centred(a)] == [0, half - 1, -half, -1]
+    out = r.centred(a)
+    assert [int(x) for x in out] == [0, half - 1, -half, -1]
+    # int64 up to 63 bits; exact Python integers for 64, so sums of centred values cannot overflow
+    assert out.dtype == (object if bits == 64 else np.int64)
+    if bits == 64:
+        assert int((out + out)[2]) == -(1 << 64)
 
 
 def test_capacity_is_refused_exactly_at_half_the_ring() -> None:
@@ -229,6 +234,7 @@ def test_combine_refusals() -> None:
     assert refused({1: good[1], 2: good[2].hex()}, 2) == "share from holder 2 is not 33 bytes"
     assert refused({1: good[1], 2: shamir.P.to_bytes(33, "big")}, 2) == "share from holder 2 is not a field element"
     assert refused({0: good[1], 2: good[2]}, 2) == "share from holder 0 is not a field element"
+    assert refused({2: good[2], shamir.P: good[1]}, 2) == f"share from holder {shamir.P} is not a field element"
     assert shamir.combine({1: bytearray(good[1]), 2: good[2]}, 2) == bytes(32)
 
 
