@@ -6,9 +6,11 @@ Written from mutation testing (`make mutation`): the server imports these functi
 breaks every other implementation; only an independent spelling of the bytes catches it.
 """
 
+import dataclasses
 import hashlib
 
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -16,7 +18,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from agent.secagg import client as cl
 from agent.secagg import prg
 from agent.secagg.config import RoundConfig
-from agent.secagg.messages import EncryptedShare, ShareKeys
+from agent.secagg.messages import EncryptedShare, Refusal, ShareKeys, UnmaskRequest
+from agent.secagg.server import ServerRound
+from agent.secagg.simulation import make_round
 
 
 def enc(*fields: object) -> bytes:
@@ -95,3 +99,191 @@ def test_self_mask_is_labelled_by_round_and_owner() -> None:
     assert cl.self_mask(seed, cfg, 2).tolist() == prg.expand(key, 5, cfg.ring).tolist()
     assert cl.self_mask(seed, cfg, 3).tolist() != cl.self_mask(seed, cfg, 2).tolist()
     assert np.asarray(cl.self_mask(seed, cfg, 2)).max() < 1 << 20
+
+
+# ---- every refusal: code, message and field (the API's error shape) ------------------------------
+
+
+def refusal(fn, *args) -> tuple[str, str, str | None]:
+    with pytest.raises(Refusal) as info:
+        fn(*args)
+    return info.value.code, info.value.message, info.value.field
+
+
+@pytest.fixture
+def staged():
+    """6 devices, complete graph, t = 3, every device at the masked phase."""
+    m = make_round(6, 4, k=5, t=3, min_survivors=3, round_id="r-e")
+    cfg, ids = m.config, m.identities
+    server = ServerRound(cfg)
+    states, adverts = {}, {}
+    for u in range(1, 7):
+        states[u], adverts[u] = cl.advertise(cfg, u, ids[u])
+        server.receive_advertise(adverts[u])
+    keys = server.close_advertise()
+    fresh = {u: cl.advertise(cfg, u, ids[u])[0] for u in (1,)}
+    for u in range(1, 7):
+        states[u], dealt = cl.share_keys(states[u], keys[u], ids[u])
+        server.receive_share_keys(dealt)
+    return {"cfg": cfg, "ids": ids, "states": states, "adverts": adverts, "inbox": server.close_share_keys(),
+            "fresh": fresh[1], "keys": keys}  # fmt: skip
+
+
+def test_advertise_refusals(staged) -> None:
+    cfg, ids = staged["cfg"], staged["ids"]
+    assert refusal(cl.advertise, cfg, 7, ids[1]) == ("not_in_round", "device 7 is not in round r-e", "sender")
+    assert refusal(cl.advertise, cfg, 2, ids[1]) == (
+        "bad_signature",
+        "this device's identity key is not the one the round names",
+        "sender",
+    )
+
+
+def test_share_phase_refusals(staged) -> None:
+    fresh, ids, good = staged["fresh"], staged["ids"], staged["adverts"]
+    other = dataclasses.replace(good[2], round_id="r-x")
+    assert refusal(cl.share_keys, fresh, [other], ids[1]) == (
+        "wrong_round",
+        "keys of device 2 are for round 'r-x'",
+        "round",
+    )
+    assert refusal(cl.share_keys, fresh, [good[2], good[2]], ids[1]) == (
+        "replay",
+        "keys of device 2 given twice",
+        "sender",
+    )
+    forged = dataclasses.replace(good[2], c_pk=bytes(32))
+    assert refusal(cl.share_keys, fresh, [forged], ids[1]) == (
+        "bad_signature",
+        "keys of device 2 are not signed by its identity key",
+        "sig",
+    )
+    assert refusal(cl.share_keys, fresh, [good[2], good[3]], ids[1]) == (
+        "too_few",
+        "2 neighbour(s) advertised keys, t=3 needed",
+        "neighbours",
+    )
+    same = cl.advertise_payload("r-e", 4, good[4].c_pk, good[4].c_pk)
+    twin = dataclasses.replace(good[4], s_pk=good[4].c_pk, signature=ids[4].sign(same))
+    assert refusal(cl.share_keys, fresh, [twin], ids[1]) == (
+        "duplicate_key",
+        "device 4 advertised a key already in use",
+        "c_pk",
+    )
+    assert refusal(cl.share_keys, staged["states"][1], staged["keys"][1], ids[1]) == (
+        "replay",
+        "device is in phase 'masked', not 'share'",
+        "phase",
+    )
+
+
+def test_a_device_outside_the_neighbourhood_is_refused() -> None:
+    m = make_round(9, 2, k=4, t=2, min_survivors=2, round_id="r-n")
+    cfg, ids = m.config, m.identities
+    st, _ = cl.advertise(cfg, 1, ids[1])
+    stranger = next(v for v in range(2, 10) if v not in cfg.neighbours(1))
+    _, adv = cl.advertise(cfg, stranger, ids[stranger])
+    assert refusal(cl.share_keys, st, [adv], ids[1]) == (
+        "not_neighbour",
+        f"device {stranger} is not a neighbour of 1",
+        "sender",
+    )
+
+
+def test_masked_phase_refusals(staged) -> None:
+    st, inbox = staged["states"][1], staged["inbox"]
+    x = np.zeros(4, dtype=np.int64)
+    assert refusal(cl.masked_input, st, inbox[1], np.zeros(5, dtype=np.int64)) == (
+        "wrong_length",
+        "contribution must be 4 integers",
+        "vector",
+    )
+    assert refusal(cl.masked_input, st, inbox[1], np.zeros(4)) == (
+        "wrong_length",
+        "contribution must be 4 integers",
+        "vector",
+    )
+    wrong = inbox[2][0]  # a share dealt to device 2
+    assert refusal(cl.masked_input, st, [wrong], x) == (
+        "misaddressed",
+        f"share from {wrong.sender} is addressed to 2, not 1",
+        "to",
+    )
+    stranger = dataclasses.replace(inbox[1][0], sender=5 if inbox[1][0].sender != 5 else 6)
+    stranger_state = dataclasses.replace(st, peers={k: v for k, v in st.peers.items() if k != stranger.sender})
+    assert refusal(cl.masked_input, stranger_state, [stranger], x) == (
+        "not_neighbour",
+        f"share from {stranger.sender}, who is not a verified neighbour",
+        "sender",
+    )
+    first = inbox[1][0]
+    assert refusal(cl.masked_input, st, [first, first], x) == (
+        "replay",
+        f"two shares from device {first.sender}",
+        "sender",
+    )
+    flipped = dataclasses.replace(first, ciphertext=bytes([first.ciphertext[0] ^ 1]) + first.ciphertext[1:])
+    assert refusal(cl.masked_input, st, [flipped], x) == (
+        "misaddressed",
+        f"share from {first.sender} does not open for device 1 in this round",
+        "ct",
+    )
+    assert refusal(cl.masked_input, st, inbox[1][:2], x) == (
+        "too_few",
+        "only 2 neighbour(s) dealt shares, t=3",
+        "shares",
+    )
+
+
+def test_a_share_that_opens_but_breaks_its_commitment(staged, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dealer that seals one share but commits to another is caught by the recipient."""
+    st, first = staged["states"][1], staged["inbox"][1][0]
+    real = cl.share_commit
+    monkeypatch.setattr(cl, "share_commit", lambda kind, *a: b"\x00" * 16 if kind == "b" else real(kind, *a))
+    assert refusal(cl.masked_input, st, [first], np.zeros(4, dtype=np.int64)) == (
+        "bad_share",
+        f"share from {first.sender} does not match its commitment",
+        "ct",
+    )
+
+
+def test_unmask_refusals(staged) -> None:
+    cfg, st = staged["cfg"], staged["states"][1]
+    st, _ = cl.masked_input(st, staged["inbox"][1], np.zeros(4, dtype=np.int64))
+    assert refusal(cl.unmask, st, UnmaskRequest("r-e", frozenset({2, 3, 4}))) == (
+        "refused_request",
+        "the survivor list omits this device, which sent its vector",
+        "survivors",
+    )
+    assert refusal(cl.unmask, st, UnmaskRequest("r-e", frozenset({1, 2, 3, 99}))) == (
+        "not_in_round",
+        "the survivor list names devices outside the round",
+        "survivors",
+    )
+    assert refusal(cl.unmask, st, UnmaskRequest("r-e", frozenset({1, 2}))) == (
+        "too_few",
+        "2 survivor(s), the round needs 3",
+        "survivors",
+    )
+    assert refusal(cl.unmask, st, UnmaskRequest("r-z", frozenset({1, 2, 3}))) == (
+        "wrong_round",
+        "message for round 'r-z', this is 'r-e'",
+        "round",
+    )
+    done, reveal = cl.unmask(st, UnmaskRequest(cfg.round_id, frozenset({1, 2, 3})))
+    assert set(reveal.b_shares) == {2, 3} and set(reveal.s_shares) == {4, 5, 6}
+    assert done.phase == "done" and done.held == {} and done.b_seed == b""
+    assert refusal(cl.unmask, done, UnmaskRequest(cfg.round_id, frozenset({1, 2, 3}))) == (
+        "replay",
+        "device is in phase 'done', not 'unmask'",
+        "phase",
+    )
+
+
+def test_an_early_message_is_the_wrong_phase(staged) -> None:
+    fresh = staged["fresh"]
+    assert refusal(cl.unmask, fresh, UnmaskRequest("r-e", frozenset({1, 2, 3}))) == (
+        "wrong_phase",
+        "device is in phase 'share', not 'unmask'",
+        "phase",
+    )
