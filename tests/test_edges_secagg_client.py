@@ -287,3 +287,10 @@ def test_an_early_message_is_the_wrong_phase(staged) -> None:
         "device is in phase 'share', not 'unmask'",
         "phase",
     )
+
+
+def test_exactly_t_dealt_shares_are_enough(staged) -> None:
+    st, inbox = staged["states"][1], staged["inbox"][1]
+    done, msg = cl.masked_input(st, inbox[:3], np.zeros(4, dtype=np.int64))
+    assert done.phase == "unmask" and len(msg.vector) == 4 * 4
+    assert done.masked_with == frozenset(s.sender for s in inbox[:3]) == frozenset(done.held)

@@ -13,7 +13,7 @@ import pytest
 
 from agent.secagg import client as cl
 from agent.secagg import shamir
-from agent.secagg.messages import Refusal, UnmaskShares
+from agent.secagg.messages import MaskedInput, Refusal, UnmaskShares
 from agent.secagg.server import ServerRound
 from agent.secagg.simulation import make_round
 
@@ -131,3 +131,149 @@ def test_unsigned_inconsistent_seed_dealer_is_not_attributable(monkeypatch: pyte
     _, s, _, reveals = stage(monkeypatch, {2: (2, lambda xs: line(xs, constant=99))}, unsigned=frozenset({2}))
     finish_all(s, reveals)
     assert s.reason == "device 2 dealt inconsistent shares of its self-mask seed (unsigned (not attributable))"
+
+
+# ---- every refusal and failure reason, exactly ------------------------------------------------------
+
+
+def refusal(fn, *args) -> tuple[str, str, str | None]:
+    with pytest.raises(Refusal) as info:
+        fn(*args)
+    return info.value.code, info.value.message, info.value.field
+
+
+def test_phase_one_and_two_refusals() -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=3, round_id="r-s")
+    cfg, ids = m.config, m.identities
+    s = ServerRound(cfg)
+    st, adv = {}, {}
+    for u in range(1, 7):
+        st[u], adv[u] = cl.advertise(cfg, u, ids[u])
+    assert refusal(s.receive_advertise, dataclasses.replace(adv[1], round_id="r-t")) == (
+        "wrong_round",
+        "message for round 'r-t', this is 'r-s'",
+        "round",
+    )
+    assert refusal(s.receive_advertise, dataclasses.replace(adv[1], sender=7)) == (
+        "not_in_round",
+        "device 7 is not in round r-s",
+        "sender",
+    )
+    assert refusal(s.receive_advertise, dataclasses.replace(adv[1], s_pk=bytes(32))) == (
+        "bad_signature",
+        "keys are not signed by the device's identity key",
+        "sig",
+    )
+    for u in range(1, 7):
+        s.receive_advertise(adv[u])
+    assert refusal(s.receive_advertise, adv[1]) == ("replay", "device 1 already advertised keys", "sender")
+    dealt1 = cl.share_keys(st[1], [adv[v] for v in range(2, 7)], ids[1])[1]
+    assert refusal(s.receive_share_keys, dealt1) == (
+        "wrong_phase",
+        "round is in phase 'advertise', not 'share'",
+        "phase",
+    )
+    keys = s.close_advertise()
+    assert sorted(keys) == [1, 2, 3, 4, 5, 6] and [a.sender for a in keys[1]] == [2, 3, 4, 5, 6]
+    assert refusal(s.receive_advertise, adv[1]) == ("late", "round is in phase 'share', not 'advertise'", "phase")
+    st[1], dealt1 = cl.share_keys(st[1], keys[1], ids[1])
+    forged = dataclasses.replace(dealt1, shares=(dataclasses.replace(dealt1.shares[0], sender=2), *dealt1.shares[1:]))
+    assert refusal(s.receive_share_keys, forged) == (
+        "bad_message",
+        "every share must name its dealer as sender",
+        "shares",
+    )
+    short = dataclasses.replace(dealt1, shares=dealt1.shares[:-1])
+    assert refusal(s.receive_share_keys, short) == (
+        "not_neighbour",
+        "shares must go to exactly the live neighbours, one each",
+        "shares",
+    )
+    s.receive_share_keys(dealt1)
+    assert refusal(s.receive_share_keys, dealt1) == ("replay", "device 1 already dealt its shares", "sender")
+
+
+def test_a_device_that_missed_the_advertise_phase_cannot_deal() -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=3, round_id="r-s")
+    cfg, ids = m.config, m.identities
+    s = ServerRound(cfg)
+    st, adv = {}, {}
+    for u in range(1, 7):
+        st[u], adv[u] = cl.advertise(cfg, u, ids[u])
+        if u != 6:
+            s.receive_advertise(adv[u])
+    keys = s.close_advertise()
+    assert s.u1 == frozenset(range(1, 6))
+    _, late = cl.share_keys(st[6], [adv[v] for v in range(1, 6)], ids[6])
+    assert refusal(s.receive_share_keys, late) == ("not_in_round", "device 6 did not advertise keys in time", "sender")
+    assert len(keys[1]) == 4
+
+
+def test_too_few_at_each_close_fails_the_round_with_the_count() -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=5, round_id="r-f")
+    cfg, ids = m.config, m.identities
+    s = ServerRound(cfg)
+    for u in range(1, 5):
+        s.receive_advertise(cl.advertise(cfg, u, ids[u])[1])
+    assert s.close_advertise() == {}
+    assert s.phase == "failed"
+    assert s.reason == "4 device(s) advertised keys with enough live neighbours, fewer than the 5 the round needs"
+    assert refusal(s.receive_advertise, cl.advertise(cfg, 5, ids[5])[1]) == (
+        "late",
+        "round r-f has failed: " + s.reason,
+        "round",
+    )
+
+
+def test_masked_phase_refusals_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=3, round_id="r-m")
+    cfg, ids = m.config, m.identities
+    s, st = ServerRound(cfg), {}
+    for u in range(1, 7):
+        st[u], a = cl.advertise(cfg, u, ids[u])
+        s.receive_advertise(a)
+    keys = s.close_advertise()
+    for u in range(1, 6):  # device 6 does not deal
+        st[u], d = cl.share_keys(st[u], keys[u], ids[u])
+        s.receive_share_keys(d)
+    inbox = s.close_share_keys()
+    assert s.u2 == frozenset(range(1, 6)) and sorted(inbox) == [1, 2, 3, 4, 5]
+    assert all(len(inbox[u]) == 4 for u in inbox)
+    assert refusal(s.receive_masked, MaskedInput("r-m", 6, bytes(4 * L))) == (
+        "not_in_round",
+        "device 6 is not among those that dealt shares",
+        "sender",
+    )
+    assert refusal(s.receive_masked, MaskedInput("r-m", 1, bytes(4 * L + 1))) == (
+        "wrong_length",
+        f"vector must be {L} elements of 4 bytes, got {4 * L + 1} bytes",
+        "vector",
+    )
+    for u in (1, 2):
+        st[u], msg = cl.masked_input(st[u], inbox[u], np.zeros(L, dtype=np.int64))
+        s.receive_masked(msg)
+    assert refusal(s.receive_masked, msg) == ("replay", "device 2 already sent its vector for this round", "sender")
+    assert s.close_masked() is None
+    assert s.reason == "2 device(s) sent masked vectors, fewer than the 3 the round needs"
+
+
+def test_masks_that_cannot_be_removed_fail_the_round_at_close() -> None:
+    m = make_round(8, L, k=4, t=3, min_survivors=3, round_id="r-g")
+    cfg, ids = m.config, m.identities
+    s, st = ServerRound(cfg), {}
+    for u in range(1, 9):
+        st[u], a = cl.advertise(cfg, u, ids[u])
+        s.receive_advertise(a)
+    keys = s.close_advertise()
+    for u in range(1, 9):
+        st[u], d = cl.share_keys(st[u], keys[u], ids[u])
+        s.receive_share_keys(d)
+    inbox = s.close_share_keys()
+    # device 1 and two of its four neighbours go silent: 1's pairwise masks need t = 3 live neighbours
+    gone = {1, *sorted(cfg.neighbours(1))[:2]}
+    for u in range(1, 9):
+        if u not in gone:
+            st[u], msg = cl.masked_input(st[u], inbox[u], np.zeros(L, dtype=np.int64))
+            s.receive_masked(msg)
+    assert s.close_masked() is None
+    assert s.reason == f"device 1's masks cannot be removed: 2 of its neighbours survive, t={cfg.t}"
