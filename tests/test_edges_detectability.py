@@ -269,6 +269,10 @@ def test_smallest_health_budget_defaults_and_edges() -> None:
     assert rise2 == pytest.approx(0.25, abs=1e-3)
     # a target no budget up to 200 reaches, though the rise is finite there
     assert det.smallest_health_budget(CANARY, target=0.0101) == math.inf
+    # the search stops at ε = 200 per day: 199.5 is found, 200.5 is out of reach
+    at = {e: det.detectable_error_rise(det._replace(CANARY, epsilon_health_day=e), 3) + 0.01 for e in (199.5, 200.5)}
+    assert det.smallest_health_budget(CANARY, target=at[199.5]) == pytest.approx(199.5, abs=2e-3)
+    assert det.smallest_health_budget(CANARY, target=at[200.5]) == math.inf
 
 
 def test_smallest_health_budget() -> None:
