@@ -29,10 +29,18 @@ SURVIVED = {0}
 NO_TESTS = {5, 33}
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def configured_modules() -> list[str]:
     """The modules that decide, as listed in pyproject's [tool.mutmut] only_mutate."""
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return list(data["tool"]["mutmut"]["only_mutate"])
+    return list(_pyproject()["tool"]["mutmut"]["only_mutate"])
+
+
+def not_gated() -> set[str]:
+    """Modules reported but not yet held to the target by --check ([tool.edgefleet-mutation])."""
+    return set(_pyproject().get("tool", {}).get("edgefleet-mutation", {}).get("not_gated", []))
 
 
 def dotted(module: str) -> str:
@@ -181,7 +189,12 @@ def report(modules: Sequence[str] | None, *, check: bool = False, quiet: bool = 
     total = sum(r.mutants for r in results)
     killed = sum(r.killed for r in results)
     print(f"\n{killed}/{total} killed; equivalents listed in mutation/equivalent.md")
+    waived = not_gated()
     failing = [r for r in results if r.mutants == 0 or r.score < MIN_SCORE or r.unexplained]
+    for r in failing:
+        if r.module in waived:
+            print(f"not gated yet (pyproject [tool.edgefleet-mutation] not_gated): {r.module}")
+    failing = [r for r in failing if r.module not in waived]
     if check and failing:
         names = ", ".join(r.module for r in failing)
         print(f"FAIL: below {MIN_SCORE:g} % or with unexplained survivors: {names}", file=sys.stderr)
