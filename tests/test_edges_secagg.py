@@ -48,6 +48,8 @@ def test_reduce_every_kind_of_integer() -> None:
     assert r.reduce(np.array([2**64 - 1], dtype=np.uint64)).tolist() == [65535]
     assert r.reduce([2**70 + 5, -(2**70) - 1]).tolist() == [5, 65535]  # beyond int64: exact
     assert r.reduce(np.array([3.0, -1.0])).tolist() == [3, 65535]
+    # floats are reduced exactly too, even beyond 64 bits (2^65 + 2^13 → 2^13 mod 2^16)
+    assert r.reduce(np.array([2.0**65 + 2.0**13])).tolist() == [8192]
     out = r.reduce(np.array([[1, -1], [2, -2]]))
     assert out.dtype == np.uint64 and out.shape == (2, 2) and out.tolist() == [[1, 65535], [2, 65534]]
     big = r.reduce(np.array([[2**70, -1]], dtype=object))

@@ -277,3 +277,66 @@ def test_masks_that_cannot_be_removed_fail_the_round_at_close() -> None:
             s.receive_masked(msg)
     assert s.close_masked() is None
     assert s.reason == f"device 1's masks cannot be removed: 2 of its neighbours survive, t={cfg.t}"
+
+
+def test_exactly_t_live_neighbours_keep_the_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = make_round(8, L, k=7, t=5, min_survivors=5, round_id="r-t")
+    cfg, ids = m.config, m.identities
+    s, st = ServerRound(cfg), {}
+    for u in range(1, 9):
+        st[u], a = cl.advertise(cfg, u, ids[u])
+        s.receive_advertise(a)
+    keys = s.close_advertise()
+    for u in range(1, 9):
+        st[u], d = cl.share_keys(st[u], keys[u], ids[u])
+        s.receive_share_keys(d)
+    inbox = s.close_share_keys()
+    for u in range(1, 7):  # 7 and 8 drop: each survivor keeps exactly t = 5 live neighbours
+        st[u], msg = cl.masked_input(st[u], inbox[u], np.full(L, u, dtype=np.int64))
+        s.receive_masked(msg)
+    request = s.close_masked()
+    assert request is not None and request.survivors == frozenset(range(1, 7))
+    for u in range(1, 7):
+        st[u], msg = cl.unmask(st[u], request)
+        s.receive_unmask(msg)
+    assert refusal(s.receive_unmask, msg) == ("replay", "device 6 already revealed its shares", "sender")
+    total = s.finish()
+    assert total is not None and cfg.ring.centred(total).tolist() == [21] * L
+
+
+def test_reveal_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, s, _, reveals = stage(monkeypatch)
+    r1 = reveals[1]
+    both = dataclasses.replace(r1, s_shares={**r1.s_shares, 2: r1.b_shares[2]})
+    assert refusal(s.receive_unmask, both) == (
+        "not_neighbour",
+        "reveal the seed share of each surviving neighbour and the key share of each dropped one",
+        "shares",
+    )
+    wrong = dataclasses.replace(r1, b_shares={**r1.b_shares, 2: bytes(33)})
+    assert refusal(s.receive_unmask, wrong) == (
+        "bad_share",
+        "share of device 2's secret does not match its commitment",
+        "shares",
+    )
+    wrong_key = dataclasses.replace(r1, s_shares={8: bytes(33)})
+    assert refusal(s.receive_unmask, wrong_key) == (
+        "bad_share",
+        "share of device 8's secret does not match its commitment",
+        "shares",
+    )
+
+
+def test_too_few_dealers_fail_the_round_at_the_share_close() -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=5, round_id="r-d")
+    cfg, ids = m.config, m.identities
+    s, st = ServerRound(cfg), {}
+    for u in range(1, 7):
+        st[u], a = cl.advertise(cfg, u, ids[u])
+        s.receive_advertise(a)
+    keys = s.close_advertise()
+    for u in range(1, 5):
+        st[u], d = cl.share_keys(st[u], keys[u], ids[u])
+        s.receive_share_keys(d)
+    assert s.close_share_keys() == {}
+    assert s.reason == "4 device(s) dealt shares with enough live neighbours, fewer than the 5 the round needs"
