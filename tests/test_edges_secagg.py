@@ -8,6 +8,7 @@ Written from mutation testing (`make mutation`): each test pins a behaviour a on
 
 import hashlib
 import math
+import re
 
 import numpy as np
 import pytest
@@ -153,8 +154,9 @@ def test_uniform_below_rejects_the_biased_tail() -> None:
     for bad in (0, -1):
         with pytest.raises(ValueError, match=r"^bound must be positive$"):
             prg.uniform_below(iter([1]), bad)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError) as info:
         prg.uniform_below(iter([]), 5)
+    assert str(info.value) == "unreachable: the stream is endless"
 
 
 # --- shamir ------------------------------------------------------------------------------------
@@ -194,6 +196,10 @@ def test_shares_lie_on_a_polynomial_of_degree_t_minus_one() -> None:
     three = {x: ys[x] for x in (2, 7, 12)}
     assert _interpolate_at(three, 0) == int.from_bytes(secret, "big")
     assert _interpolate_at(three, 3) == ys[3] and _interpolate_at(three, 11) == ys[11]
+    # fewer than t shares say nothing: two of them do not give the secret, and the three are not on a line
+    two = {x: ys[x] for x in (2, 7)}
+    assert _interpolate_at(two, 0) != int.from_bytes(secret, "big")
+    assert _interpolate_at(two, 12) != ys[12]
     # threshold = n works, and the lowest x-coordinates offered are the ones used
     assert shamir.combine(shamir.split(secret, 5, xs), 5) == secret
     assert shamir.combine({**{x: shares[x] for x in (2, 3, 7)}, 99: b"\xff" * 33}, 3) == secret
@@ -362,8 +368,19 @@ def test_round_parameters_at_their_limits_are_accepted() -> None:
     ],
 )
 def test_round_parameters_out_of_range_are_refused(changes: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as info:
         _config(**changes)
+    text = str(info.value)
+    assert re.search(message, text)
+    assert text in {
+        "round id must have 1..128 characters",
+        "identity keys must be given for exactly the indices 1..n",
+        "identity keys must be 32-byte Ed25519 public keys",
+        "threshold t=1 must be in [2, k=4]",
+        "threshold t=5 must be in [2, k=4]",
+        "vector length must be in [1, 2^20]",
+        "min_survivors must be in [2, n]",
+    }
 
 
 # --- graph -------------------------------------------------------------------------------------
@@ -504,8 +521,12 @@ def test_harary_graph_neighbourhoods() -> None:
         assert g.neighbours(u) == expected
     assert all(u in g.neighbours(v) for u in range(1, 12) for v in g.neighbours(u))
     for bad in (0, 12):
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError) as info:
             g.neighbours(bad)
+        assert info.value.args == (bad,)
+    # a Harary graph of degree n − 2 is not the complete graph
+    h = graph.Graph(6, 4, bytes(16))
+    assert all(len(h.neighbours(u)) == 4 for u in range(1, 7))
     assert graph.Graph(11, 4, bytes(16))._order == order
     assert graph.Graph(11, 4, b"\x01" + bytes(15))._order != order
 

@@ -294,3 +294,21 @@ def test_exactly_t_dealt_shares_are_enough(staged) -> None:
     done, msg = cl.masked_input(st, inbox[:3], np.zeros(4, dtype=np.int64))
     assert done.phase == "unmask" and len(msg.vector) == 4 * 4
     assert done.masked_with == frozenset(s.sender for s in inbox[:3]) == frozenset(done.held)
+
+
+def test_a_key_reused_from_any_earlier_advert_or_from_me_is_refused(staged) -> None:
+    fresh, ids, good = staged["fresh"], staged["ids"], staged["adverts"]
+    copier = cl.advertise_payload("r-e", 3, good[2].c_pk, good[3].s_pk)
+    copied = dataclasses.replace(good[3], c_pk=good[2].c_pk, signature=ids[3].sign(copier))
+    assert refusal(cl.share_keys, fresh, [good[2], good[4], copied], ids[1])[0] == "duplicate_key"
+    mine = fresh.peers, cl.pr.public_bytes(fresh.c_sk)
+    mirror = cl.advertise_payload("r-e", 5, mine[1], good[5].s_pk)
+    mirrored = dataclasses.replace(good[5], c_pk=mine[1], signature=ids[5].sign(mirror))
+    assert refusal(cl.share_keys, fresh, [good[2], mirrored], ids[1])[0] == "duplicate_key"
+
+
+def test_exactly_t_neighbours_are_enough(staged) -> None:
+    fresh, ids, good = staged["fresh"], staged["ids"], staged["adverts"]
+    state, msg = cl.share_keys(fresh, [good[2], good[3], good[4]], ids[1])
+    assert state.phase == "masked" and sorted(state.peers) == [2, 3, 4]
+    assert [s.recipient for s in msg.shares] == [2, 3, 4]

@@ -340,3 +340,37 @@ def test_too_few_dealers_fail_the_round_at_the_share_close() -> None:
         s.receive_share_keys(d)
     assert s.close_share_keys() == {}
     assert s.reason == "4 device(s) dealt shares with enough live neighbours, fewer than the 5 the round needs"
+
+
+def _pruned(cfg, candidates: set[int]) -> frozenset[int]:
+    """Independent fixed point: drop any member with fewer than t neighbours left, until none."""
+    alive = set(candidates)
+    while True:
+        weak = {u for u in alive if len(cfg.neighbours(u) & alive) < cfg.t}
+        if not weak:
+            return frozenset(alive)
+        alive -= {min(weak)}
+
+
+def test_pruning_is_the_largest_set_where_everyone_keeps_t_neighbours() -> None:
+    cfg = make_round(12, L, k=4, t=3, min_survivors=2).config
+    s = ServerRound(cfg)
+    rng = np.random.default_rng(5)
+    cascades = 0
+    for _ in range(200):
+        cand = {int(u) for u in rng.choice(np.arange(1, 13), size=int(rng.integers(3, 12)), replace=False)}
+        expected = _pruned(cfg, cand)
+        assert s._prune(cand) == expected
+        weak_at_first = {u for u in cand if len(cfg.neighbours(u) & cand) < cfg.t}
+        cascades += len(cand - expected) > len(weak_at_first)
+    assert cascades > 0  # some removals took a second pass
+
+
+def test_exactly_min_survivors_keep_the_round_going() -> None:
+    m = make_round(6, L, k=5, t=3, min_survivors=5, round_id="r-x")
+    cfg, ids = m.config, m.identities
+    s = ServerRound(cfg)
+    for u in range(1, 6):
+        s.receive_advertise(cl.advertise(cfg, u, ids[u])[1])
+    keys = s.close_advertise()
+    assert s.phase == "share" and sorted(keys) == [1, 2, 3, 4, 5]
