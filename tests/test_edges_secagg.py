@@ -503,6 +503,7 @@ def test_complete_threshold_is_two_thirds_rounded_up(n: int, t: int) -> None:
         (5, 1, bytes(16), "need 2 ≤ k ≤ n − 1, got n=5, k=1"),
         (5, 5, bytes(16), "need 2 ≤ k ≤ n − 1, got n=5, k=5"),
         (6, 3, bytes(16), "a Harary graph's degree must be even (or n − 1 for the complete graph)"),
+        (5, 3, bytes(16), "a Harary graph's degree must be even (or n − 1 for the complete graph)"),
         (6, 4, bytes(15), "graph seed must be at least 16 bytes"),
     ],
 )
@@ -529,6 +530,12 @@ def test_harary_graph_neighbourhoods() -> None:
     assert all(len(h.neighbours(u)) == 4 for u in range(1, 7))
     assert graph.Graph(11, 4, bytes(16))._order == order
     assert graph.Graph(11, 4, b"\x01" + bytes(15))._order != order
+
+
+def test_the_smallest_graphs() -> None:
+    ring = graph.Graph(5, 2, bytes(16))  # degree 2: a cycle
+    assert all(len(ring.neighbours(u)) == 2 for u in range(1, 6))
+    assert graph.Graph(3, 2, bytes(16)).neighbours(1) == {2, 3}
 
 
 def test_odd_complete_graph_and_its_neighbourhoods() -> None:
