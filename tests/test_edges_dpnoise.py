@@ -189,6 +189,10 @@ def test_pmf_is_the_normalised_gaussian_kernel() -> None:
         kernel[[60, 61, 57]] / kernel.sum(), rel=1e-12
     )
     assert dpnoise.discrete_gaussian_pmf(0.3, np.arange(-20, 21)).sum() == pytest.approx(1.0, abs=1e-15)
+    # a tiny and a large variance are normalised over a range that holds their mass
+    assert dpnoise.discrete_gaussian_pmf(0.01, np.array([0, 1])) == pytest.approx([1.0, np.exp(-50.0)], rel=1e-12)
+    wide = np.arange(-1000, 1001)
+    assert dpnoise.discrete_gaussian_pmf(10_000.0, wide).sum() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_group_sum_bound_and_ring_check_at_equality() -> None:
