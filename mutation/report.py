@@ -142,6 +142,12 @@ def collect(modules: Sequence[str], equivalents: list[Equivalent]) -> list[Modul
     return results
 
 
+def _checked(meta: Path) -> bool:
+    if not meta.exists():
+        return False
+    return any(code is not None for code in json.loads(meta.read_text())["exit_code_by_key"].values())
+
+
 def table(results: Iterable[ModuleResult]) -> str:
     rows = [
         "| module | mutants | killed | survived | equivalent | unexplained | score |",
@@ -170,8 +176,8 @@ def report(modules: Sequence[str] | None, *, check: bool = False, quiet: bool = 
     os.chdir(ROOT)  # mutmut's helpers read mutants/ relative to the working directory
     sys.path.insert(0, str(ROOT))
     configured = configured_modules()
-    if modules is None:
-        modules = [m for m in configured if (ROOT / "mutants" / (m + ".meta")).exists()]
+    if modules is None:  # the modules the last run checked (mutmut generates every module's mutants)
+        modules = [m for m in configured if _checked(ROOT / "mutants" / (m + ".meta"))]
     unknown = [m for m in modules if m not in configured]
     if unknown:
         print(f"not configured in pyproject [tool.mutmut] only_mutate: {', '.join(unknown)}", file=sys.stderr)
