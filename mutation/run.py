@@ -31,9 +31,12 @@ def _git(*args: str) -> str | None:
 
 
 def default_base() -> str | None:
-    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
-    if branch and branch != "main" and _git("rev-parse", "--verify", "--quiet", "main"):
-        return _git("merge-base", "HEAD", "main")
+    """The merge base with main; on main itself (or level with it), the first parent of HEAD."""
+    head = _git("rev-parse", "HEAD")
+    if _git("rev-parse", "--verify", "--quiet", "main"):
+        base = _git("merge-base", "HEAD", "main")
+        if base and base != head:
+            return base
     return _git("rev-parse", "--verify", "--quiet", "HEAD^1")
 
 
