@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run setup test lint format install-test clean
+.PHONY: run setup test lint format install-test clean mutation mutation-changed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,15 @@ format: $(VENV)/.installed-dev
 test: install-test lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## make mutation: mutation-test the modules that decide and print the table (docs/mutation.md);
+## MODULES="telemetry/drift.py rollout/placement.py" for some of them. No database needed.
+mutation: $(VENV)/.installed-dev
+	$(PY) -m mutation.run --check $(MODULES)
+
+## make mutation-changed: the same for the modules that decide which changed since the merge base
+## with main (the first parent on main): what CI runs after the suite.
+mutation-changed: $(VENV)/.installed-dev
+	$(PY) -m mutation.run --check --changed $(MUTATION_BASE)
+
 clean:
-	rm -rf var test-output
+	rm -rf var test-output mutants

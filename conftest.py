@@ -10,7 +10,13 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_redis() -> None:
-    """Start from an empty Redis db, so a queue or cache left by an earlier run cannot leak in."""
+    """Start from an empty Redis db, so a queue or cache left by an earlier run cannot leak in.
+
+    Not under mutation testing (mutmut sets MUTANT_UNDER_TEST): that runs only pure tests, hundreds of
+    times, and must not need (or wipe) Redis.
+    """
+    if "MUTANT_UNDER_TEST" in os.environ:
+        return
     import redis
     from django.conf import settings
 
@@ -20,7 +26,9 @@ def _clean_redis() -> None:
 @pytest.fixture(autouse=True)
 def _fresh_rate_limits() -> None:
     """Every test starts with full device buckets: they live in Redis, which tests do not roll back, and
-    all test clients share one IP."""
+    all test clients share one IP. Not under mutation testing: its pure tests use no buckets, no Redis."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        return
     from fleet import limits
 
     limits.reset()

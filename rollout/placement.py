@@ -23,7 +23,10 @@ from typing import Any
 BUCKETS = 10_000
 
 # onnxruntime release -> highest ONNX opset it implements (onnxruntime "compatibility" table).
-# A version newer than the table's last row is assumed to handle at least that row's opset.
+# A version between two rows gets the earlier row's opset, one newer than the last row at least the last
+# row's: never more than it is known to run. The server's own runtime must be a row (a device on the same
+# runtime runs every model the server validates): tests/test_edges_placement.py checks that row against
+# what the installed onnxruntime loads (ota.validation.max_supported_opset).
 ORT_MAX_OPSET: list[tuple[tuple[int, int], int]] = [
     ((1, 0), 10),
     ((1, 1), 11),
@@ -40,6 +43,7 @@ ORT_MAX_OPSET: list[tuple[tuple[int, int], int]] = [
     ((1, 20), 21),
     ((1, 21), 22),
     ((1, 22), 23),
+    ((1, 32), 28),
 ]
 
 # Resident memory of a session is roughly the weights times this, plus the runtime itself.

@@ -42,6 +42,7 @@ def _group_sums(layout, vectors, noise, secure: bool):
     return plain
 
 
+@pytest.mark.slow
 def test_drift_power_formula_matches_simulation():
     s = _drift_setting()
     layout = drift_layout([("x", 8)], 1)
@@ -77,6 +78,7 @@ def test_drift_power_formula_matches_simulation():
     assert power == pytest.approx(0.95, abs=0.08)
 
 
+@pytest.mark.slow
 def test_canary_power_formula_matches_simulation():
     s = det.Setting(
         fleet=120,

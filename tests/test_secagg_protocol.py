@@ -64,6 +64,7 @@ def test_dropouts_at_every_phase_at_once():
     assert exact(m, server, total, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.10, 0.30])
 def test_hundred_devices_with_dropouts_sum_exactly(rate):
     n = 100

@@ -68,7 +68,7 @@ class Ring:
         half = 1 << (self.bits - 1)
         if self.bits <= 63:
             v = a.astype(np.int64)
-            return np.where(v >= half, v - self.modulus, v)
+            return np.where(v >= half, v - half - half, v)  # 2^63 itself is no int64: subtract half twice
         return np.array([int(x) - self.modulus if int(x) >= half else int(x) for x in a], dtype=object)
 
     def check_capacity(self, max_abs_sum: int) -> None:
