@@ -24,7 +24,7 @@ os.environ.setdefault("ORT_NUM_THREADS", "1")
 # (tests/test_protocol_limits.py runs real gunicorn with the deployed settings).
 os.environ.setdefault("EDGEFLEET_DEVICE_API_CONCURRENCY", "64")
 
-from edgefleet.settings import *  # noqa: F403
+from edgefleet.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 DEBUG = False
