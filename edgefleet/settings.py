@@ -101,6 +101,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.roles",
             ],
+            "builtins": ["edgefleet.template_display"],  # |plain, |size, |number… on every page
         },
     },
 ]
