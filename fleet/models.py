@@ -47,7 +47,14 @@ class Device(models.Model):
         ordering = ["-enrolled_at", "-id"]
         # Keyset paging of the device list walks this index; label and version filters use the
         # GIN indexes made in migration 0002 (PostgreSQL only).
-        indexes = [models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id")]
+        indexes = [
+            models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id"),
+            # The device list's other sorts (fleet/device_list.py), keyset-paged like the first.
+            models.Index(fields=["name", "id"], name="device_name_id"),
+            models.Index(
+                models.F("last_seen_at").desc(nulls_last=True), models.F("id").desc(), name="device_last_seen_id"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name or str(self.id)
