@@ -8,20 +8,16 @@ measurements of one device's inferences, so the page keeps to the rule whatever 
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from edgefleet.display import plain
 
 FELL_BACK_KEYS = ("rule", "threshold", "ratio", "margin", "margin_ms", "to", "at_start")
 
 
 def text(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float | str):
-        return str(value)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    """Plain text for a page (``edgefleet.display.plain``): never a Python repr or raw JSON."""
+    return plain(value)
 
 
 def detail_pairs(kind: str, details: Any) -> list[tuple[str, str]]:

@@ -13,9 +13,10 @@ from django.core.cache import cache
 from django.db.models import Count
 from django.utils import timezone
 
+from edgefleet import display
 from fleet import services
 from fleet.models import Device
-from ota.models import Model
+from ota.models import Model, ModelVersion
 from rollout.models import Campaign, CampaignDecision
 from telemetry.models import Alert
 
@@ -42,8 +43,13 @@ def versions_in_use() -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def versions_figure(in_use: dict[str, list[tuple[str, int]]]) -> dict | None:
-    """A stacked bar per model: devices by installed version."""
+def version_order() -> list[str]:
+    """Version labels in the order they were made: the order colours are handed out on every page."""
+    return list(ModelVersion.objects.order_by("created_at", "id").values_list("label", flat=True))
+
+
+def versions_figure(in_use: dict[str, list[tuple[str, int]]], order: list[str] | None = None) -> dict | None:
+    """A stacked bar per model: devices by installed version, one colour per version as on every page."""
     if not in_use:
         return None
     by_version: dict[str, dict[str, int]] = defaultdict(dict)
@@ -51,32 +57,72 @@ def versions_figure(in_use: dict[str, list[tuple[str, int]]]) -> dict | None:
         for label, n in counts:
             by_version[label][model] = n
     models = list(in_use)
+    known = order or []
+    palette = display.colours(known + sorted(by_version))
+    labels = sorted(by_version, key=lambda x: (known.index(x) if x in known else len(known), x))
     fig = go.Figure(
         [
-            go.Bar(name=label, y=models, x=[per.get(m, 0) for m in models], orientation="h")
-            for label, per in sorted(by_version.items())
+            go.Bar(
+                name=label,
+                y=models,
+                x=[by_version[label].get(m, 0) for m in models],
+                orientation="h",
+                marker_color=palette[label],
+                hovertemplate="%{y} " + label + ": %{x:,} devices<extra></extra>",
+            )
+            for label in labels
         ]
     )
     fig.update_layout(
         barmode="stack",
         height=120 + 50 * len(models),
         margin={"l": 110, "r": 20, "t": 10, "b": 40},
-        xaxis_title="devices",
-        legend_title_text="version",
+        xaxis={"title": {"text": "devices"}, "tickformat": ","},
+        legend={"title": {"text": "version"}, "traceorder": "normal"},
+        template="plotly_white",
     )
     return json.loads(fig.to_json())
+
+
+def in_use_rows(in_use: dict[str, list[tuple[str, int]]]) -> list[dict[str, Any]]:
+    """``in_use`` with each version's id, so the page links its devices and its telemetry."""
+    ids = {
+        (m, label): pk
+        for pk, m, label in ModelVersion.objects.filter(model__name__in=list(in_use)).values_list(
+            "pk", "model__name", "label"
+        )
+    }
+    return [
+        {"model": m, "versions": [{"label": label, "n": n, "id": ids.get((m, label))} for label, n in counts]}
+        for m, counts in in_use.items()
+    ]
+
+
+def model_counts() -> dict[str, int]:
+    """Models with a version that is not rejected, and models whose every upload was rejected.
+
+    The overview's "N models" is the first, and the models page says both the same way.
+    """
+    usable = Model.objects.filter(versions__in=ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED))
+    n_usable = usable.distinct().count()
+    return {"usable": n_usable, "rejected_only": Model.objects.count() - n_usable}
 
 
 def context() -> dict[str, Any]:
     in_use = versions_in_use()
     demo_status = cache.get("demo:status")
+    campaigns = list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10])
     return {
         "status": device_status_counts(),
         "total_devices": Device.objects.count(),
-        "models": Model.objects.count(),
+        "models": model_counts(),
         "in_use": in_use,
-        "versions_figure": versions_figure(in_use),
-        "campaigns": list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10]),
+        "in_use_rows": in_use_rows(in_use),
+        "versions_figure": versions_figure(in_use, version_order()),
+        "campaigns": campaigns,
+        "active": dict(
+            Campaign.objects.filter(state__in=ACTIVE).values_list("state").annotate(n=Count("id")).order_by()
+        ),
         "alerts": list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10]),
         "open_alerts": Alert.objects.filter(state=Alert.State.OPEN).count(),
         "decisions": list(

@@ -2,7 +2,7 @@
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -17,8 +17,18 @@ from ota.uploads import read_upload, truthy
 
 @viewer_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    models = Model.objects.annotate(n_versions=Count("versions"), last_upload=Max("versions__created_at"))
-    return render(request, "ota/model_list.html", {"models": models})
+    rejected = Q(versions__status=ModelVersion.Status.REJECTED)
+    models = list(
+        Model.objects.annotate(
+            n_versions=Count("versions"),
+            n_rejected=Count("versions", filter=rejected),
+            n_staged=Count("versions", filter=Q(versions__status=ModelVersion.Status.STAGED)),
+            last_upload=Max("versions__created_at"),
+        )
+    )
+    usable = [m for m in models if m.n_versions > m.n_rejected]
+    context = {"models": models, "usable": len(usable), "rejected_only": len(models) - len(usable)}
+    return render(request, "ota/model_list.html", context)
 
 
 @viewer_required
