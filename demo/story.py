@@ -100,9 +100,8 @@ class Pipeline:
         cursor: str | None = None
         while True:
             params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-            r = self.session.get(
-                f"{self.server}/api/v1{path}", params=params, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
-            )
+            headers = {"Authorization": f"Bearer {self.token}"}
+            r = self.session.get(f"{self.server}/api/v1{path}", params=params, headers=headers, timeout=30)
             r.raise_for_status()
             body = r.json()
             items += body["items"]

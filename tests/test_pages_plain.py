@@ -56,8 +56,9 @@ def world(admin_client) -> dict:
         ("fell_back", {"rule": "error_rate", "threshold": 0.5, "to": "v1", "at_start": False}),
         ("download_started", {"resume_from": 0, "nested": {"a": [1, 2]}}),
     ):
+        at = timezone.now()
         DeviceEvent.objects.create(
-            id=uuid.uuid4(), device=d, kind=kind, at=timezone.now(), model_name="fraud", version_label="v2", details=details
+            id=uuid.uuid4(), device=d, kind=kind, at=at, model_name="fraud", version_label="v2", details=details
         )
     c = campaigns.create_campaign(name="v2 to everyone", version=v2, cohort=None, waves=f.WAVES, gates={"drift": 0.25})
     campaigns.start(c.pk)
