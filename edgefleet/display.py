@@ -120,3 +120,12 @@ def colours(labels: list[str]) -> dict[str, str]:
         if label not in out:
             out[label] = PALETTE[len(out) % len(PALETTE)]
     return out
+
+
+def percent(share: Any, digits: int = 1) -> str:
+    """A share (0.0543) as a percentage ("5.4%"); "—" when it is not a number."""
+    try:
+        value = float(share)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{value * 100:.{digits}f}%" if math.isfinite(value) else "—"

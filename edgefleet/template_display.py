@@ -15,6 +15,7 @@ register.filter("size", display.size)
 register.filter("shape", display.shape)
 register.filter("pairs", display.pairs)
 register.filter("short_hash", display.short_hash)
+register.filter("percent", display.percent)
 
 
 @register.filter("number")

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 from accounts.roles import operator_required, viewer_required
 from ota import charts, services
 from ota.models import Model, ModelVersion
+from ota.names import class_names, feature_names
 from ota.uploads import read_upload, truthy
 
 
@@ -53,7 +54,9 @@ def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
         "version": version,
         "report": version.report or {},
         "variants": version.variants.select_related("artifact"),
-        "figures": charts.profile_figures(version.reference_profile),
+        "figures": charts.profile_figures(
+            version.reference_profile, feature_names(version.report), class_names(version.report)
+        ),
     }
     return render(request, "ota/version_detail.html", context)
 
