@@ -49,11 +49,9 @@ class Device(models.Model):
         # GIN indexes made in migration 0002 (PostgreSQL only).
         indexes = [
             models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id"),
-            # The device list's other sorts (fleet/device_list.py), keyset-paged like the first.
+            # The device list's other sorts (fleet/device_list.py), keyset-paged like the first; the
+            # last-seen index (NULLS LAST) is made by migration 0003 on PostgreSQL only.
             models.Index(fields=["name", "id"], name="device_name_id"),
-            models.Index(
-                models.F("last_seen_at").desc(nulls_last=True), models.F("id").desc(), name="device_last_seen_id"
-            ),
         ]
 
     def __str__(self) -> str:
