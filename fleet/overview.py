@@ -17,6 +17,7 @@ from edgefleet import display
 from fleet import services
 from fleet.models import Device
 from ota.models import Model, ModelVersion
+from ota import names as ota_names
 from rollout.models import Campaign, CampaignDecision
 from telemetry.models import Alert
 
@@ -54,8 +55,8 @@ def versions_figure(in_use: dict[str, list[tuple[str, int]]], order: list[str] |
         return None
     by_version: dict[str, dict[str, int]] = defaultdict(dict)
     for model, counts in in_use.items():
-        for label, n in counts:
-            by_version[label][model] = n
+        for version, n in counts:
+            by_version[version][model] = n
     models = list(in_use)
     known = order or []
     palette = display.colours(known + sorted(by_version))
@@ -79,6 +80,7 @@ def versions_figure(in_use: dict[str, list[tuple[str, int]]], order: list[str] |
         margin={"l": 110, "r": 20, "t": 10, "b": 40},
         xaxis={"title": {"text": "devices"}, "tickformat": ","},
         legend={"title": {"text": "version"}, "traceorder": "normal"},
+        showlegend=True,
         template="plotly_white",
     )
     return json.loads(fig.to_json())
@@ -108,6 +110,13 @@ def model_counts() -> dict[str, int]:
     return {"usable": n_usable, "rejected_only": Model.objects.count() - n_usable}
 
 
+def named(alerts: list[Alert]) -> list[Alert]:
+    """Alerts with their feature as the model names it (``rms (input[0])``)."""
+    for a in alerts:
+        a.feature_label = ota_names.label(a.feature, ota_names.feature_names(a.version.report)) if a.feature else ""
+    return alerts
+
+
 def context() -> dict[str, Any]:
     in_use = versions_in_use()
     demo_status = cache.get("demo:status")
@@ -123,7 +132,7 @@ def context() -> dict[str, Any]:
         "active": dict(
             Campaign.objects.filter(state__in=ACTIVE).values_list("state").annotate(n=Count("id")).order_by()
         ),
-        "alerts": list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10]),
+        "alerts": named(list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10])),
         "open_alerts": Alert.objects.filter(state=Alert.State.OPEN).count(),
         "decisions": list(
             CampaignDecision.objects.filter(actor_label="system", kind__in=AUTOMATIC).select_related("campaign")[:8]

@@ -55,10 +55,23 @@ def _slim(row: dict[str, Any]) -> dict[str, Any]:
     return {f: row.get(f) for f in FIELDS}
 
 
+TITLES = {
+    "error_rate": "Error rate (errors per inference)",
+    "latency_p95": "Latency p95 (ms)",
+    "latency_p50": "Latency p50 (ms)",
+    "drift": "Drift (PSI of the worst feature)",
+    "install_failure_rate": "Install failures (share of canary devices)",
+}
+
+
 def chart_names(campaign: Campaign) -> list[str]:
     """The gates the page charts: error rate and p95 latency always, then every other configured gate."""
     names = list(ALWAYS)
     return names + [n for n in campaign.gates if n in gate_logic.GATES and n not in names]
+
+
+def chart_titles(campaign: Campaign) -> list[tuple[str, str]]:
+    return [(name, TITLES.get(name, name)) for name in chart_names(campaign)]
 
 
 def chart(campaign: Campaign) -> dict[str, Any]:
@@ -84,6 +97,7 @@ def chart(campaign: Campaign) -> dict[str, Any]:
         gates.append(
             {
                 "name": name,
+                "title": TITLES.get(name, name),
                 "meaning": gate_logic.meaning(name),
                 "configured": name in campaign.gates,
                 "threshold": campaign.gates.get(name),

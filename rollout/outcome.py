@@ -28,14 +28,20 @@ class Stopped:
     at: datetime | None
 
 
+# state -> the decision that puts a campaign in it
+STOPPING = {S.ROLLED_BACK: "rollback", S.ABORTED: "abort", S.COMPLETED: "complete", S.PAUSED: "pause"}
+
+
 def stopped(campaign: Campaign) -> Stopped | None:
-    """When a campaign that no longer advances stopped; None while it runs (or before it starts)."""
-    if campaign.state in (S.ROLLED_BACK, S.ABORTED, S.COMPLETED):
-        return Stopped(campaign.get_state_display().lower(), campaign.finished_at)
-    if campaign.state == S.PAUSED:
-        at = campaign.decisions.filter(kind="pause").order_by("-at", "-id").values_list("at", flat=True).first()
-        return Stopped("paused", at)
-    return None
+    """When a campaign that no longer advances stopped; None while it runs (or before it starts).
+
+    The time is the decision's own (the timeline's and the chart's marker), not the wave's start.
+    """
+    kind = STOPPING.get(campaign.state)
+    if kind is None:
+        return None
+    at = campaign.decisions.filter(kind=kind).order_by("-at", "-id").values_list("at", flat=True).first()
+    return Stopped(campaign.get_state_display().lower(), at or campaign.finished_at)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         "campaign": campaign,
         "waves": waves,
         "stopped": outcome.stopped(campaign),
-        "chart_gates": gate_checks.chart_names(campaign),
+        "chart_gates": gate_checks.chart_titles(campaign),
         "returned": outcome.returned(campaign),
         "gate_rows": gate_rows,
         "gate_report": campaign.gate_report or {},

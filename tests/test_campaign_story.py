@@ -115,7 +115,7 @@ def test_after_the_rollback_the_cards_and_the_badge_say_what_happened(viewer_cli
     live = viewer_client.get(f"/campaigns/{c.pk}/live/").content.decode()
     text = re.sub(r"<[^>]+>", " ", live)
     text = " ".join(text.split())
-    assert f"Rolled Back at {local_clock(c.finished_at)}" in text
+    assert f"Rolled Back at {local_clock(c.decisions.get(kind='rollback').at)}" in text
     assert f"Rolled Back since {local_clock(c.wave_started_at)}" not in text
     assert "Devices returned to v1 7 of 10" in text
     assert "Still on v2 3" in text

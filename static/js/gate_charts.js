@@ -7,13 +7,6 @@
   if (!box || !window.Plotly) { return; }
   var script = document.getElementById("gate-charts-script");
   var live = script && script.getAttribute("data-live") === "1";
-  var TITLES = {
-    error_rate: "Error rate (errors per inference)",
-    latency_p95: "Latency p95 (ms)",
-    latency_p50: "Latency p50 (ms)",
-    drift: "Drift (PSI of the worst feature)",
-    install_failure_rate: "Install failures (share of canary devices)"
-  };
   var DECISION_COLOURS = {rollback: "#b91c1c", pause: "#b45309", abort: "#b91c1c", advance: "#15803d", complete: "#15803d"};
   var SYMBOLS = {pass: "circle", fail: "x", not_enough_data: "circle-open"};
 
@@ -26,8 +19,8 @@
 
   function caption(g, data) {
     var v = data.versions, last = g.last;
-    if (!last) { return TITLES[g.name] + ": no gate check yet."; }
-    var text = TITLES[g.name] + ", last check " + clock(last.at) + ": canary " + v.canary + " " + fmt(last.canary);
+    if (!last) { return g.title + ": no gate check yet."; }
+    var text = g.title + ", last check " + clock(last.at) + ": canary " + v.canary + " " + fmt(last.canary);
     if (v.control) { text += ", control " + v.control + " " + fmt(last.control); }
     if (g.configured) {
       text += "; observed " + fmt(last.observed) + " (" + g.meaning + ") against threshold " + fmt(g.threshold) + ": " + String(last.verdict).replace(/_/g, " ");
@@ -59,20 +52,20 @@
       });
     });
     var shapes = [], annotations = [];
-    data.decisions.forEach(function (d) {
-      var colour = DECISION_COLOURS[d.kind] || "#66788a";
+    data.decisions.forEach(function (d, i) {
+      var colour = DECISION_COLOURS[d.kind] || "#566676";
       shapes.push({type: "line", xref: "x", yref: "paper", x0: d.at, x1: d.at, y0: 0, y1: 1, line: {color: colour, width: 1.5, dash: d.kind === "rollback" ? "solid" : "dot"}});
-      annotations.push({x: d.at, xref: "x", yref: "paper", y: 1, yanchor: "bottom", text: d.kind + " " + clock(d.at), showarrow: false, font: {size: 10, color: colour}});
+      // Labels alternate between two heights so decisions close in time stay readable.
+      annotations.push({x: d.at, xref: "x", yref: "paper", y: i % 2 ? 1.0 : 1.09, yanchor: "bottom", xanchor: "center", text: d.kind, hovertext: d.kind + " at " + clock(d.at) + (d.reason ? ": " + d.reason : ""), showarrow: false, font: {size: 10, color: colour}});
     });
     if (g.configured && g.name === "install_failure_rate" && g.threshold !== null) {
       shapes.push({type: "line", xref: "paper", x0: 0, x1: 1, yref: "y", y0: g.threshold, y1: g.threshold, line: {color: "#b91c1c", dash: "dash", width: 1}});
     }
     var layout = {
-      title: {text: TITLES[g.name] || g.name, x: 0, xanchor: "left", font: {size: 14}},
-      margin: {t: 70, r: 10, b: 40, l: 55}, height: 300,
+      margin: {t: 72, r: 20, b: 40, l: 55}, height: 310,
       xaxis: {type: "date", tickformat: "%H:%M:%S"},
       yaxis: {rangemode: "tozero", automargin: true},
-      legend: {orientation: "h", x: 1, xanchor: "right", y: 1.14, yanchor: "bottom"},
+      legend: {orientation: "h", x: 0, xanchor: "left", y: 1.24, yanchor: "bottom"},
       shapes: shapes, annotations: annotations
     };
     Plotly.react(el, traces, layout, {displaylogo: false, responsive: true});

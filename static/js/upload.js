@@ -97,7 +97,7 @@
       var div = document.createElement("div");
       div.className = "chart";
       div.id = "chart-" + fig.id;
-      div.setAttribute("role", "img");
+      div.setAttribute("role", "figure");
       div.setAttribute("aria-label", fig.alt || fig.id);
       card.appendChild(div);
       var caption = document.createElement("p");  // the chart's key numbers in words
