@@ -16,8 +16,8 @@ from django.utils import timezone
 from edgefleet import display
 from fleet import services
 from fleet.models import Device
-from ota.models import Model, ModelVersion
 from ota import names as ota_names
+from ota.models import Model, ModelVersion
 from rollout.models import Campaign, CampaignDecision
 from telemetry.models import Alert
 
