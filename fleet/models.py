@@ -88,7 +88,15 @@ class DeviceEvent(models.Model):
 
     class Meta:
         ordering = ["-at"]
-        indexes = [models.Index(fields=["device", "-at"], name="event_device_at")]
+        indexes = [
+            models.Index(fields=["device", "-at"], name="event_device_at"),
+            # "Devices that installed this version since" (rollout/outcome.py: returned after a rollback).
+            models.Index(
+                fields=["model_name", "version_label", "received_at"],
+                condition=models.Q(kind="installed"),
+                name="event_installed_received",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.kind} {self.at:%Y-%m-%d %H:%M}"

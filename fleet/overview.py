@@ -4,11 +4,9 @@ Every figure is one aggregate query (counts by status, a GROUP BY on the install
 the page costs the same with 100 or 100,000 devices.
 """
 
-import json
 from collections import defaultdict
 from typing import Any
 
-import plotly.graph_objects as go
 from django.core.cache import cache
 from django.db.models import Count
 from django.utils import timezone
@@ -61,29 +59,28 @@ def versions_figure(in_use: dict[str, list[tuple[str, int]]], order: list[str] |
     known = order or []
     palette = display.colours(known + sorted(by_version))
     labels = sorted(by_version, key=lambda x: (known.index(x) if x in known else len(known), x))
-    fig = go.Figure(
-        [
-            go.Bar(
-                name=label,
-                y=models,
-                x=[by_version[label].get(m, 0) for m in models],
-                orientation="h",
-                marker_color=palette[label],
-                hovertemplate="%{y} " + label + ": %{x:,} devices<extra></extra>",
-            )
-            for label in labels
-        ]
-    )
-    fig.update_layout(
-        barmode="stack",
-        height=120 + 50 * len(models),
-        margin={"l": 110, "r": 20, "t": 10, "b": 40},
-        xaxis={"title": {"text": "devices"}, "tickformat": ","},
-        legend={"title": {"text": "version"}, "traceorder": "normal"},
-        showlegend=True,
-        template="plotly_white",
-    )
-    return json.loads(fig.to_json())
+    # A plain dict in Plotly's JSON form: graph_objects validation costs more than the queries here.
+    bars = [
+        {
+            "type": "bar",
+            "name": version,
+            "y": models,
+            "x": [by_version[version].get(m, 0) for m in models],
+            "orientation": "h",
+            "marker": {"color": palette[version]},
+            "hovertemplate": "%{y} " + version + ": %{x:,} devices<extra></extra>",
+        }
+        for version in labels
+    ]
+    layout = {
+        "barmode": "stack",
+        "height": 120 + 50 * len(models),
+        "margin": {"l": 110, "r": 20, "t": 10, "b": 40},
+        "xaxis": {"title": {"text": "devices"}, "tickformat": ","},
+        "legend": {"title": {"text": "version"}, "traceorder": "normal"},
+        "showlegend": True,
+    }
+    return {"data": bars, "layout": layout}
 
 
 def in_use_rows(in_use: dict[str, list[tuple[str, int]]]) -> list[dict[str, Any]]:

@@ -3,12 +3,13 @@
 Features are drawn as densities over their value axis (share of rows per unit of the value): the
 profile's bins are quantile bins holding equal shares, so bars of their counts were all the same
 height. Names come from the model's metadata where it has them (``ota.names``).
+
+The figures are plain dicts in Plotly's JSON form: ``plotly.graph_objects`` validates every
+property in Python (about 20 ms a figure on a busy machine, five figures a page), and plotly.js
+draws the same dict with its own clean defaults.
 """
 
-import json
 from collections.abc import Sequence
-
-import plotly.graph_objects as go
 
 from ota.names import label
 
@@ -16,7 +17,6 @@ MAX_FEATURE_PLOTS = 24
 LAYOUT = {
     "height": 260,
     "margin": {"l": 50, "r": 10, "t": 36, "b": 45},
-    "template": "plotly_white",
     "showlegend": False,
 }
 
@@ -27,9 +27,15 @@ def _title(text: str) -> dict:
 
 def _classes(title: str, names: Sequence[str], counts: list[float]) -> dict:
     ticks = [names[i] if i < len(names) and names[i] else f"class {i}" for i in range(len(counts))]
-    fig = go.Figure(go.Bar(x=ticks, y=counts, marker_color="#0072B2", hovertemplate="%{x}: %{y:,} rows<extra></extra>"))
-    fig.update_layout(title=_title(title), yaxis={"title": "rows", "tickformat": ","}, **LAYOUT)
-    return json.loads(fig.to_json())
+    bar = {
+        "type": "bar",
+        "x": ticks,
+        "y": list(counts),
+        "marker": {"color": "#0072B2"},
+        "hovertemplate": "%{x}: %{y:,} rows<extra></extra>",
+    }
+    layout = {"title": _title(title), "yaxis": {"title": {"text": "rows"}, "tickformat": ","}, **LAYOUT}
+    return {"data": [bar], "layout": layout}
 
 
 def _density(title: str, axis: str, edges: list[float], counts: list[float]) -> dict:
@@ -39,21 +45,23 @@ def _density(title: str, axis: str, edges: list[float], counts: list[float]) -> 
         width = float(edges[i + 1]) - float(edges[i])
         dens.append(c / total / width if width > 0 else c / total)
     hover = [[f"{edges[i]:.3g} to {edges[i + 1]:.3g}", counts[i] / total * 100] for i in range(len(counts))]
-    fig = go.Figure(
-        go.Scatter(
-            x=list(edges),
-            y=dens + dens[-1:],
-            mode="lines",
-            line={"shape": "hv", "color": "#0072B2", "width": 2},
-            fill="tozeroy",
-            customdata=[*hover, ["", 0.0]],
-            hovertemplate="%{customdata[0]}: %{customdata[1]:.1f}% of rows<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title=_title(title), xaxis={"title": axis}, yaxis={"title": "share per unit", "rangemode": "tozero"}, **LAYOUT
-    )
-    return json.loads(fig.to_json())
+    line = {
+        "type": "scatter",
+        "x": [float(e) for e in edges],
+        "y": dens + dens[-1:],
+        "mode": "lines",
+        "line": {"shape": "hv", "color": "#0072B2", "width": 2},
+        "fill": "tozeroy",
+        "customdata": [*hover, ["", 0.0]],
+        "hovertemplate": "%{customdata[0]}: %{customdata[1]:.1f}% of rows<extra></extra>",
+    }
+    layout = {
+        "title": _title(title),
+        "xaxis": {"title": {"text": axis}},
+        "yaxis": {"title": {"text": "share per unit"}, "rangemode": "tozero"},
+        **LAYOUT,
+    }
+    return {"data": [line], "layout": layout}
 
 
 def profile_figures(

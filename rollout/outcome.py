@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.core.cache import cache
 from django.db.models import Count, Subquery
 
 from fleet.models import Device, DeviceEvent
@@ -18,6 +19,7 @@ from fleet.services import _json_eq
 from rollout.models import Campaign
 
 S = Campaign.State
+RETURNED_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,24 @@ def returned(campaign: Campaign) -> Returned | None:
     """
     if campaign.state != S.ROLLED_BACK or campaign.started_at is None or campaign.previous_version is None:
         return None
+    key = f"rollout:returned:{campaign.pk}"
+    found = cache.get(key)
+    if found is None:
+        found = _returned(campaign)
+        cache.set(key, found, RETURNED_SECONDS)
+    return found
+
+
+def _returned(campaign: Campaign) -> Returned:
     model = campaign.model.name
     label, previous = campaign.version.label, campaign.previous_version.label
-    took = DeviceEvent.objects.filter(
-        kind="installed", model_name=model, version_label=label, received_at__gte=campaign.started_at
-    ).values("device_id")
+    took = (
+        DeviceEvent.objects.filter(
+            kind="installed", model_name=model, version_label=label, received_at__gte=campaign.started_at
+        )
+        .order_by()
+        .values("device_id")
+    )
     counts = Device.objects.filter(pk__in=Subquery(took)).aggregate(
         took=Count("pk"),
         back=Count("pk", filter=_json_eq("installed", model, previous)),

@@ -28,4 +28,12 @@ class Migration(migrations.Migration):
             index=models.Index(fields=["name", "id"], name="device_name_id"),
         ),
         migrations.RunPython(last_seen_up, last_seen_down),
+        migrations.AddIndex(
+            model_name="deviceevent",
+            index=models.Index(
+                condition=models.Q(("kind", "installed")),
+                fields=["model_name", "version_label", "received_at"],
+                name="event_installed_received",
+            ),
+        ),
     ]
