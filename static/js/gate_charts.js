@@ -16,6 +16,8 @@
     return String(Number(v.toPrecision(4)));
   }
   function clock(iso) { return iso ? iso.slice(11, 19) : ""; }
+  // Plotly reads a few HTML tags in chart text; a person's reason is shown as text, never as markup.
+  function plainText(s) { return String(s || "").replace(/[<>&]/g, " "); }
 
   function caption(g, data) {
     var v = data.versions, last = g.last;
@@ -56,7 +58,7 @@
       var colour = DECISION_COLOURS[d.kind] || "#566676";
       shapes.push({type: "line", xref: "x", yref: "paper", x0: d.at, x1: d.at, y0: 0, y1: 1, line: {color: colour, width: 1.5, dash: d.kind === "rollback" ? "solid" : "dot"}});
       // Labels alternate between two heights so decisions close in time stay readable.
-      annotations.push({x: d.at, xref: "x", yref: "paper", y: i % 2 ? 1.0 : 1.09, yanchor: "bottom", xanchor: "center", text: d.kind, hovertext: d.kind + " at " + clock(d.at) + (d.reason ? ": " + d.reason : ""), showarrow: false, font: {size: 10, color: colour}});
+      annotations.push({x: d.at, xref: "x", yref: "paper", y: i % 2 ? 1.0 : 1.09, yanchor: "bottom", xanchor: "center", text: d.kind, hovertext: d.kind + " at " + clock(d.at) + (d.reason ? ": " + plainText(d.reason) : ""), showarrow: false, font: {size: 10, color: colour}});
     });
     if (g.configured && g.name === "install_failure_rate" && g.threshold !== null) {
       shapes.push({type: "line", xref: "paper", x0: 0, x1: 1, yref: "y", y0: g.threshold, y1: g.threshold, line: {color: "#b91c1c", dash: "dash", width: 1}});
