@@ -142,6 +142,8 @@ def _row(name: str, threshold: float, result: Mapping[str, Any] | None) -> GateR
     observed = (canary if canary is not None else effect) if name in LEVEL_GATES else effect
     if observed is None and name not in LEVEL_GATES and canary is not None and control is not None:
         observed = canary - control
+    elif observed is None and name == "drift" and canary is not None:
+        observed = canary  # no control drift counts as none (telemetry's effect: canary - (control or 0))
     verdict = result.get("verdict")
     if verdict not in (PASS, FAIL, NOT_ENOUGH):
         # No usable verdict from telemetry: judge the observed value against our own threshold.

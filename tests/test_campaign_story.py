@@ -185,7 +185,7 @@ def test_a_rollback_resolves_its_versions_drift_alerts_and_late_windows_open_non
 
 def test_a_paused_campaign_says_since_when_it_is_paused(viewer_client) -> None:
     fleet = story_fleet()
-    campaigns.pause(fleet["c"].pk, reason="looking into it")
+    lifecycle.pause(fleet["c"].pk, reason="looking into it")
     c = Campaign.objects.get(pk=fleet["c"].pk)
     live = " ".join(re.sub(r"<[^>]+>", " ", viewer_client.get(f"/campaigns/{c.pk}/live/").content.decode()).split())
     assert f"Paused at {local_clock(c.decisions.get(kind='pause').at)}" in live

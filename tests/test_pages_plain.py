@@ -13,7 +13,7 @@ from accounts.audit import record
 from demo import story
 from fleet.models import DeviceEvent
 from ota.models import Artifact, Model, ModelVersion
-from rollout import campaigns
+from rollout import lifecycle
 from rollout.models import Campaign
 from tests import factories
 from tests import test_campaign_factories as f
@@ -60,10 +60,10 @@ def world(admin_client) -> dict:
         DeviceEvent.objects.create(
             id=uuid.uuid4(), device=d, kind=kind, at=at, model_name="fraud", version_label="v2", details=details
         )
-    c = campaigns.create_campaign(name="v2 to everyone", version=v2, cohort=None, waves=f.WAVES, gates={"drift": 0.25})
-    campaigns.start(c.pk)
+    c = lifecycle.create_campaign(name="v2 to everyone", version=v2, cohort=None, waves=f.WAVES, gates={"drift": 0.25})
+    lifecycle.start(c.pk)
     numbers = {"gates": [{"name": "drift", "canary": 0.46, "control": 0.3, "observed": 0.46, "verdict": "fail"}]}
-    campaigns.rollback(c.pk, reason="gate failed: drift", numbers=numbers)
+    lifecycle.rollback(c.pk, reason="gate failed: drift", numbers=numbers)
     record("campaign.test", c, details={"numbers": numbers, "previous": None, "list": ["x", "y"]})
     cache.set(story.STATUS_KEY, {"message": "the fleet is back on v1", "at": 0})
     return {"v1": v1, "v2": v2, "device": d, "campaign": Campaign.objects.get(pk=c.pk)}
