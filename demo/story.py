@@ -47,9 +47,8 @@ GATES = {"install_failure_rate": 0.05, "error_rate": 0.02, "latency_p95": 1.5, "
 
 
 def say(message: str) -> None:
-    """Print a step of the story and keep it for the overview page."""
-    log.info("demo: %s", message)
-    print(f"[demo] {message}", flush=True)
+    """Log a step of the story (once: the log goes to the console) and keep it for the overview page."""
+    log.info("[demo] %s", message)
     cache.set(STATUS_KEY, {"message": message, "at": time.time()}, timeout=None)
 
 
@@ -83,9 +82,9 @@ class Pipeline:
     def push(self, label: str, path: Path, reference: Path | None, notes: str) -> dict:
         url = f"{self.server}/api/v1/models/{MODEL}/versions"
         headers = {"Authorization": f"Bearer {self.token}"}
-        existing = self.session.get(f"{url}/{label}", headers=headers, timeout=30)
-        if existing.status_code == 200:
-            return existing.json()
+        existing = self.existing(label)
+        if existing is not None:
+            return existing
         with path.open("rb") as f:
             files: dict[str, Any] = {"file": (path.name, f, "application/octet-stream")}
             if reference is not None:
@@ -94,6 +93,28 @@ class Pipeline:
         if r.status_code != 201:
             raise RuntimeError(f"upload of {label} failed: {r.status_code} {r.text[:300]}")
         return r.json()
+
+    def _all(self, path: str) -> list[dict]:
+        """Every item of a paged management-API list."""
+        items: list[dict] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            headers = {"Authorization": f"Bearer {self.token}"}
+            r = self.session.get(f"{self.server}/api/v1{path}", params=params, headers=headers, timeout=30)
+            r.raise_for_status()
+            body = r.json()
+            items += body["items"]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return items
+
+    def existing(self, label: str) -> dict | None:
+        """The version if it was pushed before (a restart), found through the lists: asking for it by
+        name would answer 404 on a fresh start, and the server logs every 404 as "Not Found"."""
+        if not any(m["name"] == MODEL for m in self._all("/models")):
+            return None
+        return next((v for v in self._all(f"/models/{MODEL}/versions") if v.get("label") == label), None)
 
     def wait_staged(self, label: str, timeout: float = 300) -> None:
         url = f"{self.server}/api/v1/models/{MODEL}/versions/{label}"
@@ -184,8 +205,10 @@ class Director:
         if wait_for(lambda: self._ended(campaign.pk), 900):
             state = self._campaign(campaign.pk).state
             say(f"campaign '{campaign.name}' is {state.replace('_', ' ')}; devices go back to v1 on their next poll")
-            wait_for(lambda: self.live_versions().get("v1", 0) >= 0.95 * self.devices, 300)
-            say(f"devices now run: {self.live_versions()} — restart the demo from the overview page to replay it")
+            back = wait_for(lambda: self.live_versions().get("v1", 0) >= 0.95 * self.devices, 300)
+            # No counts in the message: it stays on the overview while the live chart moves on.
+            done = "the fleet is back on v1" if back else "devices are returning to v1"
+            say(f"{done} (see Versions in use below) — restart the demo from the overview page to replay it")
 
     @staticmethod
     def _campaign(pk: int) -> Campaign:

@@ -101,6 +101,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.roles",
             ],
+            "builtins": ["edgefleet.template_display"],  # |plain, |size, |number… on every page
         },
     },
 ]
@@ -189,7 +190,9 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 from edgefleet import queues as _queues  # noqa: E402
 
 EDGEFLEET_VALIDATION_TIMEOUT = env_int("EDGEFLEET_VALIDATION_TIMEOUT", 300)  # wall clock of one validation
-CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+# "localhost" names no server (the file broker has none); without it kombu warns "No hostname was
+# supplied" in every process that connects.
+CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost/"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):

@@ -8,20 +8,23 @@ measurements of one device's inferences, so the page keeps to the rule whatever 
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+from edgefleet.display import plain, short_hash
 
 FELL_BACK_KEYS = ("rule", "threshold", "ratio", "margin", "margin_ms", "to", "at_start")
 
 
+DIGEST = re.compile(r"^[0-9a-f]{40,128}$")
+
+
 def text(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float | str):
-        return str(value)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    """Plain text for a page (``edgefleet.display.plain``): never a Python repr or raw JSON; a digest
+    shortened (the version page has it whole, with a copy button)."""
+    if isinstance(value, str) and DIGEST.match(value):
+        return short_hash(value)
+    return plain(value)
 
 
 def detail_pairs(kind: str, details: Any) -> list[tuple[str, str]]:

@@ -47,7 +47,12 @@ class Device(models.Model):
         ordering = ["-enrolled_at", "-id"]
         # Keyset paging of the device list walks this index; label and version filters use the
         # GIN indexes made in migration 0002 (PostgreSQL only).
-        indexes = [models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id")]
+        indexes = [
+            models.Index(fields=["-enrolled_at", "-id"], name="device_enrolled_id"),
+            # The device list's other sorts (fleet/device_list.py), keyset-paged like the first; the
+            # last-seen index (NULLS LAST) is made by migration 0003 on PostgreSQL only.
+            models.Index(fields=["name", "id"], name="device_name_id"),
+        ]
 
     def __str__(self) -> str:
         return self.name or str(self.id)
@@ -83,7 +88,15 @@ class DeviceEvent(models.Model):
 
     class Meta:
         ordering = ["-at"]
-        indexes = [models.Index(fields=["device", "-at"], name="event_device_at")]
+        indexes = [
+            models.Index(fields=["device", "-at"], name="event_device_at"),
+            # "Devices that installed this version since" (rollout/outcome.py: returned after a rollback).
+            models.Index(
+                fields=["model_name", "version_label", "received_at"],
+                condition=models.Q(kind="installed"),
+                name="event_installed_received",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.kind} {self.at:%Y-%m-%d %H:%M}"

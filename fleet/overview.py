@@ -4,18 +4,18 @@ Every figure is one aggregate query (counts by status, a GROUP BY on the install
 the page costs the same with 100 or 100,000 devices.
 """
 
-import json
 from collections import defaultdict
 from typing import Any
 
-import plotly.graph_objects as go
 from django.core.cache import cache
 from django.db.models import Count
 from django.utils import timezone
 
+from edgefleet import display
 from fleet import services
 from fleet.models import Device
-from ota.models import Model
+from ota import names as ota_names
+from ota.models import Model, ModelVersion
 from rollout.models import Campaign, CampaignDecision
 from telemetry.models import Alert
 
@@ -42,42 +42,94 @@ def versions_in_use() -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def versions_figure(in_use: dict[str, list[tuple[str, int]]]) -> dict | None:
-    """A stacked bar per model: devices by installed version."""
+def version_order() -> list[str]:
+    """Version labels in the order they were made: the order colours are handed out on every page."""
+    return list(ModelVersion.objects.order_by("created_at", "id").values_list("label", flat=True))
+
+
+def versions_figure(in_use: dict[str, list[tuple[str, int]]], order: list[str] | None = None) -> dict | None:
+    """A stacked bar per model: devices by installed version, one colour per version as on every page."""
     if not in_use:
         return None
     by_version: dict[str, dict[str, int]] = defaultdict(dict)
     for model, counts in in_use.items():
-        for label, n in counts:
-            by_version[label][model] = n
+        for version, n in counts:
+            by_version[version][model] = n
     models = list(in_use)
-    fig = go.Figure(
-        [
-            go.Bar(name=label, y=models, x=[per.get(m, 0) for m in models], orientation="h")
-            for label, per in sorted(by_version.items())
-        ]
-    )
-    fig.update_layout(
-        barmode="stack",
-        height=120 + 50 * len(models),
-        margin={"l": 110, "r": 20, "t": 10, "b": 40},
-        xaxis_title="devices",
-        legend_title_text="version",
-    )
-    return json.loads(fig.to_json())
+    known = order or []
+    palette = display.colours(known + sorted(by_version))
+    labels = sorted(by_version, key=lambda x: (known.index(x) if x in known else len(known), x))
+    # A plain dict in Plotly's JSON form: graph_objects validation costs more than the queries here.
+    bars = [
+        {
+            "type": "bar",
+            "name": version,
+            "y": models,
+            "x": [by_version[version].get(m, 0) for m in models],
+            "orientation": "h",
+            "marker": {"color": palette[version]},
+            "hovertemplate": "%{y} " + version + ": %{x:,} devices<extra></extra>",
+        }
+        for version in labels
+    ]
+    layout = {
+        "barmode": "stack",
+        "height": 120 + 50 * len(models),
+        "margin": {"l": 110, "r": 20, "t": 10, "b": 40},
+        "xaxis": {"title": {"text": "devices"}, "tickformat": ","},
+        "legend": {"title": {"text": "version"}, "traceorder": "normal"},
+        "showlegend": True,
+    }
+    return {"data": bars, "layout": layout}
+
+
+def in_use_rows(in_use: dict[str, list[tuple[str, int]]]) -> list[dict[str, Any]]:
+    """``in_use`` with each version's id, so the page links its devices and its telemetry."""
+    ids = {
+        (m, label): pk
+        for pk, m, label in ModelVersion.objects.filter(model__name__in=list(in_use)).values_list(
+            "pk", "model__name", "label"
+        )
+    }
+    return [
+        {"model": m, "versions": [{"label": label, "n": n, "id": ids.get((m, label))} for label, n in counts]}
+        for m, counts in in_use.items()
+    ]
+
+
+def model_counts() -> dict[str, int]:
+    """Models with a version that is not rejected, and models whose every upload was rejected.
+
+    The overview's "N models" is the first, and the models page says both the same way.
+    """
+    usable = Model.objects.filter(versions__in=ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED))
+    n_usable = usable.distinct().count()
+    return {"usable": n_usable, "rejected_only": Model.objects.count() - n_usable}
+
+
+def named(alerts: list[Alert]) -> list[Alert]:
+    """Alerts with their feature as the model names it (``rms (input[0])``)."""
+    for a in alerts:
+        a.feature_label = ota_names.label(a.feature, ota_names.feature_names(a.version.report)) if a.feature else ""
+    return alerts
 
 
 def context() -> dict[str, Any]:
     in_use = versions_in_use()
     demo_status = cache.get("demo:status")
+    campaigns = list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10])
     return {
         "status": device_status_counts(),
         "total_devices": Device.objects.count(),
-        "models": Model.objects.count(),
+        "models": model_counts(),
         "in_use": in_use,
-        "versions_figure": versions_figure(in_use),
-        "campaigns": list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10]),
-        "alerts": list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10]),
+        "in_use_rows": in_use_rows(in_use),
+        "versions_figure": versions_figure(in_use, version_order()),
+        "campaigns": campaigns,
+        "active": dict(
+            Campaign.objects.filter(state__in=ACTIVE).values_list("state").annotate(n=Count("id")).order_by()
+        ),
+        "alerts": named(list(Alert.objects.filter(state=Alert.State.OPEN).select_related("version__model")[:10])),
         "open_alerts": Alert.objects.filter(state=Alert.State.OPEN).count(),
         "decisions": list(
             CampaignDecision.objects.filter(actor_label="system", kind__in=AUTOMATIC).select_related("campaign")[:8]

@@ -1,7 +1,6 @@
 """Dashboard pages for the fleet: devices, one device, enrollment keys, cohorts (thin over services)."""
 
 import uuid
-from datetime import datetime
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -12,8 +11,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.audit import record
 from accounts.roles import operator_required, viewer_required
+from fleet import device_list, selectors, services
 from fleet import overview as overview_data
-from fleet import selectors, services
 from fleet.event_text import detail_pairs
 from fleet.models import Cohort, Device, EnrollmentKey
 
@@ -30,63 +29,68 @@ def overview(request: HttpRequest) -> HttpResponse:
 # ---------------------------------------------------------------- devices
 
 
-def _cursor(d: Device) -> str:
-    return f"{d.enrolled_at.isoformat()}|{d.id}"
-
-
-def _parse_cursor(text: str) -> tuple[datetime, uuid.UUID] | None:
-    at, _, did = text.partition("|")
-    try:
-        when = parse_datetime(at)
-        return (when, uuid.UUID(did)) if when else None
-    except ValueError:
-        return None
+STATUS_TABS = (
+    ("", "any status"),
+    ("online", "online"),
+    ("stale", "stale"),
+    ("offline", "offline"),
+    ("never", "never seen"),
+)
+# column -> (its first sort, the sort a second click gives)
+SORT_COLUMNS = (
+    ("name", "name", "-name"),
+    ("last_seen", "-last_seen", "last_seen"),
+    ("enrolled", "-enrolled", "enrolled"),
+)
 
 
 @viewer_required
 def devices(request: HttpRequest) -> HttpResponse:
-    """Keyset-paged (enrolled_at, id): page N costs the same as page 1 with 100,000 devices."""
-    qs = Device.objects.only("id", "name", "labels", "last_seen_at", "installed", "enrolled_at", "agent_version")
-    selector, status = request.GET.get("labels", "").strip(), request.GET.get("status", "")
-    model, version = request.GET.get("model", "").strip(), request.GET.get("version", "").strip()
-    error = None
-    if selector:
-        try:
-            qs = qs.filter(services.selector_q(selectors.parse(selector)))
-        except selectors.SelectorError as e:
-            error = str(e)
-            qs = qs.none()
-    if status in ("online", "stale", "offline", "never"):
-        qs = qs.filter(services.status_q(status))
-    if model and version:
-        qs = qs.filter(services._json_eq("installed", model, version))
-    elif model:
-        qs = qs.filter(installed__has_key=model)
-    after = _parse_cursor(request.GET.get("after", ""))
-    if after:
-        from django.db.models import Q
-
-        qs = qs.filter(Q(enrolled_at__lt=after[0]) | Q(enrolled_at=after[0], id__lt=after[1]))
-    rows = list(qs.order_by("-enrolled_at", "-id")[: PAGE + 1])
+    """Search, filters with counts per status, sortable keyset pages (``fleet.device_list``)."""
+    filters = device_list.Filters.from_query(request.GET)
+    rows, nxt, followed = device_list.page(filters, request.GET.get("after", ""))
+    counts = device_list.counts(filters)
     now = timezone.now()
-    items = [{"d": d, "status": services.status_of(d.last_seen_at, now)} for d in rows[:PAGE]]
     params = request.GET.copy()
     params.pop("after", None)
-    next_url = None
-    if len(rows) > PAGE:
-        params["after"] = _cursor(rows[PAGE - 1])
-        next_url = "?" + params.urlencode()
+
+    def url(**change: str) -> str:
+        q = params.copy()
+        for k, v in change.items():
+            if v:
+                q[k] = v
+            else:
+                q.pop(k, None)
+        return "?" + q.urlencode()
+
+    sort = device_list.SORTS[filters.sort]
+    columns = {}
+    for name, first, second in SORT_COLUMNS:
+        current = filters.sort in (first, second)
+        columns[name] = {
+            "url": url(sort=second if filters.sort == first else first),
+            "aria": ("descending" if sort.desc else "ascending") if current else "none",
+            "arrow": ("▼" if sort.desc else "▲") if current else "",
+        }
     context = {
-        "items": items,
-        "next_url": next_url,
-        "first_url": "?" + params.urlencode() if after else None,
-        "labels": selector,
-        "status": status,
-        "model": model,
-        "version": version,
-        "error": error,
+        "items": [{"d": d, "status": services.status_of(d.last_seen_at, now)} for d in rows],
+        "next_url": url(after=nxt) if nxt else None,
+        "first_url": url() if followed else None,
+        "labels": filters.labels,
+        "status": filters.status,
+        "model": filters.model,
+        "version": filters.version,
+        "q": filters.q,
+        "error": filters.error,
+        "total": counts[filters.status or "all"],
+        "status_tabs": [
+            {"key": k, "text": text, "n": counts[k or "all"], "url": url(status=k), "active": filters.status == k}
+            for k, text in STATUS_TABS
+        ],
+        "sort_text": sort.text,
+        "columns": columns,
         "any_devices": Device.objects.exists(),
-        "filtered": bool(selector or status or model),
+        "filtered": bool(filters.active),
     }
     return render(request, "fleet/devices.html", context)
 

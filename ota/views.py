@@ -2,7 +2,7 @@
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -12,13 +12,24 @@ from django.views.decorators.http import require_POST
 from accounts.roles import operator_required, viewer_required
 from ota import charts, services
 from ota.models import Model, ModelVersion
+from ota.names import class_names, feature_names
 from ota.uploads import read_upload, truthy
 
 
 @viewer_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    models = Model.objects.annotate(n_versions=Count("versions"), last_upload=Max("versions__created_at"))
-    return render(request, "ota/model_list.html", {"models": models})
+    rejected = Q(versions__status=ModelVersion.Status.REJECTED)
+    models = list(
+        Model.objects.annotate(
+            n_versions=Count("versions"),
+            n_rejected=Count("versions", filter=rejected),
+            n_staged=Count("versions", filter=Q(versions__status=ModelVersion.Status.STAGED)),
+            last_upload=Max("versions__created_at"),
+        )
+    )
+    usable = [m for m in models if m.n_versions > m.n_rejected]
+    context = {"models": models, "usable": len(usable), "rejected_only": len(models) - len(usable)}
+    return render(request, "ota/model_list.html", context)
 
 
 @viewer_required
@@ -43,7 +54,9 @@ def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
         "version": version,
         "report": version.report or {},
         "variants": version.variants.select_related("artifact"),
-        "figures": charts.profile_figures(version.reference_profile),
+        "figures": charts.profile_figures(
+            version.reference_profile, feature_names(version.report), class_names(version.report)
+        ),
     }
     return render(request, "ota/version_detail.html", context)
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import record
-from rollout import cohorts, placement
+from rollout import cohorts, gate_checks, placement
 from rollout import gates as gate_logic
 from rollout.lifecycle import CampaignError, advance, pause, rollback
 from rollout.models import Campaign, CampaignDecision
@@ -115,6 +115,7 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
     numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
     numbers["gates"] = gate_logic.public_rows(numbers["gates"], min_cohort())
+    gate_checks.record(campaign.pk, k, now, numbers, comparison, min_cohort())  # the page's chart
     if soaking and outcome.verdict != gate_logic.FAIL:
         _record_hold(campaign, k, soaking, {**numbers, "verdict": "soaking"})
         return "hold"

@@ -21,18 +21,27 @@ from typing import Any
 
 PASS, FAIL, NOT_ENOUGH = "pass", "fail", "not_enough_data"
 
-# name -> (what the threshold means, default threshold). Observed values are compared with ">".
+# name -> (what the observed value is, default threshold). A gate fails when its observed value is
+# above the threshold. These words are the gate's one meaning: the campaign form, the gate table and
+# docs/rollout.md say it the same way (tests/test_campaign_story.py holds them together).
 GATES: dict[str, tuple[str, float]] = {
-    "install_failure_rate": ("highest share of canary devices whose install failed", 0.05),
-    "error_rate": ("largest increase of the error rate over control (absolute, 0.02 = 2 points)", 0.02),
-    "latency_p50": ("largest ratio of canary to control median latency (1.25 = 25% slower)", 1.25),
-    "latency_p95": ("largest ratio of canary to control p95 latency (1.25 = 25% slower)", 1.25),
-    "drift": ("highest drift score of the canary's inputs against the version's reference", 0.25),
+    "install_failure_rate": ("share of canary devices whose latest install failed", 0.05),
+    "error_rate": ("canary error rate minus control error rate (0.02 = 2 points)", 0.02),
+    "latency_p50": ("canary median latency divided by the control's (1.25 = 25% slower), when also 5 ms slower", 1.25),
+    "latency_p95": ("canary p95 latency divided by the control's (1.25 = 25% slower), when also 5 ms slower", 1.25),
+    "drift": ("canary drift minus control drift (highest PSI of a feature or the output against the reference)", 0.25),
 }
 DEFAULT_GATES: dict[str, float] = {name: default for name, (_, default) in GATES.items()}
 
 # Gates whose observed value is the canary's own level rather than its difference from control.
-LEVEL_GATES = {"install_failure_rate", "drift"}
+# Drift is not one: input drift reaches canary and control alike, so the gate judges (and the table
+# shows) the drift the canary sees beyond the control's.
+LEVEL_GATES = {"install_failure_rate"}
+
+
+def meaning(name: str) -> str:
+    """What a gate's observed value is, for the form, the gate table and the timeline."""
+    return GATES.get(name, (name, 0.0))[0]
 
 
 def validate_gates(gates: Mapping[str, Any]) -> list[str]:
@@ -98,7 +107,24 @@ def public_rows(rows: Any, k: int) -> list[dict[str, Any]]:
 
     if not isinstance(rows, list):
         return []
-    return [hide_small(r, k, one_sided=r.get("name") in ONE_SIDED) for r in rows if isinstance(r, Mapping)]
+    return [
+        _observed_as_judged(hide_small(r, k, one_sided=r.get("name") in ONE_SIDED))
+        for r in rows
+        if isinstance(r, Mapping)
+    ]
+
+
+def _observed_as_judged(row: dict[str, Any]) -> dict[str, Any]:
+    """A drift row's observed value as its verdict judged it: canary minus control.
+
+    Rows stored before drift's observed value became the difference carry the canary's level
+    (``Observed 0.4618 > Threshold 0.25`` beside a "pass"); they read the way they were judged.
+    """
+    if row.get("name") == "drift":
+        canary, control = _num(row.get("canary")), _num(row.get("control"))
+        if canary is not None:
+            row["observed"] = canary - (control or 0.0)
+    return row
 
 
 def _num(value: object) -> float | None:
@@ -116,6 +142,8 @@ def _row(name: str, threshold: float, result: Mapping[str, Any] | None) -> GateR
     observed = (canary if canary is not None else effect) if name in LEVEL_GATES else effect
     if observed is None and name not in LEVEL_GATES and canary is not None and control is not None:
         observed = canary - control
+    elif observed is None and name == "drift" and canary is not None:
+        observed = canary  # no control drift counts as none (telemetry's effect: canary - (control or 0))
     verdict = result.get("verdict")
     if verdict not in (PASS, FAIL, NOT_ENOUGH):
         # No usable verdict from telemetry: judge the observed value against our own threshold.

@@ -130,3 +130,25 @@ class IssuedManifest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_id} #{self.sequence}"
+
+
+class GateCheck(models.Model):
+    """One evaluation of a campaign's gates: the numbers the gate job judged, when it judged them.
+
+    The campaign page charts these (not rollup windows, which lag the gate by a rollup), so the
+    chart's last point before a decision is the decision's own figure. Numbers from fewer than k
+    devices on a side are stored hidden, as in the gate report.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="gate_checks")
+    at = models.DateTimeField()
+    wave = models.PositiveSmallIntegerField(help_text="1-based wave judged")
+    verdict = models.CharField(max_length=24)
+    gates = models.JSONField(default=dict, help_text="gate name -> public gate row (configured or not)")
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["campaign", "at"], name="gatecheck_campaign_at")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} wave {self.wave} {self.verdict} at {self.at:%H:%M:%S}"

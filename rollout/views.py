@@ -14,8 +14,8 @@ from django.views.decorators.http import require_POST
 from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
 from ota.models import ModelVersion
+from rollout import gate_checks, lifecycle, outcome, placement, targeting
 from rollout import gates as gate_logic
-from rollout import lifecycle, placement, targeting
 from rollout.charts import chart_series
 from rollout.evaluation import min_cohort
 from rollout.models import Campaign
@@ -145,10 +145,16 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
     decisions = list(campaign.decisions.all()[:100])
     for d in decisions:  # numbers below k stay hidden, even in decisions stored before they were hidden
         d.public_gates = gate_logic.public_rows((d.numbers or {}).get("gates"), k)
+    gate_rows = gate_logic.public_rows((campaign.gate_report or {}).get("gates", []), k)
+    for row in gate_rows:
+        row["meaning"] = gate_logic.meaning(str(row.get("name")))
     return {
         "campaign": campaign,
         "waves": waves,
-        "gate_rows": gate_logic.public_rows((campaign.gate_report or {}).get("gates", []), k),
+        "stopped": outcome.stopped(campaign),
+        "chart_gates": gate_checks.chart_titles(campaign),
+        "returned": outcome.returned(campaign),
+        "gate_rows": gate_rows,
         "gate_report": campaign.gate_report or {},
         "progress": progress,
         "quarantine": quarantine.of(Quarantine.Kind.CAMPAIGN, str(campaign.pk)),
@@ -189,7 +195,9 @@ def campaign_live(request: HttpRequest, pk: int) -> HttpResponse:
 
 @viewer_required
 def campaign_series(request: HttpRequest, pk: int) -> JsonResponse:
-    return JsonResponse(chart_series(_campaign(pk)))
+    """The gate's checks and decisions (what the page charts), and the rollup windows as before."""
+    campaign = _campaign(pk)
+    return JsonResponse({**chart_series(campaign), **gate_checks.chart(campaign)})
 
 
 @require_POST

@@ -9,6 +9,13 @@ class TelemetryConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(telemetry_settings_check, "telemetry")
+        from django.db.models.signals import post_save
+
+        from telemetry import rollback_alerts
+
+        post_save.connect(
+            rollback_alerts.on_decision, sender="rollout.CampaignDecision", dispatch_uid="telemetry.rollback_alerts"
+        )
 
 
 def telemetry_settings_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

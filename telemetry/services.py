@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from fleet.models import Cohort, Device
 from ota.models import ModelVersion
-from telemetry import drift, privacy, quarantine, regression, trust
+from telemetry import drift, privacy, quarantine, regression, rollback_alerts, trust
 from telemetry.binning import DEFAULT_FEATURE_EDGES, LATENCY_EDGES_MS
 from telemetry.models import Alert, DriftResult, Quarantine, Report, Rollup, RollupMark
 from telemetry.profiles import expected_bins
@@ -415,6 +415,7 @@ def update_drift_alerts(version_id: int, cohort: str, now: datetime | None = Non
     if latest is None:
         return 0, 0
     opened = resolved = 0
+    rolled_back = rollback_alerts.rolled_back_at(version_id)  # windows before it open no alert
     for res in DriftResult.objects.filter(version_id=version_id, cohort=cohort, window_start=latest.window_start):
         if not all(math.isfinite(x) for x in (res.psi, res.js, res.ks, res.threshold)):
             raise ValueError(f"the drift result of {res.feature} at {res.window_start.isoformat()} is not finite")
@@ -433,6 +434,8 @@ def update_drift_alerts(version_id: int, cohort: str, now: datetime | None = Non
         if res.drifted:
             msg = f"PSI {res.psi:.3f} above the noise-aware level {res.threshold:.3f} ({res.n_devices} devices)"
             if alert is None:
+                if rolled_back is not None and res.window_start < rolled_back:
+                    continue
                 Alert.objects.create(
                     kind=Alert.Kind.DRIFT,
                     version_id=version_id,

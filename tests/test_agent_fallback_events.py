@@ -173,5 +173,7 @@ def test_other_event_details_read_as_plain_key_values(viewer_client: Client) -> 
         details={"resume_from": 1024, "nested": {"a": [1, 2]}, "flag": True, "none": None},
     )
     html = viewer_client.get(f"/devices/{device.pk}/").content.decode()
-    assert "resume_from" in html and "1024" in html and "{&quot;a&quot;: [1, 2]}" in html
-    assert "{&#x27;" not in html and "True" not in html
+    # Plain text for people (edgefleet.display.plain): no Python repr, no raw JSON either.
+    assert "resume_from" in html and "1,024" in html and "nested</span> a 1, 2" in html
+    assert "{&#x27;" not in html and "True" not in html and "{&quot;" not in html
+    assert "flag</span> yes" in html and "none</span> —" in html

@@ -4,9 +4,15 @@ it; the operator creates a campaign for v2 with the dry run and watches the firs
 input drift appears in one cohort and v2 starts failing; the gate job rolls the campaign back by
 itself, the campaign page and the overview show it, the drift charts draw, and the fleet is back on
 v1. Screenshots of every step go to ``test-output/screenshots/story-*.png`` (see docs/tour.md).
+
+At the moment of the rollback every part of the campaign page must agree with the decision (the
+badge's time, the gate table, the chart's last point and its marker, the installs); once the fleet is
+back, the version's drift alerts are resolved, no page shows a Python repr, and every page passes an
+automated accessibility check (axe-core) with no serious or critical violation.
 """
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +29,14 @@ from fleet import services as fleet_services
 from fleet.models import Device
 from fleet.tasks import flush_presence
 from ota.models import ModelVersion
+from rollout import outcome
 from rollout.models import Campaign
 from rollout.releases import create_release
 from rollout.tasks import evaluate_campaigns
+from telemetry.models import Alert
 from telemetry.tasks import rollup_and_drift
+from tests import a11y
+from tests.test_pages_plain import REPR
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -94,7 +104,7 @@ def on_version(label: str) -> int:
     return Device.objects.filter(installed__vibration=label).count()
 
 
-def test_the_whole_story(live_server, page, login, sam, fast_fleet, beat, tmp_path) -> None:
+def test_the_whole_story(live_server, browser, page, login, sam, fast_fleet, beat, tmp_path) -> None:
     paths = models_onnx.build(tmp_path / "models")
     failed: list[str] = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
@@ -164,6 +174,7 @@ def test_the_whole_story(live_server, page, login, sam, fast_fleet, beat, tmp_pa
         t.start()
     try:
         story_after_enrollment(page, live_server, sam, main, drift)
+        every_page_is_accessible(browser, page, live_server)
     finally:
         fleet_stop.set()
         for t in fleets:
@@ -214,15 +225,29 @@ def story_after_enrollment(page: object, live_server: object, sam: object, main:
     assert page.inner_text("#campaign-state").lower() == "rolled back"
     timeline = page.inner_text("main")
     assert "rollback" in timeline and "system" in timeline
+    the_page_agrees_with_the_decision(page, Campaign.objects.get(pk=campaign.pk))
     shot(page, "05-campaign-rolled-back")
 
     # 7. The overview shows the rollback among the automatic decisions; the fleet returns to v1.
     wait(lambda: on_version("v1") >= DEVICES, 120, "every device to be back on v1")
     assert on_version("v2") == 0
+
+    def all_back() -> bool:
+        page.goto(f"{live_server.url}/campaigns/{campaign.pk}/")
+        back, took = map(int, re.search(r"(\d+) of (\d+)", page.inner_text("#returned")).groups())
+        return back == took > 0
+
+    # The card's counts may be a few seconds old (rollout/outcome.py): it catches up with the fleet.
+    wait(all_back, 30, "the card to say every device that took v2 is back on v1")
     page.goto(f"{live_server.url}/")
     page.wait_for_selector("#versions-chart .main-svg")
     decisions = page.inner_text("main")
     assert "rollback" in decisions and "v2 to everyone" in decisions
+    assert not REPR.findall(decisions), "no Python repr on the overview"
+    in_use = page.inner_text("#versions-table tbody").split()
+    assert in_use == ["vibration", "v1", str(DEVICES), "telemetry", "of", "v1"], "the table agrees with the fleet"
+    v2 = ModelVersion.objects.get(label="v2")
+    assert not Alert.objects.filter(version=v2, kind="drift", state="open").exists(), "the rollback answered them"
     shot(page, "06-overview-after-rollback")
 
     # 8. Drift in apac is charted: Plotly draws every chart of v1's telemetry page with data.
@@ -233,3 +258,66 @@ def story_after_enrollment(page: object, live_server: object, sam: object, main:
     assert page.locator("#chart-drift .scatterlayer .trace").count() >= 1, "the drift chart has lines"
     assert "apac" in page.inner_text("main")
     shot(page, "07-drift-charts")
+
+
+def the_page_agrees_with_the_decision(page: object, campaign: Campaign) -> None:
+    """The campaign page right after the automatic rollback: every part tells the same story."""
+    decision = campaign.decisions.get(kind="rollback")
+    judged = {g["name"]: g for g in decision.numbers["gates"]}
+    # The timeline's time of the rollback is the badge's (not the wave's start) and the chart marker's.
+    row = page.locator("#timeline tbody tr", has_text="rollback").first.inner_text()
+    when = re.search(r"\d\d:\d\d:\d\d", row).group(0)
+    assert page.inner_text("#wave-state") == f"Rolled Back at {when}"
+    page.wait_for_function("() => document.getElementById('gate-charts').dataset.checks !== undefined")
+    chart = page.evaluate(
+        """() => {
+          const el = document.getElementById("chart-error");
+          const last = (t) => t.y[t.y.length - 1];
+          return {canary: last(el.data[0]), control: last(el.data[1]), marks: el.layout.annotations.map((a) => a.text)};
+        }"""
+    )
+    # The chart's last point is the figure the gate judged (not a rollup window lagging behind it).
+    assert chart["canary"] == pytest.approx(judged["error_rate"]["canary"])
+    assert chart["control"] == pytest.approx(judged["error_rate"]["control"])
+    assert "rollback" in chart["marks"]
+    assert f"Rollback at {when}" in page.inner_text('[data-caption="error_rate"]')
+    # The gate table shows the decision's numbers; a failing gate's observed value is above its threshold.
+    gates = page.inner_text("#gates")
+    failed = [name for name, row in judged.items() if row["verdict"] == "fail"]
+    assert failed and decision.reason == f"gate failed: {', '.join(failed)}"
+    for name in failed:
+        assert judged[name]["observed"] > judged[name]["threshold"] and name in gates
+    # The installs say what happened: devices that took v2, how many are back.
+    returned = outcome.returned(campaign)
+    assert returned is not None and returned.took > 0
+    assert "Devices returned to v1" in page.inner_text("#returned")
+    assert "Targeted now" not in page.inner_text("#install-progress")
+
+
+def every_page_is_accessible(browser: object, page: object, live_server: object) -> None:
+    """axe-core on every page of the story's end state: no serious or critical violation."""
+    campaign = Campaign.objects.get()
+    v1, v2 = (ModelVersion.objects.get(label=label) for label in ("v1", "v2"))
+    device = Device.objects.first()
+    urls = [
+        "/",
+        "/devices/",
+        f"/devices/{device.pk}/",
+        "/models/",
+        "/models/vibration/",
+        "/models/vibration/versions/v1/",
+        "/models/upload/",
+        "/releases/",
+        "/campaigns/",
+        "/campaigns/new/",
+        f"/campaigns/{campaign.pk}/",
+        f"/telemetry/versions/{v1.pk}/",
+        f"/telemetry/versions/{v2.pk}/",
+        "/telemetry/alerts/?state=all",
+        "/cohorts/",
+        "/enrollment-keys/",
+        "/notifications/",
+        "/accounts/tokens/",
+        "/accounts/audit/",
+    ]
+    assert a11y.check(browser, page, live_server.url, urls) == {}

@@ -425,7 +425,12 @@ def test_pages_show_versions_report_variants_and_profile(
     assert "int8" in html and "input[3]" in html
     figures = page.context["figures"]
     assert figures[0]["id"] == "output" and len(figures) == 1 + 4
-    assert figures[1]["data"][0]["type"] == "bar" and sum(figures[1]["data"][0]["y"]) == 100
+    # A feature is drawn as a density over its value axis (quantile bins as bars were all one height):
+    # its area is the whole reference set.
+    feature = figures[1]["data"][0]
+    assert feature["type"] == "scatter" and feature["line"]["shape"] == "hv"
+    edges, dens = feature["x"], feature["y"][:-1]
+    assert sum(d * (b - a) for d, a, b in zip(dens, edges, edges[1:], strict=False)) == pytest.approx(1.0)
     assert "data-poll-url" not in html  # finished: nothing to poll
     status = viewer_client.get("/models/fraud/versions/v1/status").content.decode()
     assert 'data-status="staged"' in status

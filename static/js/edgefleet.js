@@ -38,3 +38,25 @@ document.addEventListener("submit", function (e) {
 document.addEventListener("change", function (e) {
   if (e.target.matches && e.target.matches("select[data-autosubmit]") && e.target.form) { e.target.form.submit(); }
 });
+
+// <button data-copy="text">: copies the text (a full hash shown shortened) and says so.
+document.addEventListener("click", function (e) {
+  var button = e.target.closest && e.target.closest("button[data-copy]");
+  if (!button) { return; }
+  var text = button.getAttribute("data-copy");
+  var done = function () {
+    var before = button.textContent;
+    button.textContent = "copied";
+    setTimeout(function () { button.textContent = before; }, 1500);
+  };
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(text).then(done, function () {});
+  } else {
+    var area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); done(); } catch (err) { /* nothing to copy with */ }
+    area.remove();
+  }
+});

@@ -97,7 +97,13 @@
       var div = document.createElement("div");
       div.className = "chart";
       div.id = "chart-" + fig.id;
+      div.setAttribute("role", "figure");
+      div.setAttribute("aria-label", fig.alt || fig.id);
       card.appendChild(div);
+      var caption = document.createElement("p");  // the chart's key numbers in words
+      caption.className = "small muted";
+      caption.textContent = fig.alt || "";
+      card.appendChild(caption);
       target.appendChild(card);
       fig.layout.autosize = true;
       Plotly.newPlot(div, fig.data, fig.layout, { displayModeBar: false, responsive: true });

@@ -49,8 +49,8 @@ def processes(py: str, host: str, port: int) -> dict[str, list[str]]:
             f"{host}:{port}",
             "-w",
             "2",
-            "--access-logfile",
-            "-",
+            # No gunicorn access log: with the demo's 300 devices polling every 5 s it printed 60
+            # lines a second and buried the story. EDGEFLEET_ACCESS_LOG=1 logs each request instead.
         ],
         "worker-control": celery_worker(py, "control", [queues.CONTROL], 2),
         "worker": celery_worker(py, "validation", [queues.VALIDATION, queues.DEFAULT], 1),
