@@ -18,6 +18,7 @@ from fleet.presence import DIRTY, hash_key, redis_client
 from tests import factories
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -123,7 +124,12 @@ def test_the_embedded_mode_flushes_on_sqlite(tmp_path: Path) -> None:
         }
     )
     migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert migrate.returncode == 0, migrate.stderr
     code = """
@@ -145,7 +151,7 @@ n = presence.flush()
 old.refresh_from_db(); new.refresh_from_db()
 print(json.dumps([n, old.last_seen_at.isoformat(), old.installed, new.last_seen_at.isoformat(), new.installed]))
 """
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     n, old_seen, old_state, new_seen, new_state = json.loads(done.stdout.strip().splitlines()[-1])
     assert n == 2
