@@ -237,6 +237,9 @@ CELERY_BEAT_SCHEDULE: dict = {}  # each app adds its periodic jobs in edgefleet/
 # EdgeFleet's own knobs.
 EDGEFLEET_MAX_UPLOAD_BYTES = env_int("EDGEFLEET_MAX_UPLOAD_BYTES", 1024**3)
 EDGEFLEET_POLL_INTERVAL = env_int("EDGEFLEET_POLL_INTERVAL", 60)
+# Ready manifests a worker process keeps in memory (an LRU: the devices that poll stay, ~0.5 KB each;
+# the rest are one Redis round trip away). fleet/manifests.py.
+EDGEFLEET_POLL_READY_MAX = env_int("EDGEFLEET_POLL_READY_MAX", 300_000)
 EDGEFLEET_TELEMETRY_WINDOW = env_int("EDGEFLEET_TELEMETRY_WINDOW", 300)
 # A signed manifest is valid this long (seconds), and re-signed once less than REFRESH is left.
 EDGEFLEET_MANIFEST_TTL = env_int("EDGEFLEET_MANIFEST_TTL", 7 * 24 * 3600)

@@ -22,6 +22,7 @@ from django.conf import settings
 from fleet import epochs, presence
 from fleet.auth import DeviceSnapshot, authenticate_token, forget_counter_key, hash_token, poll_key
 from fleet.errors import ProtocolError
+from fleet.lru import LRU
 from ota import signing
 from rollout import freshness, manifest
 
@@ -109,9 +110,10 @@ class _Entry(NamedTuple):
     refresh_at: int
 
 
-_ready: dict[str, Ready] = {}
-_rests: dict[str, bytes] = {}
-_READY_MAX = 300_000
+_READY_MAX = int(getattr(settings, "EDGEFLEET_POLL_READY_MAX", 300_000))
+# Least recently polled out first: past _READY_MAX the devices that poll keep their place (fleet/lru.py).
+_ready: LRU[str, Ready] = LRU(_READY_MAX)
+_rests: LRU[str, bytes] = LRU(10_000)
 _script: Any = None
 
 
@@ -119,9 +121,7 @@ def _intern(rest_hash: str, rest: bytes) -> bytes:
     got = _rests.get(rest_hash)
     if got is not None:
         return got
-    if len(_rests) > 10_000:
-        _rests.clear()
-    _rests[rest_hash] = rest
+    _rests.put(rest_hash, rest)
     return rest
 
 
@@ -179,9 +179,7 @@ def poll(token: str, charge: Any = None) -> Ready:
     else:
         _start_warming(r)
         ready = _poll_redis(r, token, th, gen, auth, at, charge)
-    if len(_ready) >= _READY_MAX:
-        _ready.clear()
-    _ready[th] = ready
+    _ready.put(th, ready)
     if epochs.forgotten_since(th, seq):  # forgotten while we read it: serve it this once, keep nothing
         _ready.pop(th, None)
     return ready
@@ -322,11 +320,12 @@ def _warm_quietly(r: Any) -> None:
         logger.warning("poll: could not warm the ready manifests", exc_info=True)
 
 
-def warm(r: Any = None, limit: int = _READY_MAX) -> int:
+def warm(r: Any = None, limit: int | None = None) -> int:
     """Load the current generation's ready manifests from Redis into this process; returns how many."""
     r = r or presence.redis_client()
     if r is None:
         return 0
+    limit = min(limit or _ready.maxsize, _ready.maxsize)  # warming never pushes out a device that polled
     gen, auth = epochs.current()
     loaded, cursor = 0, 0
     while True:
@@ -348,7 +347,7 @@ def warm(r: Any = None, limit: int = _READY_MAX) -> int:
             for th, entry in parsed:
                 if th in _ready or len(_ready) >= limit or not {entry.mid_hash, entry.tail_hash} <= _rests.keys():
                     continue
-                _ready[th] = _ready_from(entry, gen, auth, r)  # type: ignore[assignment]  # pieces are here
+                _ready.put(th, _ready_from(entry, gen, auth, r))  # type: ignore[arg-type]  # pieces are here
                 loaded += 1
                 if epochs.forgotten_since(th, seq):
                     _ready.pop(th, None)

@@ -19,6 +19,7 @@ import pytest
 from agent.verify import Accepted, check_manifest, digest, parse_time, verify_manifest
 from fleet import manifests
 from fleet.auth import hash_token, poll_key
+from fleet.lru import LRU
 from fleet.presence import redis_client
 from ota import signing
 from rollout import freshness, manifest
@@ -72,7 +73,7 @@ def mark(ready: manifests.Ready) -> Accepted:
 def another_process():
     """This process's memory swapped for an empty one, as another web worker's would be."""
     saved = (manifests._ready, manifests._rests)
-    manifests._ready, manifests._rests = {}, {}
+    manifests._ready, manifests._rests = LRU(manifests._READY_MAX), LRU(10_000)
     try:
         yield
     finally:
