@@ -55,6 +55,13 @@ def _slim(row: dict[str, Any]) -> dict[str, Any]:
     return {f: row.get(f) for f in FIELDS}
 
 
+def _public(row: Any, name: str, k: int) -> dict[str, Any]:
+    """A stored check's row as it may be shown under today's k: a check recorded while k was smaller
+    (or before numbers were hidden) must not show numbers from fewer devices than k now allows."""
+    rows = gate_logic.public_rows([{**row, "name": name}] if isinstance(row, dict) else [], k)
+    return rows[0] if rows else {}
+
+
 TITLES = {
     "error_rate": "Error rate (errors per inference)",
     "latency_p95": "Latency p95 (ms)",
@@ -80,12 +87,15 @@ def chart(campaign: Campaign) -> dict[str, Any]:
     ``last`` per gate is the most recent check's numbers: the figures a decision acted on, which the
     gate table shows too.
     """
+    from rollout.evaluation import min_cohort  # evaluation records checks: imported here, not at the top
+
+    k = min_cohort()
     checks = list(campaign.gate_checks.order_by("-at", "-id")[:MAX_POINTS])[::-1]
     if campaign.finished_at is not None:
         checks = [c for c in checks if c.at <= campaign.finished_at]
     gates = []
     for name in chart_names(campaign):
-        pts = [(c, c.gates.get(name)) for c in checks if isinstance(c.gates, dict) and c.gates.get(name)]
+        pts = [(c, _public(c.gates[name], name, k)) for c in checks if isinstance(c.gates, dict) and c.gates.get(name)]
         series = {
             "x": [local_iso(c.at) for c, _ in pts],
             "canary": [_finite(r.get("canary")) for _, r in pts],
