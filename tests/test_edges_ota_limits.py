@@ -97,6 +97,10 @@ def test_time_and_crash_messages_name_their_settings() -> None:
         "Validation used more than 40 s of CPU time (EDGEFLEET_VALIDATION_CPU_SECONDS) while starting the "
         "validation. The model is too expensive to check here unless an admin raises the limit."
     )
+    assert "while running the model on a sample input." in limits.cpu_message("smoke", lim)
+    assert "while loading the model into onnxruntime." in limits.timeout_message("session", lim)
+    crash = limits.crash_message("reference_check", "SIGKILL", lim)
+    assert "crashed (SIGKILL) while reading the reference set." in crash
     assert limits.crash_message("checker", "SIGSEGV", lim) == (
         "The validation process crashed (SIGSEGV) while checking the model with onnx.checker. The model may be "
         "malformed, or need more than the 1 MiB of memory validation allows; check it locally with "

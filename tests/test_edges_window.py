@@ -142,3 +142,15 @@ def test_a_saved_window_that_does_not_load_is_dropped_with_a_warning(
         assert log.take_saved() is None
     assert "saved window does not load (saved window ends before it starts); dropped" in caplog.text
     assert WindowLog(path).saved is None
+
+
+def test_window_iso_is_utc_whatever_the_devices_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        assert window_iso(0) == "1970-01-01T00:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
