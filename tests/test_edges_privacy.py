@@ -80,6 +80,7 @@ def test_sums_of_variances_and_epsilons() -> None:
 def test_the_budget_allows_a_release_that_lands_exactly_on_it() -> None:
     assert privacy.budget_allows(3.0, 1.0, 4.0)
     assert privacy.budget_allows(0.0, 0.0, 0.0)
+    assert privacy.budget_allows(0.0, 1e-12, 0.0)  # exactly the absolute tolerance
     assert not privacy.budget_allows(3.0, 1.0 + 1e-9, 4.0)
     assert not privacy.budget_allows(0.0, 1e-11, 0.0)
     # 400 releases of 1.0 summed as floats fit a budget of 400, and the 401st does not
