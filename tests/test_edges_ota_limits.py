@@ -51,6 +51,7 @@ def test_limits_round_trip_through_json_as_integers_and_ignore_unknown_keys() ->
         (1024**4, "1 TiB"),
         (5 * 1024**5, "5120 TiB"),
         (1.5 * 1024**4, "1.5 TiB"),
+        (10.25, "10 B"),  # bytes are whole: never "10.2 B"
     ],
 )
 def test_human_bytes_at_unit_boundaries(n: float, text: str) -> None:
