@@ -158,7 +158,7 @@ def test_scrub_report_scrubs_every_step_error_and_the_int8_error_only() -> None:
             "not a step",
             {"step": "x", "error": 7},
         ],
-        "int8_error": "quantize /q/r/s.onnx failed",
+        "int8_error": "quantize /q/r/s.onnx from /a/b/c.onnx failed",
         "title": "/keep/this/path",
     }
     out = limits.scrub_report(report, {"/a/b/c.onnx": "model.onnx"})
@@ -169,6 +169,6 @@ def test_scrub_report_scrubs_every_step_error_and_the_int8_error_only() -> None:
         "not a step",
         {"step": "x", "error": 7},
     ]
-    assert out["int8_error"] == "quantize s.onnx failed"
+    assert out["int8_error"] == "quantize s.onnx from model.onnx failed"  # known files by their name here too
     assert out["title"] == "/keep/this/path"
     assert limits.scrub_report({"steps": None, "int8_error": None}) == {"steps": None, "int8_error": None}
