@@ -307,3 +307,20 @@ def test_an_empty_artifact(tmp_path: Path) -> None:
     path = tmp_path / "empty"
     path.write_bytes(b"")
     verify.verify_artifact(path, hashlib.sha256(b"").hexdigest(), 0)
+
+
+def test_parse_time_names_the_form_it_wants() -> None:
+    with pytest.raises(ValueError, match=r"^not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: '2027-01-15'$"):
+        verify.parse_time("2027-01-15")
+
+
+def test_parse_time_is_utc_whatever_the_devices_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert verify.parse_time("2027-01-15T08:00:00Z") == ISSUED
+    finally:
+        monkeypatch.undo()
+        time.tzset()
