@@ -93,3 +93,31 @@ def test_verify_is_false_for_any_other_data_key_or_garbage(key: Ed25519PrivateKe
     assert signing.verify(other, data, sig) is False
     assert signing.verify("not base64!", data, sig) is False
     assert signing.verify(pub, data, "AAAA") is False
+
+
+def test_a_key_file_in_an_existing_directory_is_made_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent may exist already, and the temporary file is written next to the key (a link across
+    filesystems would fail), never in the system's temporary directory."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    path = tmp_path / "signing.key"
+    key = signing._load_or_create(path)
+    assert path.exists() and key.private_bytes_raw() == base64.b64decode(path.read_text())
+
+
+def test_when_another_process_wins_the_race_its_key_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process writes its key between our check and our link: we keep and return its key."""
+    import os
+
+    path = tmp_path / "signing.key"
+    theirs = bytes(range(1, 33))
+    real_link = os.link
+
+    def link_after_them(src: str, dst: object) -> None:
+        Path(str(dst)).write_text(base64.b64encode(theirs).decode())
+        real_link(src, dst)  # FileExistsError, as in the race
+
+    monkeypatch.setattr(os, "link", link_after_them)
+    assert signing._load_or_create(path).private_bytes_raw() == theirs
+    assert list(tmp_path.iterdir()) == [path]  # our temporary file is gone

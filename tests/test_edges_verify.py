@@ -324,3 +324,10 @@ def test_parse_time_is_utc_whatever_the_devices_local_zone(monkeypatch: pytest.M
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_manifest_with_an_unreadable_time_says_which_fields() -> None:
+    with pytest.raises(ManifestRefused) as e:
+        check(manifest(issued_at="yesterday"))
+    assert e.value.reason == "fields"
+    assert str(e.value) == "issued_at/expires_at: not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: 'yesterday'"
