@@ -227,3 +227,24 @@ def test_unknown_features_are_named_at_most_twenty() -> None:
 def test_every_number_of_a_report_is_bounded(args: tuple, message: str) -> None:
     assert refused(checks.check_values, *args, 0.0, 100.0) == ("out_of_range", message)
     checks.check_values(100, 0, [100], [0], {"f": [0, 100]}, 0.0, 100.0)
+
+
+def test_a_grid_that_does_not_divide_a_day_is_counted_from_the_epoch() -> None:
+    """Seven-second windows: counted from 1970-01-01T00:00:00Z, not from any later midnight."""
+    ts = (int(NOW.timestamp()) // 7) * 7
+    start = datetime.fromtimestamp(ts, UTC)
+    checks.check_window(start, start + timedelta(seconds=7), 7, NOW, 60, 86400)
+    with pytest.raises(Problem) as e:
+        checks.check_window(start + timedelta(seconds=1), start + timedelta(seconds=8), 7, NOW, 60, 86400)
+    assert e.value.message == (
+        "window_start must lie on the window grid: a multiple of window_seconds (7 s) since 1970-01-01T00:00:00Z"
+    )
+
+
+def test_the_grid_is_exact_to_the_microsecond_centuries_from_now() -> None:
+    """Microseconds since 1970 pass 2**53 in 2255: counted in integers, a microsecond off is still off."""
+    far = datetime(2300, 1, 1, tzinfo=UTC)
+    checks.check_window(far, far + timedelta(seconds=300), 300, far, 600, 600)
+    with pytest.raises(Problem):
+        off = far + timedelta(microseconds=1)
+        checks.check_window(off, off + timedelta(seconds=300), 300, far, 600, 600)
