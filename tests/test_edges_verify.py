@@ -331,3 +331,9 @@ def test_a_manifest_with_an_unreadable_time_says_which_fields() -> None:
         check(manifest(issued_at="yesterday"))
     assert e.value.reason == "fields"
     assert str(e.value) == "issued_at/expires_at: not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: 'yesterday'"
+
+
+def test_a_manifest_or_signature_that_is_no_object_says_so(pinned: dict) -> None:
+    with pytest.raises(ManifestRefused) as e:
+        verify.verify_manifest({"manifest": [], "signature": {}}, pinned)
+    assert (e.value.reason, str(e.value)) == ("malformed", "manifest and signature must be objects")
