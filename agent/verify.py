@@ -150,8 +150,9 @@ def check_manifest(
         raise ManifestRefused("device_id", f"manifest is for device {theirs!r}, not this one")
     clock = max(float(now), float(last.issued_at) if last else -math.inf) if now is not None else -math.inf
     if now is not None and (not math.isfinite(clock) or clock > expires + skew):
+        shown = int(clock) if math.isfinite(clock) else clock  # int(inf) would raise instead of refusing
         raise ManifestRefused(
-            "expired", f"manifest expired at {manifest['expires_at']} (device time {int(clock)}, allowance {skew:g} s)"
+            "expired", f"manifest expired at {manifest['expires_at']} (device time {shown}, allowance {skew:g} s)"
         )
     mark = Accepted(device_id, seq, digest(manifest), issued, expires)
     if last is not None and last.device_id == device_id:

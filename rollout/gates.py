@@ -195,7 +195,7 @@ def readiness(elapsed_seconds: float, min_soak_minutes: float, reporting_devices
     """Why the current wave cannot be judged yet, or None when it can."""
     need = float(min_soak_minutes or 0) * 60
     if elapsed_seconds < need:
-        return f"soaking: {elapsed_seconds / 60:.1f} of {float(min_soak_minutes):g} minutes"
+        return f"soaking: {elapsed_seconds / 60:.1f} of {need / 60:g} minutes"
     if reporting_devices < int(min_devices or 0):
         return f"waiting for devices: {reporting_devices} of {int(min_devices)} canary devices report"
     return None
