@@ -161,7 +161,8 @@ def test_api_upload_returns_201_with_status_url_and_get_reports(client: Client, 
     services.run_validation(ModelVersion.objects.get().pk)
     done = client.get(body["status_url"], HTTP_AUTHORIZATION=f"Bearer {token}").json()
     assert done["status"] == "staged" and done["report"]["opset"] == 17 and done["error"] is None
-    assert done["variants"][0]["kind"] == "int8"
+    assert {v["kind"] for v in done["variants"]} == {"int8", "fp16", "optimized"}  # static int8 needs reference data
+    assert "reference data set" in done["report"]["variant_errors"]["int8_static"]
 
 
 def test_api_unknown_version_is_404(client: Client, token: str) -> None:
@@ -373,8 +374,11 @@ def test_reference_set_not_matching_the_inputs_is_rejected_naming_it(client: Cli
 def test_int8_variant_is_a_second_artifact_with_metrics(client: Client, token: str, store: Path) -> None:
     x = np.random.default_rng(5).normal(size=(200, 4)).astype(np.float32)
     version = upload_and_validate(client, token, int8="1", reference=upload_file(npz_bytes(input=x), "ref.npz"))
-    variant = Variant.objects.get(version=version)
-    assert variant.kind == "int8" and variant.artifact_id != version.artifact_id
+    variant = Variant.objects.get(version=version, kind="int8")
+    assert variant.artifact_id != version.artifact_id
+    kinds = set(Variant.objects.filter(version=version).values_list("kind", flat=True))
+    assert kinds == {"int8", "int8_static", "fp16", "optimized"}
+    assert len({v.artifact_id for v in Variant.objects.filter(version=version)}) == 4  # each its own artifact
     assert (store / variant.artifact.storage_key).exists()
     m = variant.metrics
     assert m["size"] == variant.artifact.size and set(m["latency_ms"]) == {"p50", "p95"}
