@@ -5,7 +5,8 @@ The rule, in the order it is applied (``RULE`` is the same in words, shown in th
 1. A build is *eligible* when it is fp32, or it is released and agrees with fp32 on at least
    ``MIN_AGREEMENT`` of the compared rows (its worst output). fp16 is eligible only on a float
    accelerator (on a CPU it runs slower than fp32). A build without a measured agreement (made
-   before agreement was measured) counts as eligible, as it did then.
+   before agreement was measured) counts as eligible; when no variant has figures, a small device
+   gets the int8 build, as it did then.
 2. A device is *small* when it has less than ``SMALL_RAM_MB`` of RAM, no float accelerator, or not
    enough RAM for the fp32 build (the caller says).
 3. A small device gets the smallest eligible build (ties: the lower server latency p50); any other
@@ -67,5 +68,7 @@ def choose(hardware: Mapping[str, Any], builds: Mapping[str, Figures], fp32_fits
     ok = {k: f for k, f in builds.items() if eligible(k, f, hardware)}
     if not ok:
         return sorted(builds)[0], "small device, no eligible build: the first build"
+    if "int8" in ok and all(f.agreement is None for k, f in ok.items() if k != "fp32"):
+        return "int8", "small device, no measured figures: the int8 build (the rule before figures)"
     kind = min(ok, key=lambda k: (ok[k].size, ok[k].p50 if ok[k].p50 is not None else float("inf"), k))
     return kind, f"small device: the smallest eligible build ({ok[kind].size:,} bytes)"

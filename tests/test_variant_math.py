@@ -122,6 +122,9 @@ def test_big_devices_get_fp32_and_the_thresholds_are_inclusive() -> None:
 
 def test_unmeasured_variants_keep_the_old_int8_rule_and_ties_go_to_the_faster() -> None:
     assert variant_rule.choose(SMALL, {"fp32": Figures(1000), "int8": Figures(300)})[0] == "int8"
+    assert variant_rule.choose(SMALL, {"fp32": Figures(1000), "int8": Figures(1200)})[0] == "int8"  # by name
+    measured = {"fp32": Figures(1000), "int8": Figures(1200, None, 1.0)}
+    assert variant_rule.choose(SMALL, measured)[0] == "fp32"  # with figures: the smaller
     tie = {"fp32": Figures(1000), "a": Figures(300, 2.0, 1.0), "b": Figures(300, 1.0, 1.0)}
     assert variant_rule.choose(SMALL, tie)[0] == "b"
     with pytest.raises(ValueError):
