@@ -325,7 +325,9 @@ def build_parser() -> Parser:
     push.add_argument("--label", required=True)
     push.add_argument("--reference", help="reference data set (.npz or .csv) for drift")
     push.add_argument("--notes")
-    push.add_argument("--int8", action="store_true", help="also build an int8 variant")
+    push.add_argument(
+        "--int8", action="store_true", help="also build the compressed variants (int8, static int8, fp16, optimised)"
+    )
     push.add_argument("--wait", action="store_true", help="wait until staged (exit 0) or rejected (exit 1)")
     push.add_argument("--timeout", type=float, default=1800)
     push.add_argument("--interval", type=float, default=2)

@@ -23,7 +23,10 @@ UPLOAD_SCHEMA = {
                         "label": {"type": "string", "pattern": services.LABEL_RE.pattern},
                         "notes": {"type": "string", "maxLength": services.MAX_NOTES},
                         "reference": {"type": "string", "format": "binary", "description": ".npz or .csv"},
-                        "int8": {"type": "boolean", "description": "also make an int8 variant"},
+                        "int8": {
+                            "type": "boolean",
+                            "description": "also make the compressed variants (int8, static int8, fp16, optimised)",
+                        },
                     },
                 }
             }

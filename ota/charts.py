@@ -99,3 +99,54 @@ def profile_figures(
         title = f"{name} · mean {f['mean']:.3g} · std {f['std']:.3g}"
         figs.append({"id": f"feature-{i}", "alt": alt, **_density(title, name, f["edges"], f["counts"])})
     return figs
+
+
+def variant_figure(rows: Sequence[dict]) -> dict | None:
+    """Size against server latency, agreement as colour, the Pareto front joined by a line.
+
+    ``rows`` are ``ota.services.variant_rows``: ``kind``, ``size``, ``p50``, ``agreement``, ``front``.
+    """
+    points = [r for r in rows if r.get("size") and r.get("p50") is not None]
+    if len(points) < 2:
+        return None
+    front = sorted((r for r in points if r["front"]), key=lambda r: r["size"])
+    agreement = [100 * (r["agreement"] if r["agreement"] is not None else 0) for r in points]
+    scatter = {
+        "type": "scatter",
+        "mode": "markers+text",
+        "x": [r["size"] / 1024 for r in points],
+        "y": [r["p50"] for r in points],
+        "text": [r["kind"] for r in points],
+        "textposition": "top center",
+        "marker": {
+            "size": [14 if r["front"] else 9 for r in points],
+            "symbol": ["diamond" if r["front"] else "circle" for r in points],
+            "color": agreement,
+            "cmin": min(90.0, *agreement),
+            "cmax": 100,
+            "colorscale": "Viridis",
+            "colorbar": {"title": {"text": "agreement %"}},
+        },
+        "customdata": agreement,
+        "hovertemplate": "%{text}: %{x:,.1f} KiB, p50 %{y:.3f} ms, agreement %{customdata:.2f}%<extra></extra>",
+    }
+    line = {
+        "type": "scatter",
+        "mode": "lines",
+        "x": [r["size"] / 1024 for r in front],
+        "y": [r["p50"] for r in front],
+        "line": {"dash": "dot", "color": "#555"},
+        "hoverinfo": "skip",
+    }
+    names = ", ".join(r["kind"] for r in front)
+    return {
+        "id": "variants",
+        "alt": f"size against server latency p50 of {len(points)} builds; on the Pareto front: {names}",
+        "data": [line, scatter],
+        "layout": {
+            "title": _title("variants: size vs latency (colour: agreement with fp32; diamonds: Pareto front)"),
+            "xaxis": {"title": {"text": "size (KiB)"}, "rangemode": "tozero"},
+            "yaxis": {"title": {"text": "latency p50 (ms)"}, "rangemode": "tozero"},
+            **{**LAYOUT, "height": 320},
+        },
+    }

@@ -77,9 +77,10 @@ class Variant(models.Model):
     """A further artifact of the same version, e.g. an int8 build for small devices."""
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="variants")
-    kind = models.CharField(max_length=16, help_text="int8, ...")
+    kind = models.CharField(max_length=16, help_text="int8, int8_static, fp16, optimized")
     artifact = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="variants")
     metrics = models.JSONField(default=dict, blank=True, help_text="size, latency, agreement with fp32")
+    released = models.BooleanField(default=True, help_text="offered to devices; an operator may keep it out")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

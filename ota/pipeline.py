@@ -3,11 +3,13 @@
 Two jobs:
 
 - ``reference``: is an uploaded reference set readable (the upload form's quick answer)?
-- ``validate``: the validation steps (``ota.validation``), then the reference profile and the int8
-  variant when asked. The fp32 outcome is handed to ``checkpoint`` before quantization starts, so a
-  crash while quantizing still stages the model (without the variant).
+- ``validate``: the validation steps (``ota.validation``), the weights' sparsity, then the reference
+  profile and the compression variants asked for (``ota.quantize.KINDS``). Each variant is built, put
+  through the same ``validation.validate`` as an upload (its contract must equal fp32's) and compared
+  with fp32 on every output (``ota.agreement``). The outcome so far is handed to ``checkpoint`` before
+  each variant, so a crash while building one still stages the model with the variants done before it.
 
-Results are plain JSON; the int8 file is written where the job says (the worker stores it).
+Results are plain JSON; variant files are written to ``<variant_dir>/<kind>.onnx`` (the worker stores them).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def validate_upload(job: dict, limits: Limits, on_step: Step, checkpoint: Callab
             limits=limits,
             on_step=on_step,
         )
+        report["sparsity"] = weight_sparsity(job["model"])
         arrays = profile = None
         ref = job.get("reference")
         if ref:
@@ -63,27 +66,75 @@ def validate_upload(job: dict, limits: Limits, on_step: Step, checkpoint: Callab
                 "reference_profile_build",
                 limits,
                 on_step,
-                lambda: profiles.build_profile(arrays, report["inputs"], lambda f: session.run(None, f)[0]),
+                lambda: profiles.build_profile(arrays, report["inputs"], lambda f: first_output(session, f)),
             )
     except validation.ValidationFailed as exc:
         return {"ok": False, "report": exc.report, "error": exc.message, "step": exc.step}
     # What the staged model ran under: every step above ran inside these limits.
     report["limits"] = {k: v for k, v in limits.as_json().items() if k != "threads"}
-    result: dict[str, Any] = {"ok": True, "report": report, "profile": profile, "variant": None}
-    if job.get("int8_path"):
-        checkpoint({**result, "int8_pending": True})
+    result: dict[str, Any] = {"ok": True, "report": report, "profile": profile, "variants": {}}
+    if job.get("variants"):
+        build_variants(job, limits, on_step, checkpoint, result, session, arrays)
+    return result
+
+
+def build_variants(
+    job: dict,
+    limits: Limits,
+    on_step: Step,
+    checkpoint: Callable[[dict], None],
+    result: dict,
+    session: Any,
+    arrays: dict | None,
+) -> None:
+    """Each asked-for variant in turn, checkpointing before each so a crash keeps what was done."""
+    from ota import quantize, validation
+
+    report = result["report"]
+    errors: dict[str, str] = report.setdefault("variant_errors", {})
+    batches = None
+    for kind in job["variants"]:
+        if kind not in quantize.KINDS:
+            continue
+        checkpoint({**result, "variants_pending": kind})
+        out = Path(job["variant_dir"]) / f"{kind}.onnx"
         try:
+            if batches is None:
+                batches = comparison_batches(report["inputs"], arrays, limits)
             metrics = timed(
                 report,
-                "int8_variant",
+                f"{kind}_variant",
                 limits,
                 on_step,
-                lambda: int8_variant(job["model"], Path(job["int8_path"]), session, report, arrays, job, limits),
+                lambda kind=kind, out=out, b=batches: variant(kind, job, out, session, report, arrays, b, limits),
             )
-            result["variant"] = {"metrics": metrics}
-        except validation.ValidationFailed as exc:  # the fp32 model is fine; say why there is no int8 build
-            report["int8_error"] = f"The int8 variant could not be made: {exc.message}"
-    return result
+            result["variants"][kind] = {"metrics": metrics}
+        except validation.ValidationFailed as exc:  # the fp32 model is fine; say why there is no such build
+            errors[kind] = f"The {quantize.LABELS[kind]} variant could not be made: {exc.message}"
+            out.unlink(missing_ok=True)
+    if "int8" in errors:
+        report["int8_error"] = errors["int8"]
+
+
+def weight_sparsity(path: str, shown: int = 20) -> dict | None:
+    """The share of zero weights, over all large tensors and for the ``shown`` largest (None if unreadable)."""
+    from ota import quantize, variant_math
+
+    try:
+        figures = variant_math.sparsity(quantize.weights(path))
+    except Exception:  # a figure to show, never a reason to refuse the model
+        return None
+    return {**figures, "tensors": figures["tensors"][:shown], "tensor_count": len(figures["tensors"])}
+
+
+def first_output(session: Any, feeds: dict) -> Any:
+    """The first output as an array (ZipMap's dicts as [N, C]); the profile and the agent read that one."""
+    from ota import outputs
+
+    arr = outputs.as_array(session.run(None, feeds)[0])
+    if arr is None:
+        raise ValueError("the first output is neither a tensor nor a list of class scores")
+    return arr
 
 
 def timed(report: dict, name: str, limits: Limits, on_step: Step, fn: Callable[[], Any]) -> Any:
@@ -121,19 +172,56 @@ def reference_arrays(ref: dict, report: dict, limits: Limits) -> dict:
     return profiles.match_inputs(raw, report["inputs"], ref["kind"])
 
 
-def int8_variant(
-    src: str, out: Path, session: Any, report: dict, arrays: dict | None, job: dict, limits: Limits
+def variant(
+    kind: str,
+    job: dict,
+    out: Path,
+    session: Any,
+    report: dict,
+    arrays: dict | None,
+    batches: list[dict],
+    limits: Limits,
 ) -> dict:
-    """Quantize to ``out`` and measure it against the fp32 session; returns the variant's metrics."""
-    from ota import quantize, validation
+    """Build one variant to ``out``, validate it as an upload, and measure it against the fp32 session."""
+    import hashlib
 
-    quantize.make_int8(src, out)
-    int8 = validation.make_session(out)
-    feeds = validation.synthetic_inputs(report["inputs"], limits=limits)
-    latency = validation.latency_ms(lambda: int8.run(None, feeds), runs=job.get("latency_runs", 30))
-    metrics = quantize.agreement(session, int8, comparison_batches(report["inputs"], arrays, limits))
-    metrics.update({"size": out.stat().st_size, "latency_ms": {"p50": latency["p50"], "p95": latency["p95"]}})
-    metrics["source"] = "reference" if arrays else "synthetic"
+    from ota import quantize, validation, variant_math
+
+    t0 = time.perf_counter()
+    try:
+        quantize.build(kind, job["model"], out, batches if arrays else None)
+    except quantize.NotApplicable as exc:
+        raise validation.ValidationFailed(f"not applicable: {exc}.", report, f"{kind}_variant") from exc
+    build_s = time.perf_counter() - t0
+    if hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(Path(job["model"]).read_bytes()).digest():
+        raise validation.ValidationFailed(
+            "not applicable: it came out byte for byte the same as the fp32 model.", report, f"{kind}_variant"
+        )
+    contract = {"version": "fp32", "inputs": report["inputs"], "outputs": report["outputs"]}
+    try:
+        checked, built = validation.validate(out, contract, latency_runs=job.get("latency_runs", 30), limits=limits)
+    except validation.ValidationFailed as exc:
+        raise validation.ValidationFailed(
+            f"it failed the upload checks at step {exc.step}: {exc.message}", report, f"{kind}_variant"
+        ) from exc
+    if checked["breaking_changes"]:
+        raise validation.ValidationFailed(
+            "it changes the model's inputs or outputs: " + "; ".join(checked["breaking_changes"]),
+            report,
+            f"{kind}_variant",
+        )
+    metrics = quantize.agreement(session, built, batches)
+    metrics.update(
+        {
+            "size": out.stat().st_size,
+            "latency_ms": {"p50": checked["latency_ms"]["p50"], "p95": checked["latency_ms"]["p95"]},
+            "build_s": round(build_s, 4),
+            "source": "reference" if arrays else "synthetic",
+            "quantized": checked["quantized"],
+            "sparsity": {"zero_share": variant_math.sparsity(quantize.weights(out))["zero_share"]},
+            "validation": {"ok": True, "steps": [s["name"] for s in checked["steps"]]},
+        }
+    )
     return metrics
 
 

@@ -9,12 +9,14 @@ module keeps the wall clock and reads the outcome. Stdlib only: importing it loa
 Protocol, all inside a private job directory (``mkdtemp``, removed afterwards):
 
 - ``job.json`` (worker → child): ``kind`` (``validate`` | ``reference``), ``model``/``reference``
-  paths, ``previous_contract``, ``latency_runs``, ``int8_path``, ``limits``, ``parent_pid``,
-  ``max_file_bytes``.
+  paths, ``previous_contract``, ``latency_runs``, ``variants`` (kinds) and ``variant_dir``, ``limits``,
+  ``parent_pid``, ``max_file_bytes``.
 - ``steps`` (child → worker): one step name per line, appended as each step starts.
 - ``result.json`` (child → worker, replaced atomically): ``{"ok", "report", "error", "step",
-  "profile", "variant": {"metrics"}, "int8_pending"}``; read only when at most ``MAX_RESULT_BYTES``.
-- ``out/int8.onnx``: the int8 build; the worker takes it only from that fixed path, as a regular file.
+  "profile", "variants": {kind: {"metrics"}}, "variants_pending": kind}``; read only when at most
+  ``MAX_RESULT_BYTES``.
+- ``out/<kind>.onnx``: the variant builds; the worker takes them only from those fixed paths, for the
+  known kinds, as regular files.
 - ``child.log``: the child's stdout and stderr, for the worker log only.
 
 A child that dies (memory, CPU, wall clock, a signal) leaves no result: the worker names the step
@@ -65,9 +67,16 @@ class Outcome:
     error: str = ""
     step: str | None = None
     profile: dict | None = None
-    variant_metrics: dict | None = None
-    variant_path: Path | None = None
+    variants: dict[str, tuple[Path, dict]] = field(default_factory=dict)  # kind -> (file, metrics)
     exit_status: int | None = None
+
+    @property
+    def variant_path(self) -> Path | None:
+        return self.variants["int8"][0] if "int8" in self.variants else None
+
+    @property
+    def variant_metrics(self) -> dict | None:
+        return self.variants["int8"][1] if "int8" in self.variants else None
 
 
 def child_env(jobdir: Path, limits: Limits) -> dict[str, str]:
@@ -125,9 +134,15 @@ def _log_tail(jobdir: Path) -> str:
         return ""
 
 
-def _variant_file(jobdir: Path) -> Path | None:
-    """The int8 build, only from its fixed place and only as a regular file (never a link elsewhere)."""
-    path = jobdir / "out" / "int8.onnx"
+VARIANT_KINDS = ("int8", "int8_static", "fp16", "optimized")  # ota.quantize.KINDS (not imported: no onnx here)
+PENDING = ("variants_pending", "int8_pending")
+
+
+def _variant_file(jobdir: Path, kind: str) -> Path | None:
+    """A variant build, only from its fixed place and only as a regular file (never a link elsewhere)."""
+    if kind not in VARIANT_KINDS:
+        return None
+    path = jobdir / "out" / f"{kind}.onnx"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -186,8 +201,10 @@ def run(
             "parent_pid": os.getpid(),
             "max_file_bytes": int(max_file_bytes),
         }
-        if job.get("int8"):
-            job["int8_path"] = str(jobdir / "out" / "int8.onnx")
+        if job.get("int8") and not job.get("variants"):
+            job["variants"] = ["int8"]
+        if job.get("variants"):
+            job["variant_dir"] = str(jobdir / "out")
         (jobdir / "job.json").write_text(json.dumps(job))
         timed_out = False
         with (jobdir / "child.log").open("wb") as logfile:
@@ -216,7 +233,7 @@ def run(
                 status,
                 timed_out,
                 outcome.step,
-                outcome.error or outcome.report.get("int8_error"),
+                outcome.error or outcome.report.get("variant_errors"),
                 scrub(_log_tail(jobdir), names),
             )
         yield outcome
@@ -232,16 +249,21 @@ def _outcome(
     steps = _steps(jobdir)
     step = steps[-1] if steps else None
     result = _result(jobdir)
-    if result is not None and status == 0 and not timed_out and not result.get("int8_pending"):
+    pending = next((result.get(k) for k in PENDING if result and result.get(k)), None)
+    if result is not None and status == 0 and not timed_out and not pending:
         return _from_result(jobdir, result, names, status)
-    if result is not None and result.get("ok") and result.get("int8_pending"):
-        # The fp32 checks passed and were saved; only quantization died: stage without the variant.
+    if result is not None and result.get("ok") and pending:
+        # The fp32 checks passed and were saved; only building a variant died: stage without that one.
+        kind = pending if isinstance(pending, str) and pending in VARIANT_KINDS else "int8"
         report = result.get("report") if isinstance(result.get("report"), dict) else {}
-        reason = failure_message(status, timed_out, "int8_variant", limits)
-        report["int8_error"] = f"The int8 variant could not be made: {reason}"
-        report.setdefault("steps", []).append({"name": "int8_variant", "ok": False, "error": reason})
-        result = {**result, "report": report, "variant": None}
-        return _from_result(jobdir, result, names, status, with_variant=False)
+        reason = failure_message(status, timed_out, f"{kind}_variant", limits)
+        label = "int8" if kind == "int8" else kind.replace("_", " ")
+        report.setdefault("variant_errors", {})[kind] = f"The {label} variant could not be made: {reason}"
+        if kind == "int8":
+            report["int8_error"] = report["variant_errors"][kind]
+        report.setdefault("steps", []).append({"name": f"{kind}_variant", "ok": False, "error": reason})
+        result = {**result, "report": report}
+        return _from_result(jobdir, result, names, status)
     message = scrub(failure_message(status, timed_out, step, limits), names)
     report: dict = {"steps": [{"name": s, "ok": True} for s in steps[:-1]]}
     if job.get("model"):
@@ -251,14 +273,16 @@ def _outcome(
     return Outcome(ok=False, report=report, error=message, step=step, exit_status=status)
 
 
-def _from_result(
-    jobdir: Path, result: dict, names: dict[str, str], status: int | None, with_variant: bool = True
-) -> Outcome:
+def _from_result(jobdir: Path, result: dict, names: dict[str, str], status: int | None) -> Outcome:
     report = result.get("report") if isinstance(result.get("report"), dict) else {}
     scrub_report(report, names)
-    variant = result.get("variant") if isinstance(result.get("variant"), dict) else None
-    metrics = variant.get("metrics") if variant and isinstance(variant.get("metrics"), dict) else None
-    path = _variant_file(jobdir) if (with_variant and metrics is not None) else None
+    variants: dict[str, tuple[Path, dict]] = {}
+    found = result.get("variants") if isinstance(result.get("variants"), dict) else {}
+    for kind, entry in found.items():
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        path = _variant_file(jobdir, kind) if isinstance(metrics, dict) else None
+        if path is not None:
+            variants[kind] = (path, metrics)
     profile = result.get("profile") if isinstance(result.get("profile"), dict) else None
     return Outcome(
         ok=bool(result.get("ok")),
@@ -266,7 +290,6 @@ def _from_result(
         error=scrub(str(result.get("error") or ""), names),
         step=result.get("step") if isinstance(result.get("step"), str) else None,
         profile=profile,
-        variant_metrics=metrics if path is not None else None,
-        variant_path=path,
+        variants=variants,
         exit_status=status,
     )

@@ -91,7 +91,9 @@ def main(jobdir: Path) -> int:
         from ota import validation
 
         validation.max_supported_opset()  # probe onnxruntime once, outside the model's budget
-        if job.get("int8_path"):
+        validation.max_supported_ml_opset()
+        if job.get("variants"):
+            import onnxconverter_common.float16  # noqa: F401
             import onnxruntime.quantization  # noqa: F401
     set_limit(resource.RLIMIT_AS, address_space() + limits.memory_bytes)
     try:

@@ -395,7 +395,7 @@ def run_validation(version_id: int, task_id: str | None = None) -> str:
             "model": str(path),
             "previous_contract": previous_contract(version),
             "latency_runs": getattr(settings, "EDGEFLEET_LATENCY_RUNS", 30),
-            "int8": bool(version.want_int8),
+            "variants": list(sandbox.VARIANT_KINDS) if version.want_int8 else [],
         }
         if ref is not None:
             rpath = stack.enter_context(local_path(ref))
@@ -412,10 +412,10 @@ def run_validation(version_id: int, task_id: str | None = None) -> str:
         )
         if not outcome.ok:
             return _finish(version_id, ModelVersion.Status.REJECTED, outcome.report, error=outcome.error)
-        variant = None
-        if outcome.variant_path is not None and outcome.variant_metrics is not None:
-            variant = _store_variant(outcome.variant_path, outcome.variant_metrics)
-        return _finish(version_id, ModelVersion.Status.STAGED, outcome.report, profile=outcome.profile, variant=variant)
+        variants = {kind: _store_variant(path, metrics) for kind, (path, metrics) in outcome.variants.items()}
+        return _finish(
+            version_id, ModelVersion.Status.STAGED, outcome.report, profile=outcome.profile, variants=variants
+        )
 
 
 def _store_variant(path: Path, metrics: dict) -> dict:
@@ -454,7 +454,7 @@ def _finish(
     *,
     error: str = "",
     profile: dict | None = None,
-    variant: dict | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> str:
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
@@ -468,14 +468,14 @@ def _finish(
             model = version.model
             model.contract = {"version": version.label, "inputs": report["inputs"], "outputs": report["outputs"]}
             model.save(update_fields=["contract"])
-            if variant is not None:
+            for kind, variant in (variants or {}).items():
                 Variant.objects.update_or_create(
                     version=version,
-                    kind="int8",
+                    kind=kind,
                     defaults={"artifact": variant["artifact"], "metrics": variant["metrics"]},
                 )
         record(f"model_version.{status}", version, details={"error": error} if error else {})
-    if variant is not None and status != ModelVersion.Status.STAGED:
+    if variants and status != ModelVersion.Status.STAGED:
         delete_orphan_artifacts()
     return status
 
@@ -541,6 +541,66 @@ def recover_stuck_validations() -> dict:
     return {"requeued": requeued, "rejected": rejected}
 
 
+# ---------------------------------------------------------------- variants
+
+
+def variant_rows(version: ModelVersion) -> list[dict]:
+    """fp32 and each variant: size, server latency, agreement (worst output), sparsity, Pareto front."""
+    from ota.variant_math import pareto_front
+
+    report = version.report or {}
+    lat = report.get("latency_ms") or {}
+    rows = [
+        {
+            "kind": "fp32",
+            "size": version.artifact.size,
+            "p50": lat.get("p50"),
+            "p95": lat.get("p95"),
+            "agreement": 1.0,
+            "zero_share": (report.get("sparsity") or {}).get("zero_share"),
+            "released": True,
+            "variant": None,
+        }
+    ]
+    for v in version.variants.select_related("artifact").order_by("kind"):
+        m = v.metrics or {}
+        rows.append(
+            {
+                "kind": v.kind,
+                "size": v.artifact.size,
+                "p50": (m.get("latency_ms") or {}).get("p50"),
+                "p95": (m.get("latency_ms") or {}).get("p95"),
+                "agreement": m.get("agreement"),
+                "zero_share": (m.get("sparsity") or {}).get("zero_share"),
+                "released": v.released,
+                "variant": v,
+            }
+        )
+    front = pareto_front([{"size": r["size"], "latency": r["p50"], "agreement": r["agreement"]} for r in rows])
+    for r, on in zip(rows, front, strict=True):
+        r["front"] = on
+    return rows
+
+
+def set_variant_released(
+    version: ModelVersion, kind: str, released: bool, request: HttpRequest | None = None
+) -> Variant:
+    """Offer a variant to devices or keep it out (audited); fp32 is always offered."""
+    variant = version.variants.filter(kind=kind).first()
+    if variant is None:
+        raise RegistryError("no_variant", f"Version '{version.label}' has no '{kind}' variant.", "kind", 404)
+    if variant.released != released:
+        variant.released = released
+        variant.save(update_fields=["released"])
+        record(
+            "model_version.variant_released" if released else "model_version.variant_kept_out",
+            version,
+            request=request,
+            details={"kind": kind},
+        )
+    return variant
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -559,7 +619,13 @@ def version_json(version: ModelVersion) -> dict:
         "report": version.report or None,
         "reference_profile": version.reference_profile,
         "variants": [
-            {"kind": v.kind, "sha256": v.artifact_id, "size": v.artifact.size, "metrics": v.metrics}
+            {
+                "kind": v.kind,
+                "sha256": v.artifact_id,
+                "size": v.artifact.size,
+                "released": v.released,
+                "metrics": v.metrics,
+            }
             for v in version.variants.select_related("artifact")
         ],
         "status_url": reverse("api:ota_version", kwargs={"name": version.model.name, "label": version.label}),

@@ -9,4 +9,9 @@ urlpatterns = [
     path("models/<slug:name>/versions/<str:label>/", views.version_detail, name="model-version"),
     path("models/<slug:name>/versions/<str:label>/status", views.version_status, name="model-version-status"),
     path("models/<slug:name>/versions/<str:label>/archive", views.archive, name="model-version-archive"),
+    path(
+        "models/<slug:name>/versions/<str:label>/variants/<slug:kind>/release",
+        views.variant_release,
+        name="model-variant-release",
+    ),
 ]

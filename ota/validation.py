@@ -24,9 +24,16 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
 
+from ota import outputs as out_values
 from ota.limits import Limits, elements, input_elements_message, memory_message, tensor_elements_message
 
 MIN_OPSET = 7  # onnxruntime only guarantees support from opset 7 on
+# Operator domains onnxruntime's CPU build implements, by the name a person knows them by.
+DOMAINS = {"": "ai.onnx", "ai.onnx": "ai.onnx", "ai.onnx.ml": "ai.onnx.ml", "com.microsoft": "com.microsoft"}
+LOCALE_FAILURE = "Failed to construct locale"
+NO_KERNEL = ("Could not find an implementation for", "NOT_IMPLEMENTED")
+CUSTOM_OP = "is not a registered function/op"
+SERVER_LOCALE = "C.UTF-8"  # what the sandbox child runs under (ota.sandbox.child_env)
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 SMOKE_BATCH = 1
@@ -64,6 +71,67 @@ def _identity_model(opset: int) -> onnx.ModelProto:
     return model
 
 
+@functools.cache
+def max_supported_ml_opset() -> int:
+    """The newest ``ai.onnx.ml`` opset the installed onnxruntime loads (a Binarizer probe, cached)."""
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")
+    graph = helper.make_graph([node], "probe", [vi[0]], [vi[1]])
+    top = max(v for k, v in helper.OP_SET_ID_VERSION_MAP if k == "ai.onnx.ml")
+    for opset in range(top + 2, 0, -1):
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", opset)]
+        )
+        model.ir_version = 8
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # a refusal is the answer we are probing for
+            continue
+    return 1
+
+
+def supported_opsets() -> dict[str, tuple[int, int]]:
+    """Per operator domain, the opset range this server's onnxruntime runs (``com.microsoft`` is 1 only)."""
+    return {
+        "ai.onnx": (MIN_OPSET, max_supported_opset()),
+        "ai.onnx.ml": (1, max_supported_ml_opset()),
+        "com.microsoft": (1, 1),
+    }
+
+
+def opset_problems(model: onnx.ModelProto) -> list[str]:
+    """Why onnxruntime would refuse the model's operator sets ([] when it would not), per domain.
+
+    Only domains the model imports are checked (onnxruntime's ``logreg_iris.onnx`` imports ``ai.onnx.ml``
+    alone); custom domains are left to onnxruntime, which names the operator it lacks.
+    """
+    ranges = supported_opsets()
+    problems: list[str] = []
+    for o in model.opset_import:
+        domain, version = o.domain or "", int(o.version)
+        name = DOMAINS.get(domain)
+        if name is None:  # a custom domain: onnxruntime says which operator it lacks (session_message)
+            continue
+        low, high = ranges[name]
+        if version > high:
+            problems.append(
+                f"The model uses {name} opset {version}, newer than this server's onnxruntime {ort.__version__} "
+                f"supports (at most {high}). Export it again with that domain at opset {high} or lower"
+                + (f" (e.g. opset_version={high})." if name == "ai.onnx" else ".")
+            )
+        elif version < low:
+            problems.append(
+                f"The model uses {name} opset {version}, older than onnxruntime supports (at least {low}). "
+                + (
+                    "Convert it with onnx.version_converter.convert_version(model, 17)."
+                    if name == "ai.onnx"
+                    else "Export it again with a current converter."
+                )
+            )
+    return problems
+
+
 def num_threads() -> int:
     return max(1, int(os.environ.get("ORT_NUM_THREADS", "1") or 1))
 
@@ -78,14 +146,42 @@ def make_session(path: str | Path) -> ort.InferenceSession:
 
 
 def dtype_name(elem_type: int) -> str:
+    if elem_type == TensorProto.STRING:
+        return "string"
+    if elem_type == TensorProto.UNDEFINED:
+        return "unknown"
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
     except Exception:
         return TensorProto.DataType.Name(elem_type).lower()
 
 
+def type_name(tp: onnx.TypeProto) -> str:
+    """A readable type: ``float32``, ``string``, ``sequence<map<int64, float32>>``, ``optional<…>``."""
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        return dtype_name(tp.tensor_type.elem_type)
+    if which == "sparse_tensor_type":
+        return f"sparse<{dtype_name(tp.sparse_tensor_type.elem_type)}>"
+    if which == "sequence_type":
+        return f"sequence<{type_name(tp.sequence_type.elem_type)}>"
+    if which == "map_type":
+        return f"map<{dtype_name(tp.map_type.key_type)}, {type_name(tp.map_type.value_type)}>"
+    if which == "optional_type":
+        return f"optional<{type_name(tp.optional_type.elem_type)}>"
+    return "unknown"
+
+
 def value_schema(vi: onnx.ValueInfoProto) -> dict:
-    """``{"name","dtype","shape"}``; shape items are ints, or strings for symbolic/unknown dims."""
+    """``{"name","dtype","shape"}``; shape items are ints, or strings for symbolic/unknown dims.
+
+    A sequence, map or optional value has ``"kind"`` (``sequence``/``map``/``optional``), its readable
+    type as ``dtype`` and no shape.
+    """
+    which = vi.type.WhichOneof("value")
+    if which != "tensor_type":
+        kind = (which or "unknown").removesuffix("_type").replace("sparse_tensor", "sparse")
+        return {"name": vi.name, "dtype": type_name(vi.type), "shape": [], "kind": kind}
     t = vi.type.tensor_type
     shape: list[int | str] = []
     for i, d in enumerate(t.shape.dim):
@@ -125,26 +221,66 @@ def check_input_sizes(inputs: list[dict], limits: Limits, batch: int = SMOKE_BAT
 
 def synthetic_inputs(
     inputs: list[dict], batch: int = SMOKE_BATCH, seed: int = 0, limits: Limits | None = None
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Inputs that honour the schema: symbolic dims become ``batch`` (first) or 1 (others).
+
+    Strings are a short sample text; a map is one ``{key: value}`` and a sequence ``batch`` items.
 
     Their total size is checked against ``limits`` first: a declared ``[1e7, 1e7]`` is refused, not allocated.
     """
     check_input_sizes(inputs, limits or Limits(), batch)
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, Any] = {}
     for spec in inputs:
-        shape = fed_shape(spec, batch)
-        dtype = np.dtype(spec["dtype"]) if spec["dtype"] != "object" else np.dtype(object)
-        if dtype.kind == "f":
-            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            feeds[spec["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec["name"]] = np.zeros(shape, dtype=bool)
+        if spec.get("kind"):
+            feeds[spec["name"]] = _synthetic_value(spec["dtype"], rng, batch)
         else:
-            feeds[spec["name"]] = np.full(shape, "", dtype=object)
+            feeds[spec["name"]] = _synthetic_tensor(spec["dtype"], fed_shape(spec, batch), rng)
     return feeds
+
+
+SAMPLE_TEXT = "edgefleet sample text"
+
+
+def _synthetic_tensor(dtype_text: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    if dtype_text == "string":
+        return np.full(shape, SAMPLE_TEXT, dtype=object)
+    dtype = np.dtype(dtype_text) if dtype_text not in ("object", "unknown") else np.dtype(object)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return np.zeros(shape, dtype=bool)
+    return np.full(shape, "", dtype=object)
+
+
+def _split_args(text: str) -> list[str]:
+    depth, parts, cur = 0, [], ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "<"
+        depth -= ch == ">"
+        cur += ch
+    return [*parts, cur.strip()]
+
+
+def _synthetic_value(type_text: str, rng: np.random.Generator, batch: int) -> Any:
+    """A value of a readable type (``type_name``): a map is ``{key: value}``, a sequence a list of ``batch``."""
+    if type_text.startswith("sequence<"):
+        inner = type_text[len("sequence<") : -1]
+        return [_synthetic_value(inner, rng, 1) for _ in range(batch)]
+    if type_text.startswith("optional<"):
+        return _synthetic_value(type_text[len("optional<") : -1], rng, batch)
+    if type_text.startswith("map<"):
+        key, value = _split_args(type_text[len("map<") : -1])
+        k: Any = SAMPLE_TEXT if key == "string" else 0
+        v = _synthetic_value(value, rng, 1)
+        return {k: v.item() if isinstance(v, np.ndarray) and v.size == 1 else v}
+    return _synthetic_tensor(type_text, [1], rng)
 
 
 def contract_differences(previous: dict, current: dict) -> list[str]:
@@ -254,13 +390,9 @@ def check_tensor_sizes(model: onnx.ModelProto, limits: Limits) -> None:
 
 def check_outputs(names: list[str], outs: list[Any], limits: Limits) -> None:
     for name, out in zip(names, outs, strict=False):
-        arr = np.asarray(out)
-        if arr.size > limits.max_tensor_elements:
-            raise TooLarge(
-                tensor_elements_message(
-                    name, "output on a sample input", list(arr.shape), arr.size, arr.itemsize, limits
-                )
-            )
+        n, shape, itemsize = out_values.size_of(out)
+        if n > limits.max_tensor_elements:
+            raise TooLarge(tensor_elements_message(name, "output on a sample input", shape, n, itemsize, limits))
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -358,6 +490,87 @@ def _short(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def io_warnings(contract: dict) -> list[str]:
+    """What runs here but serves devices badly, with the export option that fixes it."""
+    warnings: list[str] = []
+    for spec in contract["outputs"]:
+        if spec.get("kind") == "sequence" and spec["dtype"].startswith("sequence<map<"):
+            warnings.append(
+                f"Output '{spec['name']}' is a {spec['dtype']} (skl2onnx's ZipMap): it is validated and compared, "
+                "but devices get one dict per row. Export with options={id(model): {'zipmap': False}} "
+                "for a [batch, classes] float tensor."
+            )
+    for spec in contract["inputs"]:
+        if spec.get("kind"):
+            warnings.append(
+                f"Input '{spec['name']}' is a {spec['dtype']}, not a tensor: it is smoke-run with a synthetic "
+                "value here, but reference profiles and device telemetry cover tensor inputs only."
+            )
+    return warnings
+
+
+def _session_with_server_locale(model: onnx.ModelProto) -> tuple[ort.InferenceSession, list[str]]:
+    """Retry with every StringNormalizer's locale set to the server's own (a copy; the upload is unchanged)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    asked: list[str] = []
+    for node in copy.graph.node:
+        if node.op_type == "StringNormalizer":
+            for a in node.attribute:
+                if a.name == "locale":
+                    asked.append(a.s.decode(errors="replace"))
+                    a.s = SERVER_LOCALE.encode()
+            if not any(a.name == "locale" for a in node.attribute):
+                asked.append("en_US")
+                node.attribute.append(helper.make_attribute("locale", SERVER_LOCALE))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(copy.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    return session, sorted(set(asked))
+
+
+def locale_warning(locales: list[str]) -> str:
+    names = ", ".join(locales) or "a locale"
+    return (
+        f"The model's text normalisation asks for locale {names}, which this server does not have installed "
+        f"(a server setting, not a fault of the model): it was checked with {SERVER_LOCALE} instead, so text "
+        "outside ASCII may be cased differently here. Devices must have that locale installed; or export with "
+        f"locale='{SERVER_LOCALE}' on StringNormalizer."
+    )
+
+
+def session_message(exc: BaseException) -> str:
+    text = _short(exc)
+    if any(k in text for k in NO_KERNEL):
+        return (
+            "onnxruntime's CPU build has no implementation for an operator of this model (it may exist only for "
+            f"a GPU execution provider, which devices running the CPU provider lack): {text} Export it with "
+            "operators the CPU provider implements."
+        )
+    if CUSTOM_OP in text:
+        return (
+            f"onnxruntime could not load the model: {text} It uses a custom operator, which needs a custom-op "
+            "library on every device: export with standard operators (domains ai.onnx, ai.onnx.ml, com.microsoft)."
+        )
+    return f"onnxruntime could not load the model: {text}"
+
+
+def smoke_message(exc: BaseException, inputs: list[dict]) -> str:
+    text = _short(exc)
+    kinds = ", ".join(f"'{s['name']}' ({s['dtype']})" for s in inputs)
+    if LOCALE_FAILURE in text:
+        return (
+            "The model's text operators need a locale this server does not have installed; this is a server "
+            f"setting, not a fault of the model (inputs {kinds}): {text}"
+        )
+    return (
+        f"The model failed on synthetic inputs of its declared types ({kinds}): {text} "
+        "Check that the declared input shapes and types are those the model really takes."
+    )
+
+
 def validate(
     path: str | Path,
     previous_contract: dict | None = None,
@@ -400,28 +613,20 @@ def validate(
                 report,
                 "format",
             )
-        opsets = {o.domain or "": int(o.version) for o in model.opset_import}
-        report["opset"] = opsets.get("", opsets.get("ai.onnx", 0))
+        opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
+        report["opset"] = opsets.get("ai.onnx")
         report["opsets"] = opsets
         report["ir_version"] = int(model.ir_version)
         report["producer"] = {"name": model.producer_name, "version": model.producer_version}
         report["metadata"] = {p.key: p.value for p in model.metadata_props}
-        top = max_supported_opset()
-        report["runtime"] = {"onnxruntime": ort.__version__, "max_opset": top}
-        if report["opset"] > top:
-            raise ValidationFailed(
-                f"The model uses opset {report['opset']}, newer than this server's onnxruntime {ort.__version__} "
-                f"supports (at most {top}). Export it again with opset_version={top} or lower.",
-                report,
-                "format",
-            )
-        if report["opset"] < MIN_OPSET:
-            raise ValidationFailed(
-                f"The model uses opset {report['opset']}, older than onnxruntime supports (at least {MIN_OPSET}). "
-                "Convert it with onnx.version_converter.convert_version(model, 17).",
-                report,
-                "format",
-            )
+        report["runtime"] = {
+            "onnxruntime": ort.__version__,
+            "max_opset": max_supported_opset(),
+            "opsets": {k: list(v) for k, v in supported_opsets().items()},
+        }
+        problems = opset_problems(model)
+        if problems:
+            raise ValidationFailed(" ".join(problems), report, "format")
 
     with steps.step("checker", "onnx.checker rejected the model"):
         onnx.checker.check_model(model, full_check=True)
@@ -432,24 +637,34 @@ def validate(
         report["parameters"] = parameter_count(model)
         report["quantized"] = is_quantized(model)
         report["nodes"] = len(model.graph.node)
+        report["warnings"] = io_warnings(contract)
         check_input_sizes(contract["inputs"], limits)
         check_tensor_sizes(model, limits)
     del model  # the session below holds its own copy; big models should not be in memory twice
 
-    with steps.step("session", "onnxruntime could not load the model"):
-        session = make_session(path)
+    with steps.step("session", "onnxruntime could not load the model") as entry:
+        try:
+            session = make_session(path)
+        except Exception as exc:
+            if LOCALE_FAILURE not in str(exc):
+                raise ValidationFailed(session_message(exc), report, "session") from exc
+            # The server lacks a locale the model names (StringNormalizer): not the model's fault.
+            session, locales = _session_with_server_locale(onnx.load(str(path), load_external_data=False))
+            entry["warning"] = locale_warning(locales)
+            report["warnings"].append(entry["warning"])
         report["threads"] = num_threads()
 
     with steps.step("smoke", "The model failed on synthetic inputs") as entry:
         feeds = synthetic_inputs(report["inputs"], limits=limits)
-        outs = session.run(None, feeds)
+        try:
+            outs = session.run(None, feeds)
+        except Exception as exc:
+            if is_alloc_failure(exc):
+                raise
+            raise ValidationFailed(smoke_message(exc, report["inputs"]), report, "smoke") from exc
         check_outputs([o["name"] for o in report["outputs"]], outs, limits)
-        entry["output_shapes"] = [list(o.shape) for o in outs]
-        nonfinite = [
-            report["outputs"][i]["name"]
-            for i, o in enumerate(outs)
-            if np.asarray(o).dtype.kind == "f" and not np.all(np.isfinite(o))
-        ]
+        entry["output_shapes"] = [out_values.describe(o) for o in outs]
+        nonfinite = [report["outputs"][i]["name"] for i, o in enumerate(outs) if out_values.nonfinite(o)]
         if nonfinite:
             entry["warning"] = f"non-finite values in {', '.join(nonfinite)} on random inputs"
         del outs

@@ -50,15 +50,32 @@ def _version(name: str, label: str) -> ModelVersion:
 @viewer_required
 def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
     version = _version(name, label)
+    rows = services.variant_rows(version)
+    variant_fig = charts.variant_figure(rows)
     context = {
         "version": version,
         "report": version.report or {},
         "variants": version.variants.select_related("artifact"),
+        "variant_rows": rows,
+        "variant_figures": [variant_fig] if variant_fig else [],
         "figures": charts.profile_figures(
             version.reference_profile, feature_names(version.report), class_names(version.report)
         ),
     }
     return render(request, "ota/version_detail.html", context)
+
+
+@operator_required
+@require_POST
+def variant_release(request: HttpRequest, name: str, label: str, kind: str) -> HttpResponse:
+    """Offer a variant to devices (``released=1``) or keep it out (``released=0``)."""
+    version = _version(name, label)
+    try:
+        services.set_variant_released(version, kind, truthy(request.POST.get("released")), request)
+    except services.RegistryError as exc:
+        messages.error(request, exc.message)
+        return redirect("model-version", name, label)
+    return redirect("model-version", name, label)
 
 
 @viewer_required

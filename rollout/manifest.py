@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -37,13 +37,13 @@ from django.conf import settings
 from fleet import epochs, selectors
 from fleet.auth import DeviceSnapshot
 from ota import signing
-from rollout import freshness
+from rollout import freshness, variant_rule
 from telemetry.binning import LATENCY_EDGES_MS
 from telemetry.profiles import expected_bins
 
 logger = logging.getLogger(__name__)
 PROTOCOL = 2  # 2: signed sequence, issued_at and expires_at (docs/protocol.md, "Versions")
-FLOAT_ACCELERATORS = frozenset({"gpu", "cuda", "tensorrt", "jetson", "rocm", "directml", "coreml", "openvino-gpu"})
+FLOAT_ACCELERATORS = variant_rule.FLOAT_ACCELERATORS
 
 
 # ---------------------------------------------------------------- generation
@@ -70,6 +70,9 @@ class ArtifactRef:
     sha256: str
     size: int
     variant: str
+    p50: float | None = None  # server latency and agreement with fp32: what rollout.variant_rule reads
+    agreement: float | None = None
+    released: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -150,10 +153,19 @@ def _load(generation: str) -> State:
         .prefetch_related("variants__artifact")
     )
     for v in versions:
-        arts = {"fp32": ArtifactRef(v.artifact.sha256, v.artifact.size, "fp32")}
-        for var in v.variants.all():
-            arts[var.kind] = ArtifactRef(var.artifact.sha256, var.artifact.size, var.kind)
         report = v.report or {}
+        fp32_p50 = (report.get("latency_ms") or {}).get("p50")
+        arts = {"fp32": ArtifactRef(v.artifact.sha256, v.artifact.size, "fp32", fp32_p50, 1.0)}
+        for var in v.variants.all():
+            m = var.metrics or {}
+            arts[var.kind] = ArtifactRef(
+                var.artifact.sha256,
+                var.artifact.size,
+                var.kind,
+                (m.get("latency_ms") or {}).get("p50"),
+                m.get("agreement"),
+                var.released,
+            )
         state.versions[v.id] = VersionInfo(
             id=v.id,
             model=v.model.name,
@@ -201,14 +213,10 @@ def per_generation(state: State, name: str, loader: Callable[[], Any]) -> Any:
 DESIRED_HOOKS: list[Callable[[DeviceSnapshot, list[Desired], State], list[Desired]]] = []
 
 
-def choose_variant(hardware: dict[str, Any], available: Collection[str]) -> str:
-    """The artifact variant for a device: int8 (when there is one) for small RAM or no float accelerator."""
-    if "int8" in available:
-        ram = hardware.get("ram_mb")
-        accel = str(hardware.get("accelerator") or "none").lower()
-        if (isinstance(ram, int | float) and ram < 1024) or accel not in FLOAT_ACCELERATORS:
-            return "int8"
-    return "fp32" if "fp32" in available else sorted(available)[0]
+def choose_variant(hardware: dict[str, Any], available: Mapping[str, ArtifactRef]) -> str:
+    """The build a device gets: ``rollout.variant_rule`` over the builds' measured figures."""
+    builds = {k: variant_rule.Figures(a.size, a.p50, a.agreement, a.released) for k, a in available.items()}
+    return variant_rule.choose(hardware or {}, builds)[0]
 
 
 def releases_for(labels: dict[str, Any], state: State) -> list[Desired]:

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rollout import variant_rule
+
 BUCKETS = 10_000
 
 # onnxruntime release -> highest ONNX opset it implements (onnxruntime "compatibility" table).
@@ -151,6 +153,7 @@ class Requirements:
     int8_size_bytes: int | None = None
     provider: str | None = None
     min_storage_mb: float = 0.0
+    builds: tuple[tuple[str, variant_rule.Figures], ...] = ()  # fp32 and variants, measured (variant_rule)
 
 
 def _ram_needed_mb(size_bytes: int) -> float:
@@ -165,15 +168,28 @@ def _number(value: object) -> float | None:
 
 
 def choose_variant(hardware: Mapping[str, Any], req: Requirements) -> str:
-    """'int8' for a small device (or one that fp32 would not fit) when the version has an int8 build."""
-    if req.int8_size_bytes is None:
+    """A small device (or one that fp32 would not fit) gets a smaller build when the version has one.
+
+    With measured ``builds`` the smallest eligible one (``rollout.variant_rule``); without, the int8 build.
+    """
+    if req.int8_size_bytes is None and len(req.builds) < 2:
         return "fp32"
     ram = _number(hardware.get("ram_mb"))
     if ram is None:
         return "fp32"
     if ram < SMALL_DEVICE_RAM_MB or ram < _ram_needed_mb(req.size_bytes):
+        if len(req.builds) >= 2:
+            return variant_rule.choose(hardware, dict(req.builds), fp32_fits=False)[0]
         return "int8"
     return "fp32"
+
+
+def build_size(req: Requirements, kind: str) -> int:
+    """The download size of the build ``choose_variant`` picked."""
+    sizes = {k: f.size for k, f in req.builds}
+    if kind in sizes:
+        return sizes[kind]
+    return (req.int8_size_bytes if kind == "int8" else req.size_bytes) or 0
 
 
 def incompatibility(hardware: Mapping[str, Any], req: Requirements) -> str | None:
@@ -184,8 +200,7 @@ def incompatibility(hardware: Mapping[str, Any], req: Requirements) -> str | Non
     execution provider), ``storage`` (no room for the download next to the previous version).
     """
     hardware = hardware or {}
-    size = req.int8_size_bytes if choose_variant(hardware, req) == "int8" else req.size_bytes
-    size = size or 0
+    size = build_size(req, choose_variant(hardware, req))
     ram = _number(hardware.get("ram_mb"))
     if ram is None or ram < _ram_needed_mb(size):
         return "ram"

@@ -13,22 +13,34 @@ from typing import Any
 
 from fleet.models import Cohort
 from ota.models import ModelVersion
-from rollout import cohorts, placement
+from rollout import cohorts, placement, variant_rule
 from rollout.models import Campaign
 
 
 def requirements_for(version: ModelVersion, extra: Mapping[str, Any] | None = None) -> placement.Requirements:
     """What the version needs from a device: opset and size from the registry, int8 size if built."""
     report = version.report or {}
-    int8 = version.variants.filter(kind="int8").select_related("artifact").first()
+    variants = list(version.variants.select_related("artifact"))
+    int8 = next((v for v in variants if v.kind == "int8"), None)
     extra = extra or {}
     opset = report.get("opset")
+    fp32 = variant_rule.Figures(version.artifact.size, (report.get("latency_ms") or {}).get("p50"), 1.0)
+    builds = [("fp32", fp32)] + [
+        (
+            v.kind,
+            variant_rule.Figures(
+                v.artifact.size, (v.metrics.get("latency_ms") or {}).get("p50"), v.metrics.get("agreement"), v.released
+            ),
+        )
+        for v in variants
+    ]
     return placement.Requirements(
         opset=int(opset) if isinstance(opset, (int, float)) else None,
         size_bytes=int(report.get("file_size") or version.artifact.size or 0),
         int8_size_bytes=int8.artifact.size if int8 else None,
         provider=(extra.get("provider") or None),
         min_storage_mb=float(extra.get("min_storage_mb") or 0),
+        builds=tuple(builds) if len(builds) > 1 else (),
     )
 
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
 from ota.models import ModelVersion
-from rollout import gate_checks, lifecycle, outcome, placement, targeting
+from rollout import gate_checks, lifecycle, outcome, placement, targeting, variant_rule
 from rollout import gates as gate_logic
 from rollout.charts import chart_series
 from rollout.evaluation import min_cohort
@@ -126,7 +126,8 @@ def campaign_preview(request: HttpRequest) -> HttpResponse:
         )
     except lifecycle.CampaignError as err:
         return render(request, "rollout/campaign_dry_run.html", {"error": str(err)})
-    return render(request, "rollout/campaign_dry_run.html", {"dry": dry, "reasons": _reasons(dry.excluded)})
+    context = {"dry": dry, "reasons": _reasons(dry.excluded), "variant_rule": variant_rule.RULE}
+    return render(request, "rollout/campaign_dry_run.html", context)
 
 
 def _reasons(excluded: dict[str, int]) -> list[tuple[str, str, int]]:
@@ -160,6 +161,7 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         "quarantine": quarantine.of(Quarantine.Kind.CAMPAIGN, str(campaign.pk)),
         "decisions": decisions,
         "exclusions": _reasons(campaign.exclusions or {}),
+        "variant_rule": variant_rule.RULE,
         "allowed": {a for a, states in lifecycle.ALLOWED_FROM.items() if campaign.state in states},
     }
 

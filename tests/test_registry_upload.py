@@ -161,7 +161,8 @@ def test_api_upload_returns_201_with_status_url_and_get_reports(client: Client, 
     services.run_validation(ModelVersion.objects.get().pk)
     done = client.get(body["status_url"], HTTP_AUTHORIZATION=f"Bearer {token}").json()
     assert done["status"] == "staged" and done["report"]["opset"] == 17 and done["error"] is None
-    assert done["variants"][0]["kind"] == "int8"
+    assert {v["kind"] for v in done["variants"]} == {"int8", "fp16", "optimized"}  # static int8 needs reference data
+    assert "reference data set" in done["report"]["variant_errors"]["int8_static"]
 
 
 def test_api_unknown_version_is_404(client: Client, token: str) -> None:
@@ -373,8 +374,11 @@ def test_reference_set_not_matching_the_inputs_is_rejected_naming_it(client: Cli
 def test_int8_variant_is_a_second_artifact_with_metrics(client: Client, token: str, store: Path) -> None:
     x = np.random.default_rng(5).normal(size=(200, 4)).astype(np.float32)
     version = upload_and_validate(client, token, int8="1", reference=upload_file(npz_bytes(input=x), "ref.npz"))
-    variant = Variant.objects.get(version=version)
-    assert variant.kind == "int8" and variant.artifact_id != version.artifact_id
+    variant = Variant.objects.get(version=version, kind="int8")
+    assert variant.artifact_id != version.artifact_id
+    kinds = set(Variant.objects.filter(version=version).values_list("kind", flat=True))
+    assert kinds == {"int8", "int8_static", "fp16", "optimized"}
+    assert len({v.artifact_id for v in Variant.objects.filter(version=version)}) == 4  # each its own artifact
     assert (store / variant.artifact.storage_key).exists()
     m = variant.metrics
     assert m["size"] == variant.artifact.size and set(m["latency_ms"]) == {"p50", "p95"}
@@ -457,3 +461,42 @@ def test_archive_is_operator_only_and_audited(
     again = operator_client.post("/models/fraud/versions/v1/archive", follow=True)
     assert "already archived" in again.content.decode()
     assert operator_client.get("/models/fraud/versions/v1/archive").status_code == 405
+
+
+def test_variant_table_plot_and_keeping_a_variant_out(
+    client: Client, token: str, store: Path, operator: object, viewer: object
+) -> None:
+    from rollout import manifest
+
+    x = np.random.default_rng(7).normal(size=(120, 4)).astype(np.float32)
+    version = upload_and_validate(client, token, int8="1", reference=upload_file(npz_bytes(input=x), "ref.npz"))
+    page = as_user(viewer).get("/models/fraud/versions/v1/")
+    html = page.content.decode()
+    assert 'id="variant-table"' in html and 'id="variant-figures"' in html and "on the front" in html
+    assert "not applicable" not in html  # a reference set was given: static int8 was built
+    rows = page.context["variant_rows"]
+    assert [r["kind"] for r in rows] == ["fp32", "fp16", "int8", "int8_static", "optimized"]
+    assert any(r["front"] for r in rows) and rows[0]["agreement"] == 1.0
+    fig = page.context["variant_figures"][0]
+    assert fig["id"] == "variants" and "Pareto front" in fig["alt"]
+
+    url = "/models/fraud/versions/v1/variants/int8/release"
+    assert as_user(viewer).post(url, {"released": "0"}).status_code == 403
+    ops = as_user(operator)
+    assert ops.post(url, {"released": "0"}).status_code == 302
+    assert Variant.objects.get(version=version, kind="int8").released is False
+    assert AuditEntry.objects.filter(action="model_version.variant_kept_out").count() == 1
+    missing = ops.post("/models/fraud/versions/v1/variants/int4/release", {"released": "0"}, follow=True)
+    assert missing.status_code == 200 and "has no &#x27;int4&#x27; variant" in missing.content.decode()
+
+    # The manifest's rule never picks a build that was kept out.
+    version = ModelVersion.objects.prefetch_related("variants__artifact").get(pk=version.pk)
+    arts = {"fp32": manifest.ArtifactRef(version.artifact_id, version.artifact.size, "fp32", 1.0, 1.0)}
+    for v in version.variants.all():
+        m = v.metrics
+        arts[v.kind] = manifest.ArtifactRef(
+            v.artifact_id, v.artifact.size, v.kind, m["latency_ms"]["p50"], m["agreement"], v.released
+        )
+    small = {"ram_mb": 256, "accelerator": "none"}
+    assert manifest.choose_variant(small, arts) != "int8"
+    assert manifest.choose_variant({"ram_mb": 8192, "accelerator": "gpu"}, arts) == "fp32"

@@ -41,7 +41,8 @@ def test_api_upload_is_validated_by_the_worker_and_staged(celery_worker: object,
     assert version.status == "staged", version.error
     body = client.get(response.json()["status_url"], **auth).json()
     assert body["status"] == "staged" and body["report"]["latency_ms"]["p95"] > 0
-    assert [v["kind"] for v in body["variants"]] == ["int8"]
+    # every variant but static int8, which needs a reference set to calibrate on
+    assert sorted(v["kind"] for v in body["variants"]) == ["fp16", "int8", "optimized"]
     assert version.model.contract["version"] == "v1"
 
 

@@ -87,9 +87,9 @@
     }).observe(region, { childList: true, subtree: true });
   }
 
-  function drawCharts() {
-    var data = document.getElementById("profile-figures");
-    var target = document.getElementById("profile-charts");
+  function drawCharts(dataId, targetId) {
+    var data = document.getElementById(dataId);
+    var target = document.getElementById(targetId);
     if (!data || !target || typeof Plotly === "undefined") { return; }
     JSON.parse(data.textContent).forEach(function (fig) {
       var card = document.createElement("div");
@@ -115,6 +115,7 @@
     if (form) { setupUpload(form); }
     var region = document.getElementById("status-region");
     if (region) { setupVersion(region); }
-    drawCharts();
+    drawCharts("profile-figures", "profile-charts");
+    drawCharts("variant-figures", "variant-charts");
   });
 })();
