@@ -4,8 +4,7 @@ from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
 from accounts.auth import OperatorToken
-from ota import services
-from ota.models import ModelVersion
+from ota import aliases, lineage, services
 from ota.uploads import read_upload, truthy
 
 router = Router(tags=["registry"])
@@ -24,6 +23,12 @@ UPLOAD_SCHEMA = {
                         "notes": {"type": "string", "maxLength": services.MAX_NOTES},
                         "reference": {"type": "string", "format": "binary", "description": ".npz or .csv"},
                         "int8": {"type": "boolean", "description": "also make an int8 variant"},
+                        "lineage": {
+                            "type": "string",
+                            "maxLength": lineage.MAX_BYTES,
+                            "description": 'JSON: {"meta": {"git_commit": "abc", "metrics": {"auc": 0.93}}, '
+                            '"links": {"run": "https://…"}} (bounded; see docs/api.md)',
+                        },
                     },
                 }
             }
@@ -53,6 +58,7 @@ def upload_version(request: HttpRequest, name: str) -> JsonResponse:
             upload=files.get("file"),
             reference=files.get("reference"),
             want_int8=truthy(post.get("int8")),
+            lineage=post.get("lineage", ""),
             request=request,
         )
     except services.RegistryError as exc:
@@ -67,7 +73,7 @@ def upload_version(request: HttpRequest, name: str) -> JsonResponse:
     summary="A version's status, validation report, reference profile and variants",
 )
 def get_version(request: HttpRequest, name: str, label: str) -> JsonResponse:
-    version = ModelVersion.objects.select_related("model", "artifact").filter(model__name=name, label=label).first()
+    version = aliases.resolve(name, label)  # a label, or "@production"
     if version is None:
         return error(services.RegistryError("not_found", f"Model '{name}' has no version '{label}'.", None, 404))
     return JsonResponse(services.version_json(version))
