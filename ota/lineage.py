@@ -128,7 +128,8 @@ def clean(data: Any) -> dict[str, Any]:
     unknown = sorted(set(data) - {"meta", "links"})
     if unknown:
         raise LineageError(f"Unknown lineage field {unknown[0][:40]!r}: use 'meta' and 'links'.", "lineage")
-    meta, links = data.get("meta") or {}, data.get("links") or {}
+    meta, links = data.get("meta"), data.get("links")
+    meta, links = {} if meta is None else meta, {} if links is None else links
     if not isinstance(meta, dict):
         raise LineageError("meta is a JSON object of name -> value.", "meta")
     if not isinstance(links, dict):
