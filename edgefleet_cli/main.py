@@ -59,17 +59,17 @@ def lineage_body(args: argparse.Namespace) -> dict[str, Any]:
         try:
             body = json.loads(Path(args.lineage).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise SystemExit(f"edgefleet: --lineage {args.lineage}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"--lineage {args.lineage}: {exc}") from None
         if not isinstance(body, dict):
-            raise SystemExit('edgefleet: --lineage must hold a JSON object {"meta": {...}, "links": {...}}')
+            raise argparse.ArgumentTypeError('--lineage must hold a JSON object {"meta": {...}, "links": {...}}')
     for flag, key in (("meta", "meta"), ("link", "links")):
         for item in getattr(args, flag) or []:
             name, sep, value = item.partition("=")
             if not sep or not name.strip():
-                raise SystemExit(f"edgefleet: --{flag} {item!r} is not name=value")
+                raise argparse.ArgumentTypeError(f"--{flag} {item!r} is not name=value")
             section = body.setdefault(key, {})
             if not isinstance(section, dict):
-                raise SystemExit(f"edgefleet: {key} in --lineage must be a JSON object")
+                raise argparse.ArgumentTypeError(f"{key} in --lineage must be a JSON object")
             section[name.strip()] = value.strip()
     return body
 
@@ -80,7 +80,11 @@ def cmd_push(api: Client, args: argparse.Namespace) -> int:
         warn(f"edgefleet: no such file {path}")
         return USAGE
     data = {"label": args.label, "notes": args.notes or "", "int8": "1" if args.int8 else ""}
-    lineage = lineage_body(args)
+    try:
+        lineage = lineage_body(args)
+    except argparse.ArgumentTypeError as exc:
+        warn(f"edgefleet: {exc}")
+        return USAGE
     if lineage:
         data["lineage"] = json.dumps(lineage)
     with contextlib.ExitStack() as stack:
