@@ -53,37 +53,46 @@ def hardware_class(hw: Mapping[str, Any] | None) -> str:
 
 
 def by_class(rows: Iterable[tuple[Any, Mapping[str, Any] | None, Any, float]], k: int) -> dict[str, Any]:
-    """Latency per hardware class from ``(device id, hardware, latency counts, inferences)`` rows (pure).
+    """Latency per hardware class from ``(device id, hardware, latency counts, inferences)`` report rows (pure).
 
     Returns ``{"classes": [{"hardware", "devices", "inferences", "p50", "p95"}], "hidden": n, "k": k}``;
-    classes below k devices count in ``hidden`` only.
+    classes below k devices count in ``hidden`` only. Rows whose counts are not the latency bins are skipped.
     """
     n_bins = len(LATENCY_EDGES_MS) - 1
-    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(n_bins))
-    devices: dict[str, set] = defaultdict(set)
-    inferences: dict[str, float] = defaultdict(float)
+    per_device: dict[Any, list] = {}
     for device_id, hw, latency, n in rows:
-        if not isinstance(latency, list) or len(latency) != n_bins:
+        counts = _counts(latency, n_bins)
+        if counts is None:
             continue
-        try:
-            counts = np.asarray(latency, dtype=np.float64)
-        except (TypeError, ValueError):
-            continue
-        if not np.all(np.isfinite(counts)):
+        entry = per_device.setdefault(device_id, [hw, np.zeros(n_bins), 0.0])
+        entry[1] += counts
+        entry[2] += _finite(n)
+    return by_group([(1, hw, counts, n) for hw, counts, n in per_device.values()], k)
+
+
+def by_group(groups: Iterable[tuple[int, Mapping[str, Any] | None, Any, float]], k: int) -> dict[str, Any]:
+    """As ``by_class``, from ``(devices, hardware, summed counts, inferences)`` per distinct hardware (pure)."""
+    n_bins = len(LATENCY_EDGES_MS) - 1
+    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(n_bins))
+    devices: dict[str, int] = defaultdict(int)
+    inferences: dict[str, float] = defaultdict(float)
+    for n_devices, hw, latency, n in groups:
+        counts = _counts(latency, n_bins)
+        if counts is None:
             continue
         cls = hardware_class(hw)
         sums[cls] += counts
-        devices[cls].add(device_id)
-        inferences[cls] += max(float(n), 0.0) if isinstance(n, int | float) and np.isfinite(n) else 0.0
+        devices[cls] += int(n_devices)
+        inferences[cls] += _finite(n)
     shown, hidden = [], 0
     for cls in sorted(sums):
-        if len(devices[cls]) < k:
+        if devices[cls] < k:
             hidden += 1
             continue
         shown.append(
             {
                 "hardware": cls,
-                "devices": len(devices[cls]),
+                "devices": devices[cls],
                 "inferences": round(inferences[cls]),
                 "p50": regression.histogram_quantile(LATENCY_EDGES_MS, sums[cls], 0.5),
                 "p95": regression.histogram_quantile(LATENCY_EDGES_MS, sums[cls], 0.95),
@@ -92,51 +101,58 @@ def by_class(rows: Iterable[tuple[Any, Mapping[str, Any] | None, Any, float]], k
     return {"classes": shown, "hidden": hidden, "k": k}
 
 
-# One row per device and bin: PostgreSQL sums a device's windows (a 5-minute window makes 2,016
-# reports a device a week; Python would read every one on each page view). Non-numeric elements count 0.
-PER_DEVICE_SQL = """
-SELECT r.device_id, d.hardware, e.idx, SUM(CASE WHEN jsonb_typeof(e.v) = 'number' THEN (e.v #>> '{}')::float8
-       ELSE 0 END), MAX(n.inferences)
-FROM telemetry_report r
-JOIN fleet_device d ON d.id = r.device_id
-CROSS JOIN LATERAL jsonb_array_elements(r.latency) WITH ORDINALITY AS e(v, idx)
-JOIN (SELECT device_id, SUM(inference_count) AS inferences FROM telemetry_report
-      WHERE version_id = %(v)s AND NOT quarantined AND received_at >= %(since)s GROUP BY device_id) n
-  ON n.device_id = r.device_id
+def _counts(latency: Any, n_bins: int) -> np.ndarray | None:
+    if not isinstance(latency, list | tuple | np.ndarray) or len(latency) != n_bins:
+        return None
+    try:
+        counts = np.asarray(latency, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return counts if np.all(np.isfinite(counts)) else None
+
+
+def _finite(n: Any) -> float:
+    return max(float(n), 0.0) if isinstance(n, int | float) and np.isfinite(n) else 0.0
+
+
+def _group_sql(n_bins: int) -> str:
+    """Per distinct hardware: devices, inferences and each latency bin summed by PostgreSQL.
+
+    A device has one hardware, so device counts of different groups add up. Non-numeric bins count 0.
+    """
+    bins = ", ".join(
+        f"SUM(CASE WHEN jsonb_typeof(r.latency -> {i}) = 'number' THEN (r.latency ->> {i})::float8 ELSE 0 END)"
+        for i in range(n_bins)
+    )
+    return f"""
+SELECT d.hardware, COUNT(DISTINCT r.device_id), SUM(r.inference_count), {bins}
+FROM telemetry_report r JOIN fleet_device d ON d.id = r.device_id
 WHERE r.version_id = %(v)s AND NOT r.quarantined AND r.received_at >= %(since)s
   AND jsonb_typeof(r.latency) = 'array' AND jsonb_array_length(r.latency) = %(bins)s
-GROUP BY r.device_id, d.hardware, e.idx
-ORDER BY r.device_id, e.idx
+GROUP BY d.hardware
 """
 
 
-def _per_device(version_id: int, since: Any) -> Iterable[tuple[Any, Any, list[float], float]]:
-    """``(device, hardware, summed latency counts, inferences)`` per device that reported the version."""
-    n_bins = len(LATENCY_EDGES_MS) - 1
-    if connection.vendor != "postgresql":  # the SQLite demo: few rows, summed in Python by ``by_class``
-        yield from Report.objects.filter(version_id=version_id, quarantined=False, received_at__gte=since).values_list(
-            "device_id", "device__hardware", "latency", "inference_count"
-        )
-        return
-    with connection.cursor() as cur:
-        cur.execute(PER_DEVICE_SQL, {"v": version_id, "since": since, "bins": n_bins})
-        current, hw, counts, n = None, None, [0.0] * n_bins, 0.0
-        for device_id, hardware, idx, total, inferences in cur.fetchall():
-            if device_id != current:
-                if current is not None:
-                    yield current, hw, counts, n
-                current, counts = device_id, [0.0] * n_bins
-                hw = json.loads(hardware) if isinstance(hardware, str) else hardware
-                n = float(inferences or 0.0)
-            counts[int(idx) - 1] = float(total or 0.0)
-        if current is not None:
-            yield current, hw, counts, n
-
-
 def latency_by_hardware(version_id: int, days: int = DAYS) -> dict[str, Any]:
-    """The version's fleet latency per hardware class over the last ``days`` days of reports."""
+    """The version's fleet latency per hardware class over the last ``days`` days of reports.
+
+    On PostgreSQL the database sums (a 5-minute window makes 2,016 reports a device a week); the
+    SQLite demo sums its few rows in Python.
+    """
     since = timezone.now() - timedelta(days=days)
-    return {**by_class(_per_device(version_id, since), min_cohort()), "days": days}
+    k = min_cohort()
+    n_bins = len(LATENCY_EDGES_MS) - 1
+    if connection.vendor != "postgresql":
+        rows = Report.objects.filter(version_id=version_id, quarantined=False, received_at__gte=since)
+        fields = ("device_id", "device__hardware", "latency", "inference_count")
+        return {**by_class(rows.values_list(*fields), k), "days": days}
+    with connection.cursor() as cur:
+        cur.execute(_group_sql(n_bins), {"v": version_id, "since": since, "bins": n_bins})
+        groups = [
+            (n, json.loads(hw) if isinstance(hw, str) else hw, list(sums), inferences or 0.0)
+            for hw, n, inferences, *sums in cur.fetchall()
+        ]
+    return {**by_group(groups, k), "days": days}
 
 
 def health(version_id: int, days: int = DAYS) -> dict[str, Any] | None:
