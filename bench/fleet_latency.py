@@ -75,8 +75,8 @@ def main() -> None:
     naive = fleet_latency.by_class(rows.iterator(chunk_size=2000), fleet_latency.min_cohort())
     py = time.perf_counter() - t0
     assert [c["p95"] for c in naive["classes"]] == [c["p95"] for c in out["classes"]]
-    print(f"latency_by_hardware (PostgreSQL sums per device): {sql * 1000:,.0f} ms")
-    print(f"every report read into Python:                    {py * 1000:,.0f} ms")
+    print(f"latency_by_hardware (PostgreSQL sums per hardware):{sql * 1000:,.0f} ms")
+    print(f"every report read into Python:                      {py * 1000:,.0f} ms")
     for c in out["classes"]:
         print(f"  {c['hardware']:40} {c['devices']:>6,} devices  p50 {c['p50']:.1f} ms  p95 {c['p95']:.1f} ms")
 
