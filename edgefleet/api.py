@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.parser import Parser
 
+import ota.alias_api  # registers the alias routes on ota's router
 import ota.registry_api  # noqa: F401  (registers the registry's read routes on ota's router)
 from accounts.api import router as accounts_router
 from fleet.api import router as fleet_router

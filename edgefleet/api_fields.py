@@ -15,6 +15,10 @@ LongText = Annotated[str, StringConstraints(max_length=2000, pattern=PRINTABLE)]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=PRINTABLE)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=PRINTABLE)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")]
+# A version by label (``v3``) or by alias (``@production``; ota.aliases.resolve).
+VersionRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=65, pattern=r"^@?[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[-a-zA-Z0-9_]+$")]
 Reason = Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
 Limit = Annotated[int, Field(ge=1, le=200)]

@@ -49,12 +49,44 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # ------------------------------------------------------------------------------------------- push
 
 
+def lineage_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``--lineage FILE`` (JSON: {"meta": …, "links": …}) merged with ``--meta k=v`` and ``--link name=url``.
+
+    Only the shape is checked here; the server checks every bound and answers 400 naming the field.
+    """
+    body: dict[str, Any] = {}
+    if args.lineage:
+        try:
+            body = json.loads(Path(args.lineage).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"--lineage {args.lineage}: {exc}") from None
+        if not isinstance(body, dict):
+            raise argparse.ArgumentTypeError('--lineage must hold a JSON object {"meta": {...}, "links": {...}}')
+    for flag, key in (("meta", "meta"), ("link", "links")):
+        for item in getattr(args, flag) or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise argparse.ArgumentTypeError(f"--{flag} {item!r} is not name=value")
+            section = body.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise argparse.ArgumentTypeError(f"{key} in --lineage must be a JSON object")
+            section[name.strip()] = value.strip()
+    return body
+
+
 def cmd_push(api: Client, args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         warn(f"edgefleet: no such file {path}")
         return USAGE
     data = {"label": args.label, "notes": args.notes or "", "int8": "1" if args.int8 else ""}
+    try:
+        lineage = lineage_body(args)
+    except argparse.ArgumentTypeError as exc:
+        warn(f"edgefleet: {exc}")
+        return USAGE
+    if lineage:
+        data["lineage"] = json.dumps(lineage)
     with contextlib.ExitStack() as stack:
         files: dict[str, Any] = {"file": (path.name, stack.enter_context(path.open("rb")), "application/octet-stream")}
         if args.reference:
@@ -82,6 +114,25 @@ def cmd_push(api: Client, args: argparse.Namespace) -> int:
         return OK
     warn(f"{version['status']}: {version.get('error') or 'no reason given'}")
     return FAILED
+
+
+# ------------------------------------------------------------------------------------------ aliases
+
+
+def cmd_alias(api: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        items = api.get(f"/models/{args.model}/aliases")
+        lines = [f"{a['model']}@{a['alias']:12} → {a['version']}  ({a['updated_by'] or '-'}, {a['updated_at'][:16]})"
+                 for a in items]  # fmt: skip
+        emit(args, items, "\n".join(lines) or f"{args.model} has no aliases")
+        return OK
+    if args.action == "set":
+        a = api.request("PUT", f"/models/{args.model}/aliases/{args.alias}", json={"version": args.version})
+        emit(args, a, f"{a['model']}@{a['alias']} → {a['version']}")
+        return OK
+    api.request("DELETE", f"/models/{args.model}/aliases/{args.alias}")
+    emit(args, {"removed": f"{args.model}@{args.alias}"}, f"removed {args.model}@{args.alias}")
+    return OK
 
 
 # ---------------------------------------------------------------------------------------- rollout
@@ -328,6 +379,9 @@ def build_parser() -> Parser:
     push.add_argument(
         "--int8", action="store_true", help="also build the compressed variants (int8, static int8, fp16, optimised)"
     )
+    push.add_argument("--meta", action="append", help="lineage metadata name=value (repeat), e.g. git_commit=abc")
+    push.add_argument("--link", action="append", help="lineage link name=https://… (repeat), e.g. run=https://…")
+    push.add_argument("--lineage", help='JSON file {"meta": {...}, "links": {...}} (--meta/--link add to it)')
     push.add_argument("--wait", action="store_true", help="wait until staged (exit 0) or rejected (exit 1)")
     push.add_argument("--timeout", type=float, default=1800)
     push.add_argument("--interval", type=float, default=2)
@@ -335,7 +389,7 @@ def build_parser() -> Parser:
 
     ro = sub.add_parser("rollout", help="start a campaign (and follow it)")
     ro.add_argument("model")
-    ro.add_argument("version")
+    ro.add_argument("version", help="a label, or an alias (production or @production)")
     ro.add_argument("--cohort", help="a saved cohort's name or a label selector, e.g. 'region=eu'")
     ro.add_argument("--waves", default="5,25,100", help="percentages, or percent:soak:min_devices per wave")
     ro.add_argument("--soak", type=float, default=30, help="minutes each wave soaks (default 30)")
@@ -352,6 +406,18 @@ def build_parser() -> Parser:
     ro.add_argument("--interval", type=float, default=5)
     ro.add_argument("--verbose", action="store_true", help="also print holds")
     ro.set_defaults(fn=cmd_rollout)
+
+    als = sub.add_parser("alias", help="list, set (create or move) and remove a model's aliases")
+    alsub = als.add_subparsers(dest="action", required=True, parser_class=Parser)
+    alsub.add_parser("list").add_argument("model")
+    aset = alsub.add_parser("set")
+    aset.add_argument("model")
+    aset.add_argument("alias", help="e.g. production, staging, candidate")
+    aset.add_argument("version", help="a label or @another-alias")
+    arm = alsub.add_parser("rm")
+    arm.add_argument("model")
+    arm.add_argument("alias")
+    als.set_defaults(fn=cmd_alias)
 
     st = sub.add_parser("status", help="the fleet at a glance")
     st.set_defaults(fn=cmd_status)

@@ -4,8 +4,7 @@ from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
 from accounts.auth import OperatorToken
-from ota import services
-from ota.models import ModelVersion
+from ota import aliases, lineage, services
 from ota.uploads import read_upload, truthy
 
 router = Router(tags=["registry"])
@@ -26,6 +25,12 @@ UPLOAD_SCHEMA = {
                         "int8": {
                             "type": "boolean",
                             "description": "also make the compressed variants (int8, static int8, fp16, optimised)",
+                        },
+                        "lineage": {
+                            "type": "string",
+                            "maxLength": lineage.MAX_BYTES,
+                            "description": 'JSON: {"meta": {"git_commit": "abc", "metrics": {"auc": 0.93}}, '
+                            '"links": {"run": "https://…"}} (bounded; see docs/api.md)',
                         },
                     },
                 }
@@ -56,6 +61,7 @@ def upload_version(request: HttpRequest, name: str) -> JsonResponse:
             upload=files.get("file"),
             reference=files.get("reference"),
             want_int8=truthy(post.get("int8")),
+            lineage=post.get("lineage", ""),
             request=request,
         )
     except services.RegistryError as exc:
@@ -70,7 +76,7 @@ def upload_version(request: HttpRequest, name: str) -> JsonResponse:
     summary="A version's status, validation report, reference profile and variants",
 )
 def get_version(request: HttpRequest, name: str, label: str) -> JsonResponse:
-    version = ModelVersion.objects.select_related("model", "artifact").filter(model__name=name, label=label).first()
+    version = aliases.resolve(name, label)  # a label, or "@production"
     if version is None:
         return error(services.RegistryError("not_found", f"Model '{name}' has no version '{label}'.", None, 404))
     return JsonResponse(services.version_json(version))

@@ -150,3 +150,81 @@ def variant_figure(rows: Sequence[dict]) -> dict | None:
             **{**LAYOUT, "height": 320},
         },
     }
+
+
+def _recolour(trace: dict, colour: str, name: str, dash: str = "solid") -> dict:
+    trace = {**trace, "name": name, "line": {**trace.get("line", {}), "color": colour, "dash": dash}}
+    trace["fill"] = "none"
+    trace["hovertemplate"] = f"{name}: " + trace["hovertemplate"]
+    return trace
+
+
+def overlay_figures(
+    a: dict | None,
+    b: dict | None,
+    labels: tuple[str, str],
+    names: dict[str, str] | None = None,
+    classes: Sequence[str] = (),
+) -> list[dict]:
+    """Two versions' reference profiles on shared charts: output first, then every feature either has.
+
+    A feature only one version has is drawn alone (its title says which). ``labels`` name the
+    versions in legends and in the text alternative.
+    """
+    if not a and not b:
+        return []
+    a, b, names = a or {}, b or {}, names or {}
+    colours = ("#0072B2", "#D55E00")
+    layout_extra = {"showlegend": True, "legend": {"orientation": "h", "y": -0.3}}
+    figs = []
+    outs = [(p.get("output") or {}) for p in (a, b)]
+    if all(o.get("kind") == "classes" for o in outs if o) and any(outs):
+        data = []
+        for o, lab, col in zip(outs, labels, colours, strict=True):
+            if not o:
+                continue
+            total = float(sum(o["counts"])) or 1.0
+            ticks = [classes[i] if i < len(classes) and classes[i] else f"class {i}" for i in range(len(o["counts"]))]
+            data.append(
+                {
+                    "type": "bar",
+                    "name": lab,
+                    "x": ticks,
+                    "y": [c / total for c in o["counts"]],
+                    "marker": {"color": col},
+                    "hovertemplate": f"{lab} %{{x}}: %{{y:.1%}}<extra></extra>",
+                }
+            )
+        layout = {
+            **LAYOUT,
+            **layout_extra,
+            "title": _title("output: argmax class"),
+            "barmode": "group",
+            "yaxis": {"title": {"text": "share of rows"}, "tickformat": ".0%"},
+        }
+        figs.append(
+            {"id": "output", "alt": f"output classes of {' and '.join(labels)}", "data": data, "layout": layout}
+        )
+    elif any(o.get("kind") == "bins" for o in outs):
+        data = [
+            _recolour(_density("", "output", o["edges"], o["counts"])["data"][0], col, lab)
+            for o, lab, col in zip(outs, labels, colours, strict=True)
+            if o.get("kind") == "bins"
+        ]
+        layout = {**_density("output values", "output", [0, 1], [1])["layout"], **layout_extra}
+        figs.append({"id": "output", "alt": f"output values of {' and '.join(labels)}", "data": data, "layout": layout})
+    fa = {f["name"]: f for f in a.get("features", [])}
+    fb = {f["name"]: f for f in b.get("features", [])}
+    keys = list(fa) + [k for k in fb if k not in fa]
+    for i, key in enumerate(keys[:MAX_FEATURE_PLOTS]):
+        name = label(key, names)
+        pair = [(f, lab, col) for f, lab, col in zip((fa.get(key), fb.get(key)), labels, colours, strict=True) if f]
+        data = [
+            _recolour(_density("", name, f["edges"], f["counts"])["data"][0], col, lab, "solid" if j == 0 else "dash")
+            for j, (f, lab, col) in enumerate(pair)
+        ]
+        only = "" if len(pair) == 2 else f" (only {pair[0][1]})"
+        means = "; ".join(f"{lab} mean {f['mean']:.3g}, std {f['std']:.3g}" for f, lab, _ in pair)
+        layout = {**_density(f"{name}{only}", name, [0, 1], [1])["layout"], **layout_extra}
+        figs.append({"id": f"feature-{i}", "alt": f"{name}{only}: {means}", "data": data, "layout": layout})
+    return figs

@@ -61,6 +61,8 @@ class ModelVersion(models.Model):
     # recovery job re-queues the version then; see ota.services.recover_stuck_validations).
     validation_task_id = models.CharField(max_length=64, blank=True, default="")
     validation_deadline = models.DateTimeField(null=True, blank=True)
+    lineage = models.JSONField(default=dict, blank=True, help_text="meta and links set at upload (ota.lineage)")
+    lineage_text = models.TextField(blank=True, default="", help_text="lineage flattened for search")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -88,3 +90,23 @@ class Variant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} [{self.kind}]"
+
+
+class Alias(models.Model):
+    """A name (``production``, ``staging``, …) that points at one version of one model; moving it is audited."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=32)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="aliases")
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "name"], name="alias_one_per_model"),
+            models.CheckConstraint(condition=models.Q(name__regex=r"^[a-z][a-z0-9-]{0,31}$"), name="alias_name_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.name}"

@@ -6,6 +6,9 @@ the names the model was exported with instead, when its ONNX metadata has them:
 - ``features``: comma-separated names of the first input's columns, in order (``rms,peak,kurtosis``);
 - ``classes``: comma-separated names of the output classes (``normal,imbalance,bearing_fault``).
 
+A model without ``features`` metadata gets its names from the reference .csv's headers when they named
+a single 2-D input's columns (``reference_columns`` in the validation report).
+
 The metadata comes from whoever uploaded the model, so names pass ``edgefleet.display.safe_label``
 (no markup reaches a chart) and a list of the wrong length is ignored rather than misnaming columns.
 """
@@ -28,12 +31,15 @@ def _names(text: Any) -> list[str]:
 
 
 def feature_names(report: dict | None) -> dict[str, str]:
-    """``{"input[0]": "rms", …}`` for the first input's columns; {} when the model names none."""
+    """``{"input[0]": "rms", …}`` for the first input's columns: from the model's metadata, else from the
+    reference .csv's column headers (``reference_columns``, kept by validation); {} when neither names them."""
     report = report or {}
     meta = report.get("metadata") if isinstance(report.get("metadata"), dict) else {}
     inputs = report.get("inputs") if isinstance(report.get("inputs"), list) else []
     names = _names(meta.get("features"))
-    if not names or not inputs or not isinstance(inputs[0], dict):
+    if not names:
+        return _reference_columns(report.get("reference_columns"))
+    if not inputs or not isinstance(inputs[0], dict):
         return {}
     first = str(inputs[0].get("name", "input"))
     shape = inputs[0].get("shape")
@@ -41,6 +47,13 @@ def feature_names(report: dict | None) -> dict[str, str]:
     if columns is not None and columns != len(names):
         return {}
     return {f"{first}[{j}]": name for j, name in enumerate(names) if name}
+
+
+def _reference_columns(columns: Any) -> dict[str, str]:
+    if not isinstance(columns, dict) or len(columns) > MAX_NAMES:
+        return {}
+    out = {str(k): safe_label(v) for k, v in columns.items() if isinstance(k, str) and COLUMN.match(k)}
+    return {k: v for k, v in out.items() if v}
 
 
 def class_names(report: dict | None) -> list[str]:

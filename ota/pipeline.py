@@ -169,6 +169,7 @@ def reference_arrays(ref: dict, report: dict, limits: Limits) -> dict:
     from ota import profiles
 
     raw = profiles.load(ref["path"], ref["kind"], limits.reference_max_bytes)
+    report.update(profiles.column_names(raw, report["inputs"], ref["kind"]))  # the pages' feature names
     return profiles.match_inputs(raw, report["inputs"], ref["kind"])
 
 

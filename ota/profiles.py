@@ -231,6 +231,15 @@ def _csv_to_inputs(columns: dict[str, np.ndarray], inputs: list[dict]) -> dict[s
     )
 
 
+def column_names(columns: dict[str, np.ndarray], inputs: list[dict], kind: str) -> dict[str, dict[str, str]]:
+    """``{"reference_columns": {"input[0]": "rms", …}}`` when a .csv's plain headers name a single 2-D input's
+    columns (what ``_csv_to_inputs`` fills in order); {} otherwise. ``ota.names`` shows them on every chart."""
+    if kind != "csv" or any(COLUMN.match(h) for h in columns) or len(inputs) != 1 or len(inputs[0]["shape"]) != 2:
+        return {}
+    name = inputs[0]["name"]
+    return {"reference_columns": {f"{name}[{j}]": str(h)[:40] for j, h in enumerate(columns)}}
+
+
 def feature_profiles(arrays: dict[str, np.ndarray], bins: int = BINS) -> list[dict]:
     features = []
     for name, arr in arrays.items():

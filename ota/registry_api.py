@@ -8,13 +8,13 @@ import re
 from typing import Any, Literal
 
 from django.http import HttpRequest
-from ninja import Query, Schema
+from ninja import Field, Query, Schema
 
 from accounts.api_auth import viewer_auth
 from edgefleet import paging
-from edgefleet.api_fields import Cursor, Limit
+from edgefleet.api_fields import Cursor, Limit, Slug, Text
 from fleet.errors import ProtocolError
-from ota import services
+from ota import search, services
 from ota.api import router
 from ota.models import Model
 
@@ -41,6 +41,9 @@ class ListFilter(Schema):
 
 class VersionFilter(ListFilter):
     status: Literal["validating", "staged", "rejected", "archived"] | None = None
+    q: Text | None = Field(None, description="part of the label, the notes or the lineage (e.g. a git commit)")
+    meta: Text | None = Field(None, description="key=value: lineage meta whose key has exactly this value")
+    alias: Slug | None = Field(None, description="only the version this alias points at")
 
 
 class VersionPage(Schema):
@@ -78,6 +81,10 @@ def list_versions(request: HttpRequest, name: str, filters: Query[VersionFilter]
     qs = model.versions.select_related("model", "artifact")
     if filters.status:
         qs = qs.filter(status=filters.status)
+    try:
+        qs = search.filter_versions(qs, q=filters.q, meta=filters.meta, alias=filters.alias)
+    except search.SearchError as exc:
+        raise ProtocolError(400, "invalid", str(exc), exc.field) from None
     rows, nxt = paging.page(
         qs, name="versions", order=("-created_at", "-id"), cursor=filters.cursor, limit=filters.limit
     )

@@ -36,7 +36,9 @@ from django.utils import timezone
 
 from accounts.audit import record
 from edgefleet.queues import validation_limits
+from ota import lineage as lineage_rules
 from ota import sandbox
+from ota.aliases import release_aliases
 from ota.limits import CRASHED_TWICE, Limits
 from ota.models import Artifact, Model, ModelVersion, Variant
 
@@ -191,6 +193,7 @@ def create_version(
     upload: Any,
     reference: Any = None,
     want_int8: bool = False,
+    lineage: Any = None,
     request: HttpRequest | None = None,
 ) -> ModelVersion:
     """Store an uploaded model (and reference set) and queue its validation.
@@ -200,6 +203,10 @@ def create_version(
     """
     name, label, notes = (name or "").strip().lower(), (label or "").strip(), (notes or "").strip()
     check_fields(name, label, notes)
+    try:
+        lineage = lineage_rules.clean(lineage)
+    except lineage_rules.LineageError as exc:
+        raise RegistryError("bad_lineage", str(exc), exc.path) from None
     if upload is None:
         raise RegistryError("missing_file", "Choose the .onnx model file to upload.", "file")
     if upload.size == 0:
@@ -250,6 +257,8 @@ def create_version(
                 artifact=artifact,
                 reference_artifact=ref_artifact,
                 want_int8=bool(want_int8),
+                lineage=lineage,
+                lineage_text=lineage_rules.search_text(lineage),
                 created_by=user,
                 validation_attempts=1,
                 validation_task_id=str(uuid.uuid4()),
@@ -295,6 +304,7 @@ def archive_version(version: ModelVersion, request: HttpRequest | None = None) -
     version.status = ModelVersion.Status.ARCHIVED
     version.save(update_fields=["status"])
     record("model_version.archive", version, request=request, details={"was": before})
+    release_aliases(version, request=request)
     return version
 
 
@@ -616,6 +626,8 @@ def version_json(version: ModelVersion) -> dict:
         "size": version.artifact.size,
         "created_at": version.created_at.isoformat(),
         "validated_at": version.validated_at.isoformat() if version.validated_at else None,
+        "aliases": sorted(version.aliases.values_list("name", flat=True)),
+        "lineage": version.lineage or {},
         "report": version.report or None,
         "reference_profile": version.reference_profile,
         "variants": [

@@ -10,10 +10,11 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
 from accounts.roles import operator_required, viewer_required
-from ota import charts, services
+from ota import aliases, charts, lineage, search, services, side_by_side
 from ota.models import Model, ModelVersion
 from ota.names import class_names, feature_names
 from ota.uploads import read_upload, truthy
+from telemetry import fleet_latency
 
 
 @viewer_required
@@ -35,8 +36,12 @@ def model_list(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = get_object_or_404(Model, name=name)
-    versions = model.versions.select_related("artifact", "created_by").prefetch_related("variants")
-    return render(request, "ota/model_detail.html", {"model": model, "versions": versions})
+    versions = model.versions.select_related("artifact", "created_by").prefetch_related("variants", "aliases")
+    q = request.GET.get("q", "").strip()[: search.MAX_QUERY]
+    if q:
+        versions = search.filter_versions(versions, q=q)
+    context = {"model": model, "versions": versions, "q": q, "aliases": model.aliases.select_related("version")}
+    return render(request, "ota/model_detail.html", context)
 
 
 def _version(name: str, label: str) -> ModelVersion:
@@ -61,6 +66,12 @@ def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
         "figures": charts.profile_figures(
             version.reference_profile, feature_names(version.report), class_names(version.report)
         ),
+        "aliases": version.aliases.select_related("updated_by"),
+        "alias_suggestions": aliases.SUGGESTED,
+        "meta": (version.lineage or {}).get("meta") or {},
+        "links": lineage.safe_links(version.lineage),
+        "others": version.model.versions.exclude(pk=version.pk).exclude(status=ModelVersion.Status.REJECTED),
+        "fleet_latency": fleet_latency.latency_by_hardware(version.pk),
     }
     return render(request, "ota/version_detail.html", context)
 
@@ -76,6 +87,49 @@ def variant_release(request: HttpRequest, name: str, label: str, kind: str) -> H
         messages.error(request, exc.message)
         return redirect("model-version", name, label)
     return redirect("model-version", name, label)
+
+
+@operator_required
+@require_POST
+def alias_set(request: HttpRequest, name: str, label: str) -> HttpResponse:
+    version = _version(name, label)
+    alias = request.POST.get("alias", "").strip()
+    try:
+        aliases.set_alias(version, alias, request=request)
+        messages.success(request, f"{version.model.name}@{alias} now points at {version.label}.")
+    except aliases.AliasError as exc:
+        messages.error(request, exc.message)
+    return redirect("model-version", name, label)
+
+
+@operator_required
+@require_POST
+def alias_remove(request: HttpRequest, name: str, alias: str) -> HttpResponse:
+    model = get_object_or_404(Model, name=name)
+    back = request.POST.get("back", "")
+    try:
+        aliases.remove_alias(model, alias, request=request)
+        messages.success(request, f"Removed the alias {model.name}@{alias}.")
+    except aliases.AliasError as exc:
+        messages.error(request, exc.message)
+    version = model.versions.filter(label=back).first()
+    return redirect("model-version", name, version.label) if version else redirect("model-detail", name)
+
+
+@viewer_required
+def compare(request: HttpRequest, name: str) -> HttpResponse:
+    """Two versions of one model side by side (``?a=v1&b=v2``; either may be ``@alias``)."""
+    model = get_object_or_404(Model, name=name)
+    refs = {k: request.GET.get(k, "").strip() for k in ("a", "b")}
+    found = {k: aliases.resolve(model, ref) if ref else None for k, ref in refs.items()}
+    choices = model.versions.exclude(status=ModelVersion.Status.REJECTED)
+    missing = [refs[k] for k in ("a", "b") if refs[k] and found[k] is None]
+    context: dict = {"model": model, "choices": choices, "refs": refs, "missing": missing}
+    a, b = found["a"], found["b"]
+    if a is None or b is None or missing:
+        return render(request, "ota/compare.html", context, status=404 if missing else 200)
+    context.update(side_by_side.context(a, b))
+    return render(request, "ota/compare.html", context)
 
 
 @viewer_required
@@ -106,6 +160,7 @@ def _store_upload(request: HttpRequest) -> HttpResponse:
             upload=files.get("file"),
             reference=files.get("reference"),
             want_int8=truthy(post.get("int8")),
+            lineage=post.get("lineage", ""),
             request=request,
         )
     except services.RegistryError as exc:

@@ -17,10 +17,11 @@ from pydantic import ConfigDict
 from accounts.api_auth import operator_auth, viewer_auth
 from accounts.audit import record
 from edgefleet import paging
-from edgefleet.api_fields import Cursor, Limit, Name, Reason, Slug, Text, Word
+from edgefleet.api_fields import Cursor, Limit, Name, Reason, Slug, Text, VersionRef, Word
 from fleet import selectors
 from fleet.errors import ProtocolError
 from fleet.models import Cohort
+from ota import aliases
 from ota.models import ModelVersion
 from rollout import gates as gate_logic
 from rollout import lifecycle, placement, targeting
@@ -42,7 +43,8 @@ class Strict(Schema):
 
 
 def _version(model: str, label: str, field: str = "version") -> ModelVersion:
-    version = ModelVersion.objects.select_related("model", "artifact").filter(model__name=model, label=label).first()
+    """The version a label or an alias (``@production``, or a bare alias name no label has) names."""
+    version = aliases.resolve(model, label)
     if version is None:
         raise ProtocolError(404, "not_found", f"Model '{model}' has no version '{label}'.", field)
     return version
@@ -104,7 +106,7 @@ def _campaign(pk: int) -> Campaign:
 
 class ReleaseIn(Strict):
     model: Slug
-    version: Word
+    version: VersionRef = Field(..., description="a label, or an alias as @production")
     cohort: Slug | None = None
     note: Text = ""
 
@@ -172,7 +174,12 @@ def post_release(request: HttpRequest, payload: ReleaseIn) -> tuple[int, dict[st
         "release.create",
         rel,
         request=request,
-        details={"model": version.model.name, "version": version.label, "cohort": cohort and cohort.name},
+        details={
+            "model": version.model.name,
+            "version": version.label,
+            "cohort": cohort and cohort.name,
+            **({"via": payload.version} if payload.version != version.label else {}),
+        },
     )
     return 201, release_json(rel)
 
@@ -193,7 +200,7 @@ class RequirementsIn(Strict):
 
 class PlanIn(Strict):
     model: Slug
-    version: Word
+    version: VersionRef = Field(..., description="a label, or an alias as @production")
     cohort: Slug | None = Field(None, description="a saved cohort's name")
     selector: Text | None = Field(None, description="or a label selector (a cohort is saved for it)")
     waves: list[WaveIn] = Field(..., min_length=1, max_length=20)
@@ -206,7 +213,9 @@ class CampaignIn(PlanIn):
         None, description="gate name -> threshold; omitted: every gate at its default", max_length=10
     )
     on_failure: Literal["pause", "rollback"] = "rollback"
-    previous_version: Word | None = Field(None, description="default: the cohort's current release")
+    previous_version: VersionRef | None = Field(
+        None, description="label or @alias; default: the cohort's current release"
+    )
     start: bool = Field(False, description="start wave 1 right away")
 
 

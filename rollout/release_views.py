@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from accounts.audit import record
 from accounts.roles import OPERATOR, has_role, viewer_required
 from fleet.models import Cohort
+from ota import aliases
 from ota.models import ModelVersion
 from rollout.models import Release
 from rollout.releases import ReleaseError, create_release
@@ -21,8 +22,7 @@ def releases(request: HttpRequest) -> HttpResponse:
             raise PermissionDenied("This needs the operator role.")
         version = cohort = None
         raw_v, raw_c = request.POST.get("version", ""), request.POST.get("cohort", "")
-        if raw_v.isdigit():
-            version = ModelVersion.objects.select_related("model").filter(pk=int(raw_v)).first()
+        version = aliases.from_form(raw_v)  # a version id, or "model@alias"
         if version is None:
             errors.append("Choose a staged version to release.")
         if raw_c:
@@ -39,13 +39,19 @@ def releases(request: HttpRequest) -> HttpResponse:
                     "release.create",
                     rel,
                     request=request,
-                    details={"model": version.model.name, "version": version.label, "cohort": cohort and cohort.name},
+                    details={
+                        "model": version.model.name,
+                        "version": version.label,
+                        "cohort": cohort and cohort.name,
+                        **({"via": raw_v.strip()} if "@" in raw_v else {}),
+                    },
                 )
                 messages.success(request, f"{version} is now desired for {cohort or 'all devices'}.")
                 return redirect("releases")
     context = {
         "releases": Release.objects.select_related("model", "version", "cohort", "created_by")[:200],
         "versions": ModelVersion.objects.filter(status=ModelVersion.Status.STAGED).select_related("model"),
+        "alias_choices": aliases.choices(),
         "cohorts": Cohort.objects.all(),
         "errors": errors,
     }

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
+from ota import aliases
 from ota.models import ModelVersion
 from rollout import gate_checks, lifecycle, outcome, placement, targeting, variant_rule
 from rollout import gates as gate_logic
@@ -29,10 +30,9 @@ DEFAULT_WAVES_TEXT = "5, 30, 20\n25, 30, 50\n100, 60, 100"
 def _campaign_form_values(data: Any) -> dict[str, Any]:
     """Turn the form's fields into ``create_campaign`` arguments (raises CampaignError on bad input)."""
     CampaignError = lifecycle.CampaignError
-    try:
-        version = ModelVersion.objects.select_related("model").get(pk=int(data.get("version") or 0))
-    except (ValueError, ModelVersion.DoesNotExist) as exc:
-        raise CampaignError("Choose a staged version to roll out.") from exc
+    version = aliases.from_form(data.get("version") or "")  # a version id, or "model@alias"
+    if version is None:
+        raise CampaignError("Choose a staged version to roll out.")
     cohort = None
     if data.get("cohort"):
         try:
@@ -41,10 +41,9 @@ def _campaign_form_values(data: Any) -> dict[str, Any]:
             raise CampaignError("That cohort does not exist.") from exc
     previous = None
     if data.get("previous_version"):
-        try:
-            previous = ModelVersion.objects.get(pk=int(data["previous_version"]))
-        except (ValueError, ModelVersion.DoesNotExist) as exc:
-            raise CampaignError("That previous version does not exist.") from exc
+        previous = aliases.from_form(data["previous_version"])
+        if previous is None:
+            raise CampaignError("That previous version does not exist.")
     gates: dict[str, str] = {}
     for name in gate_logic.GATES:
         value = (data.get(f"gate_{name}") or "").strip()
@@ -87,6 +86,7 @@ def campaign_new(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {
         "versions": ModelVersion.objects.filter(status=ModelVersion.Status.STAGED).select_related("model"),
         "all_versions": ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED).select_related("model"),
+        "alias_choices": aliases.choices(),
         "cohorts": Cohort.objects.all(),
         "gates": [(name, text, default) for name, (text, default) in gate_logic.GATES.items()],
         "form": {"waves": DEFAULT_WAVES_TEXT, "on_failure": "rollback"},
