@@ -30,6 +30,7 @@ from agent.backoff import Backoff
 from agent.client import Client, DownloadIncomplete, Rejected, ServerAway
 from agent.config import AgentConfig, detect_hardware
 from agent.guard import Guard, GuardPolicy, Verdict
+from agent.rounds import Rounds, load_identity, public_key_b64
 from agent.runtime import ModelLoadError, Runtime, SessionPool
 from agent.spool import Spool
 from agent.store import Installed, ManifestMark, ModelStore, atomic_write
@@ -135,6 +136,7 @@ class Agent:
         self.marks = ManifestMark(self.data)
         self.accepted: Accepted | None = self.marks.load()
         self._last_refusal = ""  # the refusal last reported: the same one again is counted, not re-sent
+        self.rounds = Rounds(self.client, load_identity(self.data / "round_identity.key"), self.clock)
         self._load_manifest()
         self._start_runtimes()
         self.windows = WindowLog(self.data / "windows.json")
@@ -197,6 +199,7 @@ class Agent:
             "hardware": hardware,
             "labels": self.cfg.labels,
             "agent_version": __version__,
+            "identity_key": public_key_b64(self.rounds.identity),
         }
         resp = self.client.enroll(body)
         identity = {
@@ -286,8 +289,19 @@ class Agent:
                 self.stats["manifest_expired"] += 1
                 self.etag = None
         finally:
+            self.take_part()
             self.upload()
         return changed
+
+    def take_part(self) -> int:
+        """Answer the phases of open aggregation rounds (agent/rounds.py); never raises, so a round
+        cannot stop a poll. Returns how many messages were sent."""
+        try:
+            return self.rounds.step()
+        except (ServerAway, Rejected) as e:
+            self.stats["rounds_deferred"] += 1
+            log.info("rounds deferred: %s", e)
+            return 0
 
     def _take_manifest(self, doc: dict[str, Any], etag: str | None) -> bool:
         """Check a fetched manifest (agent/verify.py); True when it is new and now the accepted one."""
@@ -553,6 +567,7 @@ class Agent:
                         if not self._names(model):
                             continue  # no layout from the server: a report would only be refused
                         agg = self._new_aggregator(model, version)
+                    self.rounds.window_closed(model, version, w.start, agg)
                     self.spool.put("report", agg.report(privacy, self.np_rng, window=(w.start, w.end)))
                     n += 1
         self.stats["reports_made"] += n

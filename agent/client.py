@@ -127,6 +127,12 @@ class Client:
     def post_telemetry(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
         return self._post_json("/api/v1/telemetry", {"reports": reports})
 
+    def get_json(self, path: str) -> Any:
+        return self._request("GET", path).json()
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._post_json(path, body)
+
     def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST strict JSON. A body that is no JSON at all (NaN, Infinity) is refused here as the
         server would refuse it (400), not mistaken for a network failure and retried forever."""

@@ -17,11 +17,12 @@ from ota.api import router as ota_router
 from rollout.api import router as rollout_router
 from telemetry.alerts_api import router as alerts_router
 from telemetry.api import router as telemetry_router
+from telemetry.rounds_api import router as rounds_router
 
 ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 
 
-DEVICE_PATH = re.compile(r"^/api/v1/(enroll|signing-key|manifest|artifacts/|events|telemetry)")
+DEVICE_PATH = re.compile(r"^/api/v1/(enroll|signing-key|manifest|artifacts/|events|telemetry|rounds)")
 
 
 class WireParser(Parser):
@@ -77,6 +78,7 @@ api = EdgeFleetAPI(
 api.add_router("", fleet_router)
 api.add_router("", ota_router)
 api.add_router("", telemetry_router)
+api.add_router("", rounds_router)
 api.add_router("", rollout_router)
 api.add_router("", fleet_manage_router)
 api.add_router("", alerts_router)

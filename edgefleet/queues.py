@@ -26,6 +26,10 @@ TASKS: dict[str, tuple[str, int | None, int | None]] = {
     "fleet.tasks.flush_presence": (CONTROL, 50, 60),
     "telemetry.rollup_and_drift": (CONTROL, 540, 600),
     "ota.tasks.recover_stuck_validations": (CONTROL, 50, 60),
+    # Secure-aggregation rounds: short steps (one phase of one round), deadlines a poll apart.
+    "telemetry.form_rounds": (CONTROL, 50, 60),
+    "telemetry.advance_rounds": (CONTROL, 50, 60),
+    "telemetry.advance_round": (CONTROL, 50, 60),
     "ota.tasks.validate_version": (VALIDATION, None, None),
     "telemetry.prune_reports": (DEFAULT, 840, 900),
     "ota.tasks.delete_orphan_artifacts": (DEFAULT, 540, 600),

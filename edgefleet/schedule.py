@@ -32,6 +32,8 @@ def entry(task: str, every: int) -> dict:
 BEAT_SCHEDULE: dict = {
     "rollout-evaluate-campaigns": entry("rollout.evaluate_campaigns", GATE_INTERVAL),
     "telemetry-rollup-and-drift": entry("telemetry.rollup_and_drift", 60),
+    "telemetry-form-rounds": entry("telemetry.form_rounds", 30),
+    "telemetry-advance-rounds": entry("telemetry.advance_rounds", 5),
     "telemetry-prune-reports": entry("telemetry.prune_reports", 3600),
     "ota-recover-stuck-validations": entry("ota.tasks.recover_stuck_validations", RECOVERY_INTERVAL),
     "ota-delete-orphan-artifacts": entry("ota.tasks.delete_orphan_artifacts", 3600),

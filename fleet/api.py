@@ -53,6 +53,12 @@ class EnrollIn(Strict):
     hardware: Hardware = Field(default_factory=Hardware)
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     agent_version: str = Field("", max_length=40)
+    identity_key: str = Field(
+        "",
+        max_length=43,
+        pattern=r"^([A-Za-z0-9_-]{43})?$",
+        description="the device's Ed25519 public key (32 bytes, base64url): it signs the device's round keys",
+    )
 
 
 class SigningKey(Strict):
@@ -187,6 +193,7 @@ def enroll(request: HttpRequest, payload: EnrollIn) -> tuple[int, dict[str, Any]
             hardware=payload.hardware.model_dump(),
             labels=payload.labels,
             agent_version=payload.agent_version,
+            identity_key=payload.identity_key,
         )
     except services.EnrollError as e:
         raise ProtocolError(e.status, e.code, e.message, e.field) from e

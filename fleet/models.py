@@ -42,6 +42,12 @@ class Device(models.Model):
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, db_index=True)
     installed = models.JSONField(default=dict, blank=True, help_text="model name -> version label it reports")
+    identity_key = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Ed25519 public key (base64url) the device signs its round keys with; given at enrollment",
+    )
 
     class Meta:
         ordering = ["-enrolled_at", "-id"]

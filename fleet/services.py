@@ -112,7 +112,13 @@ class Enrolled:
 
 
 def enroll(
-    plain_key: str, *, name: str, hardware: dict[str, Any], labels: dict[str, str], agent_version: str
+    plain_key: str,
+    *,
+    name: str,
+    hardware: dict[str, Any],
+    labels: dict[str, str],
+    agent_version: str,
+    identity_key: str = "",
 ) -> Enrolled:
     """Join the fleet with an enrollment key. The key's use is counted in the same transaction."""
     key_hash = hashlib.sha256(plain_key.encode()).hexdigest()
@@ -120,6 +126,8 @@ def enroll(
         labels = validate_labels(labels)
     except ValueError as e:
         raise EnrollError(400, "invalid", str(e), "labels") from e
+    if identity_key and not _ed25519_point(identity_key):
+        raise EnrollError(400, "invalid", "identity_key is not an Ed25519 public key", "identity_key")
     with transaction.atomic():
         key = EnrollmentKey.objects.select_for_update().filter(key_hash=key_hash).first()
         if key is None:
@@ -138,9 +146,23 @@ def enroll(
             token_hash=hash_token(token),
             token_prefix=token[:10],
             enrollment_key=key,
+            identity_key=identity_key,
         )
         EnrollmentKey.objects.filter(pk=key.pk).update(uses=F("uses") + 1)
     return Enrolled(device, token)
+
+
+def _ed25519_point(key_b64: str) -> bool:
+    """Whether a base64url string is a 32-byte Ed25519 public key (the devices' identity keys)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key_b64 + "="))
+    except ValueError:
+        return False
+    return True
 
 
 def revoke_token(device: Device) -> None:

@@ -205,3 +205,110 @@ class Quarantine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.key}: {self.reason[:80]}"
+
+
+class AggRound(models.Model):
+    """One secure-aggregation round: (model version, budget, window, group) and its public parameters.
+
+    What the server keeps is the protocol's minimum (docs/secure-aggregation.md, "Storage"): the
+    configuration every member is told, the phase and its deadline, the member sets U1..U3, the
+    running sum of masked vectors (never one vector on its own) and, after unmasking, the sum only.
+    Key material lives in ``RoundMessage`` rows until the round ends.
+    """
+
+    class Phase(models.TextChoices):
+        ADVERTISE = "advertise"
+        SHARE = "share"
+        MASKED = "masked"
+        UNMASK = "unmask"
+        DONE = "done"
+        FAILED = "failed"
+
+    id = models.CharField(max_length=64, primary_key=True, help_text="public random round id")
+    version = models.ForeignKey("ota.ModelVersion", on_delete=models.CASCADE, related_name="agg_rounds")
+    budget = models.CharField(max_length=16, help_text="drift or health (telemetry.accounting.BUDGETS)")
+    window_start = models.DateTimeField()
+    window_seconds = models.IntegerField()
+    group = models.IntegerField(help_text="group number within (version, budget, window)")
+    n = models.IntegerField()
+    k = models.IntegerField()
+    t = models.IntegerField()
+    vector_length = models.IntegerField()
+    ring_bits = models.IntegerField(default=32)
+    min_survivors = models.IntegerField()
+    graph_seed = models.BinaryField()
+    layout = models.JSONField(help_text="[[name, kind, size, scale], ...]: agent.encoding.Layout")
+    noise_sigma2 = models.CharField(max_length=64, default="0", help_text="each device's noise variance, a fraction")
+    noise_bound = models.IntegerField(default=0)
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.ADVERTISE)
+    deadline = models.DateTimeField(help_text="the current phase closes then (server-set)")
+    reason = models.TextField(blank=True, default="")
+    u1 = models.JSONField(default=list)
+    u2 = models.JSONField(default=list)
+    u3 = models.JSONField(default=list)
+    running_sum = models.BinaryField(null=True, help_text="sum of masked vectors so far (ring bytes)")
+    result = models.JSONField(null=True, help_text="the unmasked group sum (signed integers)")
+    void = models.BooleanField(default=False, help_text="the sum is one no honest group can produce (see reason)")
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "budget", "window_start", "group"], name="agground_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["phase", "deadline"], name="agground_open"),
+            models.Index(fields=["version", "window_start"], name="agground_version_window"),
+        ]
+
+    def __str__(self) -> str:
+        return f"round {self.id} ({self.phase})"
+
+
+class RoundMember(models.Model):
+    """A device's place in a round: operational facts only (index, how far it got, why refused)."""
+
+    round = models.ForeignKey(AggRound, on_delete=models.CASCADE, related_name="members")
+    device = models.ForeignKey("fleet.Device", on_delete=models.CASCADE, related_name="round_memberships")
+    index = models.IntegerField()
+    identity_key = models.BinaryField(help_text="the device's enrolment Ed25519 key when the round was formed")
+    reached = models.CharField(max_length=16, blank=True, default="", help_text="last phase it answered")
+    dropped = models.CharField(max_length=16, blank=True, default="", help_text="phase it went silent in")
+    refusals = models.IntegerField(default=0)
+    last_refusal = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["round", "device"], name="roundmember_device"),
+            models.UniqueConstraint(fields=["round", "index"], name="roundmember_index"),
+        ]
+        indexes = [models.Index(fields=["device", "round"], name="roundmember_by_device")]
+
+    def __str__(self) -> str:
+        return f"{self.round_id}#{self.index}"
+
+
+class RoundMessage(models.Model):
+    """Key material the protocol needs until the round ends, then deleted: a member's signed keys,
+    its dealt shares' commitments, its inbox for a phase (what it must be sent), its revealed shares.
+    Never a masked vector (those go straight into ``AggRound.running_sum``)."""
+
+    class Kind(models.TextChoices):
+        ADVERT = "advert"
+        DEALT = "dealt"
+        INBOX = "inbox"
+        REVEALED = "revealed"
+
+    round = models.ForeignKey(AggRound, on_delete=models.CASCADE, related_name="messages")
+    index = models.IntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    phase = models.CharField(max_length=16, blank=True, default="")
+    payload = models.JSONField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["round", "index", "kind", "phase"], name="roundmessage_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.round_id}#{self.index} {self.kind}"

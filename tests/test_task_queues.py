@@ -17,6 +17,9 @@ CONTROL = {
     "fleet.tasks.flush_presence",
     "telemetry.rollup_and_drift",
     "ota.tasks.recover_stuck_validations",
+    "telemetry.form_rounds",
+    "telemetry.advance_rounds",
+    "telemetry.advance_round",
 }
 
 
