@@ -14,6 +14,7 @@ from ota import charts, services
 from ota.models import Model, ModelVersion
 from ota.names import class_names, feature_names
 from ota.uploads import read_upload, truthy
+from telemetry import policy as privacy_policy
 
 
 @viewer_required
@@ -57,6 +58,7 @@ def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
         "figures": charts.profile_figures(
             version.reference_profile, feature_names(version.report), class_names(version.report)
         ),
+        "privacy_guarantee": privacy_policy.guarantee(privacy_policy.policy_for(version.model)).sentence,
     }
     return render(request, "ota/version_detail.html", context)
 
