@@ -188,7 +188,9 @@ class Guarantee:
             f"private: whatever one device's inputs, outputs, errors and latency were that day, everything "
             f"the server learns from it changes the probability of any conclusion by at most a factor of "
             f"e^{self.epsilon_combined:.2g} ≈ {math.exp(self.epsilon_combined):.3g} (except with probability "
-            f"{self.delta:g}); the server only ever sees sums over at least {settings.EDGEFLEET_MIN_COHORT} devices."
+            f"{self.delta:g}). That is ε = {self.epsilon_drift:.2g} for its inputs and outputs and "
+            f"ε = {self.epsilon_health:.2g} for its errors and latency, composed by Rényi accounting; the server "
+            f"only ever sees sums over at least {settings.EDGEFLEET_MIN_COHORT} devices."
         )
 
 

@@ -41,6 +41,7 @@
       var li = document.createElement("li"); li.textContent = p.reason; li.setAttribute("data-field", p.field);
       problems.appendChild(li);
     });
+    document.getElementById("privacy-check").hidden = !(payload.problems || []).length;
     var nearest = document.getElementById("privacy-nearest");
     nearest.textContent = payload.nearest ? "Nearest setting that works (the figures are for it): " +
       Object.keys(payload.nearest).map(function (k) { return k + " " + payload.nearest[k]; }).join(", ") : "";
