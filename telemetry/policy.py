@@ -155,11 +155,11 @@ def check(model: Model, values: dict[str, Any], fleet: int | None = None) -> tup
 
 
 def refusal(values: dict[str, Any], s: det.Setting, verdict: feasibility.Verdict) -> PolicyError:
-    nearest = (
-        values_of(verdict.nearest, values["group_size"] != 0, values["canary_groups"]) if verdict.nearest else None
-    )
-    if nearest and nearest["group_size"] == verdict.nearest.group_size and values["group_size"] == 0:
-        nearest["group_size"] = 0
+    """The refusal for ``values``; its nearest keeps an explicit group size only where one can work
+    (a fleet below the cohort floor gets the automatic size, 0)."""
+    near = verdict.nearest
+    explicit = values["group_size"] != 0 and near is not None and det.MIN_GROUP <= near.group_size <= near.fleet
+    nearest = values_of(near, explicit, values["canary_groups"]) if near else None
     return PolicyError([(p.field, p.reason) for p in verdict.problems], nearest)
 
 

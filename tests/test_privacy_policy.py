@@ -87,6 +87,17 @@ def test_save_refuses_an_unmeetable_setting_with_reason_and_nearest():
 
 
 @pytest.mark.django_db
+def test_small_fleet_explicit_group_is_refused_and_the_nearest_follows_the_fleet():
+    m = f.model()
+    devices(8)
+    with pytest.raises(policy.PolicyError) as err:
+        policy.save_policy(m, {"group_size": "20"})
+    assert err.value.nearest["group_size"] == 0
+    policy.save_policy(m, err.value.nearest)
+    assert policy.policy_for(m).group_size == 8
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("field", "value"), [("epsilon_drift_day", "x"), ("window_seconds", "59"), ("canary_groups", "4"), ("delta", "nan")]
 )
