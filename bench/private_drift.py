@@ -196,7 +196,7 @@ def run(devices: int, trials: int, seed: int | None, secure_rounds: int) -> dict
     sd_day = det.drift_statistic_sd(s, s.drift_rounds_per_day)
     sd_hour = det.drift_statistic_sd(s, 1)
     false_alarms = hits_day = hits_hour = canary_hits = canary_false = 0
-    for _ in range(trials):
+    for trial in range(trials):  # progress on stderr: a long run's partial counts survive it
         ref_day, ref_hour = bench.drift_day(0.0)
         null_day, _ = bench.drift_day(0.0)
         shift_day, shift_hour = bench.drift_day(0.5)
@@ -205,6 +205,8 @@ def run(devices: int, trials: int, seed: int | None, secure_rounds: int) -> dict
         hits_hour += abs(shift_hour - ref_hour) > z * sd_hour
         canary_hits += bench.canary_fails(0.10)
         canary_false += bench.canary_fails(0.01)
+        done = {"false_alarms": false_alarms, "day": hits_day, "hour": hits_hour, "canary": canary_hits}
+        print(json.dumps({"trial": trial + 1, **done, "canary_false": canary_false}), file=sys.stderr, flush=True)
     hl = bench.health_layout
     full = feasibility.drift_layout_for(s)
     drift_charges = [bench.drift_cal.charge] * s.drift_rounds_per_day
