@@ -185,7 +185,7 @@ class Bench:
         canary, ctrl = arm(c_groups, cn, rate), arm(k_groups, k_n, base)
         effect = canary - ctrl
         sd = det.canary_sd(s, windows, min(max(canary, 0.0), 1.0))
-        return effect > 0.02 and effect / sd > stats.norm.isf(det.GATE_ALPHA)
+        return bool(effect > 0.02 and effect / sd > stats.norm.isf(det.GATE_ALPHA))
 
 
 def run(devices: int, trials: int, seed: int | None, secure_rounds: int) -> dict:
@@ -200,11 +200,11 @@ def run(devices: int, trials: int, seed: int | None, secure_rounds: int) -> dict
         ref_day, ref_hour = bench.drift_day(0.0)
         null_day, _ = bench.drift_day(0.0)
         shift_day, shift_hour = bench.drift_day(0.5)
-        false_alarms += abs(null_day - ref_day) > z * sd_day
-        hits_day += abs(shift_day - ref_day) > z * sd_day
-        hits_hour += abs(shift_hour - ref_hour) > z * sd_hour
-        canary_hits += bench.canary_fails(0.10)
-        canary_false += bench.canary_fails(0.01)
+        false_alarms += int(abs(null_day - ref_day) > z * sd_day)
+        hits_day += int(abs(shift_day - ref_day) > z * sd_day)
+        hits_hour += int(abs(shift_hour - ref_hour) > z * sd_hour)
+        canary_hits += int(bench.canary_fails(0.10))
+        canary_false += int(bench.canary_fails(0.01))
         done = {"false_alarms": false_alarms, "day": hits_day, "hour": hits_hour, "canary": canary_hits}
         print(json.dumps({"trial": trial + 1, **done, "canary_false": canary_false}), file=sys.stderr, flush=True)
     hl = bench.health_layout
