@@ -68,7 +68,7 @@ def test_policy_for_uses_defaults_then_the_saved_policy_over_the_current_fleet()
     assert s.fleet == 30 and s.epsilon_drift_day == 4.0 and s.delta == 1e-6 and s.group_size == 20
     policy.save_policy(m, {"epsilon_drift_day": "2.5", "group_size": "25"}, by="otto")
     s = policy.policy_for(m)
-    assert (s.epsilon_drift_day, s.group_size, s.epsilon_health_day) == (2.5, 25, 5.2)
+    assert (s.epsilon_drift_day, s.group_size, s.epsilon_health_day) == (2.5, 25, 4.9)
     assert PrivacyPolicy.objects.get(model=m).updated_by == "otto"
 
 
