@@ -258,6 +258,18 @@ EDGEFLEET_TELEMETRY_MAX_AGE_SECONDS = env_int("EDGEFLEET_TELEMETRY_MAX_AGE_SECON
 # The most inferences (input rows) per second a device can run: bounds every count in a report.
 EDGEFLEET_TELEMETRY_MAX_INFERENCES_PER_SECOND = env_float("EDGEFLEET_TELEMETRY_MAX_INFERENCES_PER_SECOND", 10_000)
 EDGEFLEET_MIN_COHORT = env_int("EDGEFLEET_MIN_COHORT", 20)
+# Device-level privacy (issue 12, docs/privacy.md): a model's defaults until an operator saves its own.
+# The health budget is the smallest at which a canary of 100 devices whose error rate goes 1 % → 10 %
+# fails its gate within three windows (tests/test_privacy_policy.py pins it), with health rounds only
+# while a wave soaks (three per device-day) and the canary summed as one group.
+EDGEFLEET_PRIVACY_EPSILON_DRIFT_DAY = env_float("EDGEFLEET_PRIVACY_EPSILON_DRIFT_DAY", 4.0)
+EDGEFLEET_PRIVACY_EPSILON_HEALTH_DAY = env_float("EDGEFLEET_PRIVACY_EPSILON_HEALTH_DAY", 4.9)
+EDGEFLEET_PRIVACY_DELTA = env_float("EDGEFLEET_PRIVACY_DELTA", 1e-6)
+EDGEFLEET_PRIVACY_DRIFT_ROUNDS_PER_DAY = env_int("EDGEFLEET_PRIVACY_DRIFT_ROUNDS_PER_DAY", 24)
+EDGEFLEET_PRIVACY_HEALTH_ROUNDS_PER_DAY = env_int("EDGEFLEET_PRIVACY_HEALTH_ROUNDS_PER_DAY", 0)
+EDGEFLEET_PRIVACY_SOAK_ROUNDS = env_int("EDGEFLEET_PRIVACY_SOAK_ROUNDS", 3)
+EDGEFLEET_PRIVACY_CANARY_SIZE = env_int("EDGEFLEET_PRIVACY_CANARY_SIZE", 100)
+EDGEFLEET_PRIVACY_CANARY_GROUPS = env_int("EDGEFLEET_PRIVACY_CANARY_GROUPS", 1)
 EDGEFLEET_TELEMETRY_RETENTION_DAYS = env_int("EDGEFLEET_TELEMETRY_RETENTION_DAYS", 30)
 EDGEFLEET_ROLLUP_SECONDS = env_int("EDGEFLEET_ROLLUP_SECONDS", 3600)  # width of a telemetry rollup window
 EDGEFLEET_STALE_AFTER = env_int("EDGEFLEET_STALE_AFTER", 300)

@@ -15,6 +15,7 @@ from ota.models import Model, ModelVersion
 from ota.names import class_names, feature_names
 from ota.uploads import read_upload, truthy
 from telemetry import fleet_latency
+from telemetry import policy as privacy_policy
 
 
 @viewer_required
@@ -72,6 +73,7 @@ def version_detail(request: HttpRequest, name: str, label: str) -> HttpResponse:
         "links": lineage.safe_links(version.lineage),
         "others": version.model.versions.exclude(pk=version.pk).exclude(status=ModelVersion.Status.REJECTED),
         "fleet_latency": fleet_latency.latency_by_hardware(version.pk),
+        "privacy_guarantee": privacy_policy.guarantee(privacy_policy.policy_for(version.model)).sentence,
     }
     return render(request, "ota/version_detail.html", context)
 

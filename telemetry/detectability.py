@@ -190,9 +190,9 @@ def canary_sd(s: Setting, windows: int, p: float) -> float:
     m_groups = max(s.canary // s.canary_group_size, 1)
     n = min(s.canary_group_size, s.canary)
     scale = float(1 << s.resolution_bits)
-    s2 = health_sigma2_device(s, n)
 
     def arm(devices: int, groups: int, group_n: int) -> float:
+        s2 = health_sigma2_device(s, group_n)  # each arm's groups carry the noise of their own size
         dp = s2 / (scale**2 * group_n * windows)  # per group: n·σ²_dev·W / (M·n·W)²
         sampling = p * (1 - p) / (group_n * windows * s.inferences_per_window)
         return (dp + sampling) * median_variance_factor(groups)

@@ -312,3 +312,28 @@ class RoundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.round_id}#{self.index} {self.kind}"
+
+
+class PrivacyPolicy(models.Model):
+    """A model's device-level privacy setting (issue 12); absent means the ``EDGEFLEET_PRIVACY_*`` defaults.
+
+    Rounds read it through ``telemetry.policy.policy_for(model)`` only; it is checked against the
+    fleet when saved (``telemetry.feasibility``), so a stored policy could be met when it was saved.
+    """
+
+    model = models.OneToOneField("ota.Model", on_delete=models.CASCADE, related_name="privacy_policy")
+    epsilon_drift_day = models.FloatField(help_text="ε per device per day for input/output distributions")
+    epsilon_health_day = models.FloatField(help_text="ε per device per day for error fraction and latency")
+    delta = models.FloatField()
+    window_seconds = models.IntegerField()
+    group_size = models.IntegerField(default=0, help_text="devices per aggregation group; 0 follows the fleet")
+    drift_rounds_per_day = models.IntegerField()
+    health_rounds_per_day = models.IntegerField(help_text="health rounds a day outside a canary soak")
+    soak_rounds = models.IntegerField(help_text="health rounds a device joins while its wave soaks, per day")
+    canary_size = models.IntegerField(help_text="the canary wave the figures are computed for")
+    canary_groups = models.IntegerField(default=1, help_text="groups the canary wave is summed in (median)")
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ε={self.epsilon_drift_day:g}/{self.epsilon_health_day:g} δ={self.delta:g}"

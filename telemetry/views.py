@@ -1,18 +1,19 @@
-"""Telemetry pages: one model version's drift and health, and the alert list."""
+"""Telemetry pages: one model version's drift and health, the alert list, a model's privacy settings."""
 
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from accounts.audit import record
-from accounts.roles import operator_required, viewer_required
+from accounts.roles import OPERATOR, has_role, operator_required, viewer_required
 from edgefleet import display
-from ota.models import ModelVersion
+from ota.models import Model, ModelVersion
 from ota.names import class_names, feature_names, label
-from telemetry import charts, services
-from telemetry.models import Alert
+from telemetry import charts, policy, services
+from telemetry import detectability as det
+from telemetry.models import Alert, PrivacyLedger
 
 
 @viewer_required
@@ -93,3 +94,92 @@ def alert_resolve(request: HttpRequest, alert_id: int) -> HttpResponse:
     nxt = request.POST.get("next", "")
     safe = url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}, require_https=request.is_secure())
     return redirect(nxt if safe else "telemetry-alerts")
+
+
+def _plan_fleet(request: HttpRequest, actual: int) -> int:
+    """The fleet size the figures are for: the model's own, or a size the operator plans for."""
+    raw = request.GET.get("fleet") or request.POST.get("plan_fleet") or ""
+    try:
+        planned = int(raw)
+    except ValueError:
+        planned = 0
+    if 0 < planned <= 10_000_000:
+        return planned
+    return actual if actual >= det.MIN_GROUP else 1000
+
+
+def _privacy_payload(model: Model, values: dict, fleet: int) -> dict:
+    """Figures, guarantee and verdict for ``values`` over ``fleet`` devices (the page and the preview)."""
+    s, verdict = policy.check(model, values, fleet)
+    payload: dict = {"values": values, "ok": verdict.ok, "problems": [], "nearest": None}
+    if not verdict.ok:
+        err = policy.refusal(values, s, verdict)
+        payload.update(problems=[{"field": f, "reason": r} for f, r in err.problems], nearest=err.nearest)
+        s = verdict.nearest or s
+    payload["figures"] = policy.figures(s)
+    payload["text"] = policy.texts(payload["figures"])
+    payload["guarantee"] = policy.guarantee(s).sentence
+    payload["figures_for_nearest"] = not verdict.ok
+    return payload
+
+
+@viewer_required
+def model_privacy(request: HttpRequest, name: str) -> HttpResponse:
+    """A model's privacy settings: the guarantee, both budgets, what they let the fleet detect."""
+    model = get_object_or_404(Model, name=name)
+    actual = policy.fleet_size(model)
+    values, error, status = policy.stored_values(model), None, 200
+    if request.method == "POST":
+        if not has_role(request.user, OPERATOR):
+            return HttpResponse("Only an operator can change privacy settings.", status=403)
+        try:
+            saved = policy.save_policy(model, request.POST, by=request.user.get_username())
+        except policy.PolicyError as exc:
+            error, status = exc, 400
+            values = {**values, **{k: request.POST.get(k, v) for k, v in values.items()}}
+        else:
+            record("telemetry.privacy.save", saved, request=request, details={"model": model.name, **values})
+            return redirect("model-privacy", name=model.name)
+    try:
+        clean = policy.parse(values, policy.defaults())
+    except policy.PolicyError:
+        clean = policy.stored_values(model)
+    fleet = _plan_fleet(request, actual)
+    payload = _privacy_payload(model, clean, fleet)
+    ledger = Paginator(
+        PrivacyLedger.objects.filter(device__installed__has_key=model.name)
+        .select_related("device")
+        .order_by("-day", "-spent", "device_id"),
+        50,
+    ).get_page(request.GET.get("page"))
+    context = {
+        "model": model,
+        "values": values,
+        "actual_fleet": actual,
+        "fleet": fleet,
+        "payload": payload,
+        "figures": payload["figures"],
+        "error": error,
+        "ledger": ledger,
+        "min_cohort": det.MIN_GROUP,
+        "curve_rows": _curve_rows(payload["figures"]["curve"]),
+    }
+    return render(request, "telemetry/privacy.html", context, status=status)
+
+
+def _curve_rows(curve: dict) -> list[tuple]:
+    def fmt(v: float | None) -> str | None:
+        return f"{v:.2f}" if v is not None else None
+
+    return [(f"{e:g}", fmt(d), fmt(h)) for e, d, h in zip(curve["epsilon"], curve["day"], curve["hour"], strict=True)]
+
+
+@viewer_required
+def model_privacy_preview(request: HttpRequest, name: str) -> JsonResponse:
+    """The figures for values not yet saved (the page refreshes them as the operator types)."""
+    model = get_object_or_404(Model, name=name)
+    try:
+        values = policy.parse(request.GET, policy.stored_values(model))
+    except policy.PolicyError as exc:
+        return JsonResponse({"ok": False, "problems": [{"field": f, "reason": r} for f, r in exc.problems]}, status=400)
+    return JsonResponse(_privacy_payload(model, values, _plan_fleet(request, policy.fleet_size(model))))

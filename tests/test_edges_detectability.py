@@ -201,11 +201,11 @@ def _canary_sd(s: det.Setting, windows: int, p: float) -> float:
         return (dp + p * (1 - p) / (group_n * windows * s.inferences_per_window)) * factor
 
     n = min(s.canary_group_size, s.canary)
-    s2 = _health_s2(s, n)
     control = max(s.fleet - s.canary, s.canary)
+    control_n = min(s.group_size, control)  # the control's groups carry the noise of their own size
     return math.sqrt(
-        arm(max(s.canary // s.canary_group_size, 1), n, s2)
-        + arm(max(control // s.group_size, 1), min(s.group_size, control), s2)
+        arm(max(s.canary // s.canary_group_size, 1), n, _health_s2(s, n))
+        + arm(max(control // s.group_size, 1), control_n, _health_s2(s, control_n))
     )
 
 
