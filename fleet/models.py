@@ -42,6 +42,11 @@ class Device(models.Model):
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, db_index=True)
     installed = models.JSONField(default=dict, blank=True, help_text="model name -> version label it reports")
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="install conditions it last reported: power, network, idle (docs/protocol.md)",
+    )
 
     class Meta:
         ordering = ["-enrolled_at", "-id"]

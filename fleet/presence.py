@@ -58,26 +58,46 @@ def valid_state(models: Any) -> dict[str, str]:
 
 
 def parse_state(header: str | None) -> dict[str, str] | None:
-    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``.
+    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}`` (see ``parse_agent_state``)."""
+    return parse_agent_state(header)[0]
+
+
+def valid_conditions(conditions: Any) -> dict[str, Any]:
+    """What a device may say about its install conditions (rollout/windows.py); ValueError if not."""
+    from rollout.windows import WindowError, valid_reported
+
+    try:
+        return valid_reported(conditions)
+    except WindowError as e:
+        raise ValueError(f"X-Agent-State {e}") from None
+
+
+def parse_agent_state(header: str | None) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """``X-Agent-State: {"models": {"fraud": "v2"}, "conditions": {"power": "external", "network":
+    "unmetered", "idle": true}}`` → ``(models, conditions)``, each None when not sent.
 
     Strictly parsed like a body (fleet/wire.py: ProtocolError naming the header); ValueError if the
-    shape is wrong."""
+    shape is wrong (an unknown key or value, too long, too many entries)."""
     from fleet import wire
 
     if not header:
-        return None
+        return None, None
     if len(header) > MAX_STATE_CHARS:
         raise ValueError(f"X-Agent-State is longer than {MAX_STATE_CHARS} characters")
     data = wire.header_json(header, "X-Agent-State")
-    if not isinstance(data, dict) or set(data) - {"models"}:
-        raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}}')
-    return valid_state(data.get("models", {}))
+    if not isinstance(data, dict) or set(data) - {"models", "conditions"}:
+        raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}, "conditions": {...}}')
+    models = valid_state(data["models"]) if "models" in data else None
+    conditions = valid_conditions(data["conditions"]) if "conditions" in data else None
+    if models is None and conditions is None:
+        models = {}
+    return models, conditions
 
 
 # Polls within a process are buffered for up to EDGEFLEET_PRESENCE_BUFFER_SECONDS (default 1 s) and
 # written to Redis by one background thread in a single pipeline: a poll makes no round trip for
 # presence. A crash loses at most that second of "last seen", which the next poll restores.
-_pending: dict[str, tuple[float, str | None]] = {}
+_pending: dict[str, tuple[float, str | None, str | None]] = {}  # device -> (seen, models, conditions)
 _pending_lock = threading.Lock()
 _flusher: threading.Thread | None = None
 _told: dict[str, tuple[set[str], int]] = {}  # set key -> (members, ttl) to SADD with the next drain
@@ -112,8 +132,13 @@ def _buffer_seconds() -> float:
     return float(getattr(settings, "EDGEFLEET_PRESENCE_BUFFER_SECONDS", 1.0))
 
 
-def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | None = None) -> None:
-    """Note that the device polled now (and what it runs, when it said)."""
+def touch(
+    device_id: uuid.UUID,
+    state: dict[str, str] | None,
+    now: datetime | None = None,
+    conditions: dict[str, Any] | None = None,
+) -> None:
+    """Note that the device polled now (and what it runs, and its install conditions, when it said)."""
     now = now or datetime.now(UTC)
     r = redis_client()
     if r is None:
@@ -122,13 +147,16 @@ def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | No
         fields: dict[str, Any] = {"last_seen_at": now}
         if state is not None:
             fields["installed"] = state
+        if conditions is not None:
+            fields["conditions"] = conditions
         Device.objects.filter(pk=device_id).update(**fields)
         return
     did = str(device_id)
     with _pending_lock:
         previous = _pending.get(did)
         encoded = json.dumps(state) if state is not None else (previous[1] if previous else None)
-        _pending[did] = (now.timestamp(), encoded)
+        cond = json.dumps(conditions) if conditions is not None else (previous[2] if previous else None)
+        _pending[did] = (now.timestamp(), encoded, cond)
     if _buffer_seconds() <= 0:
         drain()
     else:
@@ -169,10 +197,12 @@ def drain() -> int:
         for key, (members, ttl) in told.items():
             pipe.sadd(key, *members)
             pipe.expire(key, ttl)
-        for did, (seen, state) in batch.items():
+        for did, (seen, state, cond) in batch.items():
             mapping: dict[str, Any] = {"seen": seen}
             if state is not None:
                 mapping["state"] = state
+            if cond is not None:
+                mapping["cond"] = cond
             key = hash_key(did)
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, HASH_TTL)
@@ -206,20 +236,25 @@ def flush(batch: int = 5000) -> int:
             return total
         pipe = r.pipeline(transaction=False)
         for did in ids:
-            pipe.hmget(hash_key(did), "seen", "state")
-        seen_only, with_state = [], []
-        for did, (seen, state) in zip(ids, pipe.execute(), strict=True):
+            pipe.hmget(hash_key(did), "seen", "state", "cond")
+        groups: dict[tuple[str, ...], list[Any]] = {}
+        for did, (seen, state, cond) in zip(ids, pipe.execute(), strict=True):
             try:
-                device = _entry(did, seen, state)
+                device = _entry(did, seen, state, cond)
             except (ValueError, TypeError, OverflowError, OSError) as e:
                 logger.warning("presence: skipped the entry of device %r: %s", did[:64], e)
                 continue
             if device is not None:
-                (with_state if state is not None else seen_only).append(device)
-        total += _write(seen_only, ["last_seen_at"]) + _write(with_state, ["last_seen_at", "installed"])
+                fields = (
+                    ("last_seen_at",)
+                    + (("installed",) if state is not None else ())
+                    + (("conditions",) if cond is not None else ())
+                )
+                groups.setdefault(fields, []).append(device)
+        total += sum(_write(devices, list(fields)) for fields, devices in groups.items())
 
 
-def _entry(did: str, seen: bytes | None, state: bytes | None) -> Any:
+def _entry(did: str, seen: bytes | None, state: bytes | None, cond: bytes | None = None) -> Any:
     """The Device row to write for one Redis entry (None: nothing to write); ValueError if it is garbage."""
     from fleet import wire
     from fleet.errors import ProtocolError
@@ -237,6 +272,11 @@ def _entry(did: str, seen: bytes | None, state: bytes | None) -> Any:
             d.installed = valid_state(wire.loads(state))
         except ProtocolError as e:
             raise ValueError(f"state: {e.message}") from None
+    if cond is not None:
+        try:
+            d.conditions = valid_conditions(wire.loads(cond))
+        except ProtocolError as e:
+            raise ValueError(f"conditions: {e.message}") from None
     return d
 
 

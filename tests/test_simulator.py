@@ -141,3 +141,49 @@ def test_idle_and_busy_devices_report_every_window_on_the_grid(live_server: obje
         assert start.microsecond == 0 and start.timestamp() % 2 == 0 and (end - start).total_seconds() == 2
     dup = Report.objects.values("device_id", "version_id", "window_start").annotate(n=Count("id")).filter(n__gt=1)
     assert not dup.exists()  # at most one report per device, version and window
+
+
+def test_a_campaign_waits_for_its_window_and_devices_for_their_conditions(live_server: object, key: str) -> None:
+    """Time compression: the maintenance-window clock starts two simulated minutes before a UTC window
+    opens and runs 60 times as fast; half the fleet is on battery and a metered network for the first
+    five simulated minutes. Nobody installs v2 before the window; the unplugged devices wait longer; every
+    device then installs, passes its probation and commits."""
+    from datetime import UTC, datetime
+
+    from fleet.models import DeviceEvent
+    from rollout import lifecycle
+
+    factories.release(factories.staged_version(label="v1", seed=1))
+    v2 = factories.staged_version(label="v2", seed=2)
+    c = lifecycle.create_campaign(
+        name="nightly", version=v2, cohort=None, waves=[{"percent": 100}], gates={},
+        windows=["daily 01:00-02:00"], window_tz="UTC", conditions={"power": "external", "network": "unmetered"},
+    )  # fmt: skip
+    lifecycle.start(c.pk)
+    sim_start = datetime(2026, 12, 7, 0, 58, tzinfo=UTC).timestamp()
+    s = run_simulation(
+        opts(live_server.url, key, duration=16.0, sim_start=sim_start, fraction=0.5, unplugged_for=300.0, seed=5)
+    )
+    assert s["versions"] == {"fraud:v2": 6}, s
+    assert s["installs_waiting"] > 0 and s["commits"] >= 6
+    events = DeviceEvent.objects.filter(model_name="fraud").order_by("at", "received_at")
+    waits = [e for e in events if e.kind == "install_waiting"]
+    assert {e.device_id for e in waits if "window" in e.details["reasons"]} == {e.device_id for e in events}
+    unplugged = {e.device_id for e in waits if "power" in e.details["reasons"]}
+    assert 0 < len(unplugged) < 6
+    assert all(
+        e.details["power"] == "battery" for e in waits if e.device_id in unplugged and "power" in e.details["reasons"]
+    )
+    for device in {e.device_id for e in events}:
+        mine = [e for e in events if e.device_id == device]
+        first_v2 = next(i for i, e in enumerate(mine) if e.kind == "activated" and e.version_label == "v2")
+        assert any(e.kind == "install_waiting" for e in mine[:first_v2])  # it waited before it installed
+        if device in unplugged:
+            last_power_wait = max(
+                i for i, e in enumerate(mine) if e.kind == "install_waiting" and "power" in e.details["reasons"]
+            )
+            assert last_power_wait < first_v2
+        assert any(e.kind == "committed" and e.version_label == "v2" for e in mine[first_v2:])
+    from rollout import progress
+
+    assert progress.committed_count(c) == 6
