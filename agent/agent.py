@@ -401,7 +401,8 @@ class Agent:
         if self._waiting.get(model) == key:
             return
         self._waiting[model] = key
-        self.event("install_waiting", model, version, reasons=",".join(reasons), **conditions)
+        clock = int(self.install_clock())  # the clock the window was read on (the simulator compresses it)
+        self.event("install_waiting", model, version, reasons=",".join(reasons), clock=clock, **conditions)
 
     # -- probation ----------------------------------------------------------------------------------
     def _start_probation(self, model: str, inst: Installed) -> None:

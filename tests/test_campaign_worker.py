@@ -26,6 +26,7 @@ def report(device, version, errors: float, inferences: float = 1000.0, slow: boo
     now = timezone.now()
     latency = [0.0] * N_BINS
     latency[6 if slow else 3] = inferences  # 50-100 ms when slow, else 5-10 ms
+    committed(device, version)
     return Report.objects.create(
         id=uuid.uuid4(),
         device=device,
@@ -41,6 +42,17 @@ def report(device, version, errors: float, inferences: float = 1000.0, slow: boo
         epsilon=1.0,
         received_at=now,
     )
+
+
+def committed(device, version) -> None:
+    """The device's agent passed probation on ``version`` (a wave counts committed devices)."""
+    from fleet.models import DeviceEvent
+
+    DeviceEvent.objects.get_or_create(
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"committed:{device.pk}:{version.pk}"),
+        defaults=dict(device=device, kind="committed", at=timezone.now(), model_name=version.model.name,
+                      version_label=version.label),
+    )  # fmt: skip
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:
