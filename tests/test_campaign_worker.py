@@ -3,6 +3,7 @@
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -122,12 +123,15 @@ def test_worker_rolls_back_a_regressing_version_and_devices_go_back(celery_worke
     failed = {g["name"] for g in decision.numbers["gates"] if g["verdict"] == "fail"}
     assert failed == {"error_rate", "latency_p95"} and decision.actor_label == "system"
     assert AuditEntry.objects.filter(action="campaign.rollback", actor_label="system").exists()
-    # the bump after commit reached the resolver: every targeted device desires v1 again
-    assert all(
-        manifest.desired_for(DeviceSnapshot(id=d.pk, labels=d.labels, hardware=d.hardware, rev="r"))[0].version.label
-        == "v1"
-        for d in canary
-    )
+
+    # the bump after commit reaches the resolver (within EDGEFLEET_EPOCH_CHECK_SECONDS): every targeted
+    # device desires v1 again
+    def label(d: Any) -> str:
+        return manifest.desired_for(DeviceSnapshot(id=d.pk, labels=d.labels, hardware=d.hardware, rev="r"))[
+            0
+        ].version.label
+
+    wait_for(lambda: all(label(d) == "v1" for d in canary), timeout=10.0)
 
 
 def test_two_racing_evaluations_act_once(celery_worker, fleet) -> None:
