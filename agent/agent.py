@@ -25,6 +25,7 @@ import numpy as np
 import requests
 
 from agent import __version__
+from agent import conditions as install_rules
 from agent.aggregate import LATENCY_EDGES_MS, WindowAggregator
 from agent.backoff import Backoff
 from agent.client import Client, DownloadIncomplete, Rejected, ServerAway
@@ -101,9 +102,15 @@ class Agent:
         fault: Fault | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        conditions: Callable[[], dict[str, Any]] | None = None,
+        install_clock: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = config
         self.clock = clock  # wall-clock epoch seconds: telemetry windows lie on its grid
+        # the clock maintenance windows are read on (the simulator compresses it; telemetry's stays real)
+        self.install_clock = install_clock or clock
+        # what the host says about power, network and idleness now (agent/conditions.py)
+        self.conditions_source = conditions or (lambda: self.cfg.conditions or {})
         self.data = config.data_dir
         self.data.mkdir(parents=True, exist_ok=True)
         self.identity_path = self.data / "identity.json"
@@ -137,6 +144,9 @@ class Agent:
         self.accepted: Accepted | None = self.marks.load()
         self._last_refusal = ""  # the refusal last reported: the same one again is counted, not re-sent
         self.rounds = Rounds(self.client, load_identity(self.data / "round_identity.key"), self.clock)
+        self._waiting: dict[str, str] = {}  # model -> "version:reasons" last reported as install_waiting
+        self.probation_path = self.data / "probation.json"
+        self.probation: dict[str, dict[str, Any]] = self._read_json(self.probation_path) or {}
         self._load_manifest()
         self._start_runtimes()
         self.windows = WindowLog(self.data / "windows.json")
@@ -244,6 +254,8 @@ class Agent:
         """Do what is due now; return the seconds until something is due again."""
         now = time.monotonic()
         self.roll_window_if_due()
+        if self.probation:
+            self.check_probation()
         until_window = max(0.05, self.window.end - self.clock())
         if now < self.next_net_at:
             return min(self.next_net_at - now, until_window)
@@ -263,8 +275,22 @@ class Agent:
         self.next_net_at = time.monotonic() + delay
         return min(delay, until_window)
 
+    def conditions(self) -> dict[str, Any]:
+        """The install conditions now, as the host reports them (unknown keys and values dropped)."""
+        try:
+            return install_rules.clean(self.conditions_source())
+        except Exception:  # a host callback that fails reports nothing (and so meets no requirement)
+            log.warning("install conditions unavailable", exc_info=True)
+            return {}
+
     def agent_state(self) -> dict[str, Any]:
-        return {"models": {m: inst.version for m in self.store.state if (inst := self.store.active(m))}}
+        state: dict[str, Any] = {
+            "models": {m: inst.version for m in self.store.state if (inst := self.store.active(m))}
+        }
+        conditions = self.conditions()
+        if conditions:
+            state["conditions"] = conditions
+        return state
 
     def poll_once(self) -> bool:
         """Fetch the manifest, apply it, then send the spool. True when a new manifest was accepted.
@@ -356,18 +382,71 @@ class Agent:
 
     # -- updates ------------------------------------------------------------------------------------
     def apply(self, manifest: dict[str, Any]) -> None:
+        conditions: dict[str, Any] | None = None
         for entry in manifest.get("models", []):
             name, art = entry["model"], entry["artifact"]
             fb = entry.get("fallback")
             act = self.store.active(name)
             blocked = self.store.blocked(name)
             if act and act.sha256 == art["sha256"]:
+                self._waiting.pop(name, None)
                 continue
+            if entry.get("install") is not None and art["sha256"] not in blocked:
+                if conditions is None:
+                    conditions = self.conditions()
+                reasons = install_rules.waiting_for(entry["install"], conditions, self.install_clock())
+                if reasons:  # outside its window or conditions: what runs keeps running
+                    self._note_waiting(name, entry["version"], reasons, conditions)
+                    fb_sha = (fb or {}).get("artifact", {}).get("sha256")
+                    if act is None and fb_sha and fb_sha not in blocked:  # a new device runs the release meanwhile
+                        self.install(name, fb["version"], fb.get("version_id"), fb["artifact"])
+                    continue
+            self._waiting.pop(name, None)
             if art["sha256"] not in blocked and self.install(name, entry["version"], entry.get("version_id"), art):
                 continue
             fb_sha = (fb or {}).get("artifact", {}).get("sha256")
             if fb_sha and fb_sha not in blocked and (not act or act.sha256 != fb_sha):
                 self.install(name, fb["version"], fb.get("version_id"), fb["artifact"])
+
+    def _note_waiting(self, model: str, version: str, reasons: list[str], conditions: dict[str, Any]) -> None:
+        """Report ``install_waiting`` once per version and set of reasons (not every poll)."""
+        self.stats["installs_waiting"] += 1
+        key = f"{version}:{','.join(reasons)}"
+        if self._waiting.get(model) == key:
+            return
+        self._waiting[model] = key
+        clock = int(self.install_clock())  # the clock the window was read on (the simulator compresses it)
+        self.event("install_waiting", model, version, reasons=",".join(reasons), clock=clock, **conditions)
+
+    # -- probation ----------------------------------------------------------------------------------
+    def _start_probation(self, model: str, inst: Installed) -> None:
+        self.probation[model] = {"version": inst.version, "sha256": inst.sha256, "since": self.clock(), "n": 0}
+        self._save_probation()
+
+    def _save_probation(self) -> None:
+        atomic_write(self.probation_path, json.dumps(self.probation).encode())
+
+    def check_probation(self, model: str | None = None) -> None:
+        """Commit each version whose probation is over: ``commit_after_inferences`` inferences or
+        ``commit_after_seconds`` on it without a fallback. Reports ``committed``."""
+        p = self.guard_policy
+        with self.lock:
+            for name in [model] if model else list(self.probation):
+                prob = self.probation.get(name)
+                if prob is None:
+                    continue
+                act = self.store.active(name)
+                if act is None or act.sha256 != prob.get("sha256"):
+                    self.probation.pop(name, None)  # it fell back or was replaced: nothing to commit
+                    self._save_probation()
+                    continue
+                seconds = self.clock() - float(prob.get("since", 0))
+                if prob.get("n", 0) >= p.commit_after_inferences or seconds >= p.commit_after_seconds:
+                    self.probation.pop(name, None)
+                    self._save_probation()
+                    self.stats["commits"] += 1
+                    self.event("committed", name, act.version, inferences=int(prob.get("n", 0)),
+                               seconds=round(seconds, 1))  # fmt: skip
 
     def install(self, model: str, version: str, version_id: int | None, art: dict[str, Any]) -> bool:
         """Download, verify, install, load, smoke-test and activate one version. True if it is active."""
@@ -413,6 +492,7 @@ class Agent:
             self.store.activate(model, inst)
             self._set_runtime(model, rt)
             self.guards.setdefault(model, Guard(self.guard_policy)).switched()
+            self._start_probation(model, inst)
         self.stats["installs"] += 1
         self.event("activated", model, version, previous=previous.version if previous else None)
         return True
@@ -430,6 +510,8 @@ class Agent:
         """Go back to the previous version on disk without asking the server; report ``fell_back``."""
         with self.lock:
             cur, prev = self.store.active(model), self.store.previous(model)
+            if self.probation.pop(model, None) is not None:  # a fallback ends probation uncommitted
+                self._save_probation()
             if cur:
                 self.store.block(model, cur.sha256, f"local guard: {verdict.reason}")
             if prev is None:
@@ -481,6 +563,10 @@ class Agent:
                 verdict = guard.observe(error is None, latency)
                 if verdict.fall_back:
                     self._fall_back(model, verdict)
+                elif error is None and model in self.probation:
+                    self.probation[model]["n"] = self.probation[model].get("n", 0) + 1
+                    if self.probation[model]["n"] >= self.guard_policy.commit_after_inferences:
+                        self.check_probation(model)
         if error:
             raise error
         return out

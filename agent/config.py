@@ -34,6 +34,9 @@ class AgentConfig:
     ort_threads: int = 1
     # Seconds the device's clock may run ahead of the server's before a manifest reads as expired.
     clock_skew: float = 3600.0
+    # Install conditions the host reports when it cannot say better (agent/conditions.py): e.g.
+    # {"power": "external", "network": "unmetered", "idle": true}. None: none reported.
+    conditions: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -28,6 +28,10 @@ class GuardPolicy:
     max_error_rate: float = 0.5  # with no baseline at all, this much is a failure by itself
     latency_ratio: float = 3.0  # p90 of new vs p90 of baseline
     latency_margin_ms: float = 20.0
+    # Probation: a new version is committed (reported ``committed``) after this many inferences or
+    # this many seconds on it without a fallback, whichever comes first (docs/agent.md).
+    commit_after_inferences: int = 200
+    commit_after_seconds: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,16 @@ class SimOptions:
     seed: int = 0
     summary_every: float = 5.0
     guard_min_samples: int = 50
+    # probation (agent/guard.py): commit after this many inferences, or this many simulated seconds
+    commit_after_inferences: int = 6
+    commit_after_seconds: float = 600.0
+    # maintenance windows are read on a simulated clock: it starts at this epoch second (None: now)
+    # and runs ``speed`` times as fast as the wall clock (telemetry windows keep the real clock)
+    sim_start: float | None = None
+    # install conditions: touched devices (``fraction``) report power "battery" and a metered network
+    # until this many simulated seconds have passed, then external power and unmetered (0: never);
+    # every other device reports external power, unmetered and idle throughout
+    unplugged_for: float = 0.0
     quiet: bool = False
 
 
@@ -190,8 +200,28 @@ def _fault(opts: SimOptions, rng: random.Random) -> Any:
     return fault
 
 
+def sim_clock(opts: SimOptions) -> Any:
+    """The simulated wall clock of maintenance windows: ``sim_start`` + elapsed × ``speed``."""
+    origin, start = time.monotonic(), opts.sim_start if opts.sim_start is not None else time.time()
+    return lambda: start + (time.monotonic() - origin) * opts.speed
+
+
+def _conditions(opts: SimOptions, touched: bool, clock: Any) -> Any:
+    plugged = {"power": "external", "network": "unmetered", "idle": True}
+    unplugged = {"power": "battery", "network": "metered", "idle": True}
+    begin = clock()
+
+    def now() -> dict[str, Any]:
+        if touched and opts.unplugged_for and clock() - begin < opts.unplugged_for:
+            return unplugged
+        return plugged
+
+    return now
+
+
 def build_fleet(opts: SimOptions, root: Path, pool: SessionPool) -> list[VirtualDevice]:
     rng = random.Random(opts.seed)
+    clock = sim_clock(opts)
     mix = parse_mix(opts.mix)
     devices = []
     for i in range(opts.devices):
@@ -221,9 +251,15 @@ def build_fleet(opts: SimOptions, root: Path, pool: SessionPool) -> list[Virtual
             pool=pool,
             client_cls=SimClient,
             http=http,
-            guard_policy=GuardPolicy(min_samples=opts.guard_min_samples),
+            guard_policy=GuardPolicy(
+                min_samples=opts.guard_min_samples,
+                commit_after_inferences=opts.commit_after_inferences,
+                commit_after_seconds=opts.commit_after_seconds / opts.speed,
+            ),
             fault=_fault(opts, random.Random(rng.random())),
             seed=opts.seed * 7919 + i,
+            conditions=_conditions(opts, touched, clock),
+            install_clock=clock,
         )
         if touched and opts.scenario == "crash-download":
             agent.client.crash_downloads = 1
@@ -264,6 +300,8 @@ def summarize(devices: list[VirtualDevice], started: float, opts: SimOptions, po
         "server_away": stats["server_away"],
         "installs": stats["installs"],
         "fallbacks": stats["fallbacks"],
+        "commits": stats["commits"],
+        "installs_waiting": stats["installs_waiting"],
         "downloads_failed": stats["downloads_failed"],
         "downloads_resumed": stats["downloads_resumed"],
         "artifacts_refused": stats["artifacts_refused"],
@@ -381,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary-every", type=float, default=5.0)
     ap.add_argument("--summary-file")
+    ap.add_argument("--commit-after", type=int, default=6, help="inferences of probation before committed")
+    ap.add_argument("--sim-start", type=float, help="epoch second the maintenance-window clock starts at")
+    ap.add_argument("--unplugged-for", type=float, default=0.0, help="simulated s touched devices are on battery")
     a = ap.parse_args(argv)
     if a.scenario == "regression" and not a.regress_version:
         ap.error("--scenario regression needs --regress-version")
@@ -410,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=a.data_dir,
             seed=a.seed,
             summary_every=a.summary_every,
+            commit_after_inferences=a.commit_after,
+            sim_start=a.sim_start,
+            unplugged_for=a.unplugged_for,
         )
     )
     text = json.dumps(summary, indent=2)

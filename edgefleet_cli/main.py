@@ -166,7 +166,30 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         body["selector" if looks_like_selector else "cohort"] = args.cohort
     if args.provider or args.min_storage_mb:
         body["requirements"] = {"provider": args.provider, "min_storage_mb": args.min_storage_mb or 0}
+    if args.window:
+        body["windows"] = list(args.window)  # checked by the server (400 naming "windows")
+    if args.window_tz:
+        body["window_tz"] = args.window_tz
+    if args.require:
+        body["conditions"] = parse_require(args.require)
     return body
+
+
+REQUIRE_WORDS = {"power": ("power", "external"), "unmetered": ("network", "unmetered"), "idle": ("idle", True)}
+
+
+def parse_require(texts: list[str]) -> dict[str, Any]:
+    """``--require power,unmetered --require idle`` → the API's ``conditions``."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        for word in (w.strip().lower() for w in text.replace(" ", ",").split(",")):
+            if not word:
+                continue
+            if word not in REQUIRE_WORDS:
+                raise SystemExit(f"edgefleet: --require {word!r}: use power, unmetered or idle")
+            key, value = REQUIRE_WORDS[word]
+            out[key] = value
+    return out
 
 
 def gate_line(status: dict[str, Any]) -> str:
@@ -178,9 +201,16 @@ def progress_line(c: dict[str, Any]) -> str:
     p = c.get("progress") or {}
     wave = c.get("wave")
     percent = c["waves"][wave - 1]["percent"] if wave else 0
+    waiting = p.get("waiting") or {}
+    wait = ""
+    if waiting.get("devices"):
+        why = ", ".join(f"{k} {v}" for k, v in waiting.items() if k != "devices" and v)
+        wait = f", {waiting['devices']} waiting ({why})"
     return (
         f"wave {wave or '-'}/{len(c['waves'])} ({percent:g}%): {p.get('on_version', 0)} of {p.get('targeted', 0)} "
-        f"targeted devices on {c['version']}, {p.get('install_failed', 0)} failed installs; gates: {gate_line(c)}"
+        f"targeted devices on {c['version']}, {p.get('committed', 0)} committed, "
+        f"{p.get('install_failed', 0)} failed installs, {p.get('not_committed', 0)} never committed{wait}; "
+        f"gates: {gate_line(c)}"
     )
 
 
@@ -194,42 +224,83 @@ def failed_gates(numbers: dict[str, Any]) -> str:
     )
 
 
+TERMINAL = {"completed": "complete", "rolled_back": "rollback", "aborted": "abort"}
+TRANSIENT = (408, 425, 429, 500, 502, 503, 504)
+
+
+def _settled(api: Client, cid: int, state: str) -> tuple[str, dict[str, Any]] | None:
+    """The campaign's final state and the decision that made it, read after the state was seen.
+
+    Decided from the stored state and the decision *of that kind* (not whatever "last decision" a
+    racing read returned): a rollback is always exit 2, however the reads interleave under load.
+    None: not settled (running, or paused by a person: the rollout may still resume)."""
+    kind = TERMINAL.get(state)
+    if kind is None and state != "paused":
+        return None
+    c = api.get(f"/campaigns/{cid}")  # again: the state seen may have moved on (paused -> rolled back)
+    state = c["state"]
+    kind = TERMINAL.get(state, "pause" if state == "paused" else None)
+    if kind is None:
+        return None
+    decisions = list(api.pages(f"/campaigns/{cid}/decisions", kind=kind))
+    decision = decisions[-1] if decisions else (c.get("last_decision") or {})
+    if state == "paused" and decision.get("actor") != "system":
+        return None  # paused by a person: keep following
+    return state, decision
+
+
 def watch(api: Client, args: argparse.Namespace, cid: int) -> int:
-    """Stream decisions and progress until the campaign ends; the exit code says how it ended."""
+    """Stream decisions and progress until the campaign ends; the exit code says how it ended.
+
+    A transient failure of the server (timeout, 429, 5xx) while following is retried until the
+    timeout: under load a slow answer must not turn a rollback into "cannot reach the server"."""
     deadline = time.monotonic() + args.timeout
     last_id, last_line = 0, ""
     while True:
-        for d in api.pages(f"/campaigns/{cid}/decisions", after=last_id):
-            last_id = d["id"]
-            if d["kind"] == "hold" and not args.verbose:
-                continue
-            who = "" if d["actor"] == "system" else f" by {d['actor']}"
-            wave = d["numbers"].get("wave")
-            say(f"{d['at'][11:19]} {d['kind']}{who}" + (f" (wave {wave})" if wave else "") +
-                (f": {d['reason']}" if d["reason"] else ""))  # fmt: skip
-        c = api.get(f"/campaigns/{cid}")
-        line = progress_line(c)
-        if line != last_line:
-            say("  " + line)
-            last_line = line
-        state, last = c["state"], c.get("last_decision") or {}
-        if state == "completed":
-            say(f"completed: {c['model']}:{c['version']} is the release for {c['cohort'] or 'every device'}")
-            return OK
-        if state == "rolled_back" or (state == "paused" and last.get("actor") == "system"):
-            what = "rolled back" if state == "rolled_back" else "paused"
-            warn(f"{what}: {last.get('reason') or 'no reason given'}")
-            detail = failed_gates(last.get("numbers") or {})
-            if detail:
-                warn(f"  {detail}")
-            return REGRESSED
-        if state == "aborted":
-            warn(f"aborted: {last.get('reason') or ''}".rstrip(": "))
-            return FAILED
+        try:
+            for d in api.pages(f"/campaigns/{cid}/decisions", after=last_id):
+                last_id = d["id"]
+                if d["kind"] == "hold" and not args.verbose:
+                    continue
+                who = "" if d["actor"] == "system" else f" by {d['actor']}"
+                wave = d["numbers"].get("wave")
+                say(f"{d['at'][11:19]} {d['kind']}{who}" + (f" (wave {wave})" if wave else "") +
+                    (f": {d['reason']}" if d["reason"] else ""))  # fmt: skip
+            c = api.get(f"/campaigns/{cid}")
+            line = progress_line(c)
+            if line != last_line:
+                say("  " + line)
+                last_line = line
+            settled = _settled(api, cid, c["state"])
+        except (Unreachable, ApiError) as exc:
+            if isinstance(exc, ApiError) and exc.status not in TRANSIENT:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            warn(f"edgefleet: {exc}; retrying")
+            time.sleep(args.interval)
+            continue
+        if settled is not None:
+            return _report_end(c, *settled)
         if time.monotonic() > deadline:
-            warn(f"timed out after {args.timeout:g} s; campaign {cid} is {state}")
+            warn(f"timed out after {args.timeout:g} s; campaign {cid} is {c['state']}")
             return TIMEOUT
         time.sleep(args.interval)
+
+
+def _report_end(c: dict[str, Any], state: str, decision: dict[str, Any]) -> int:
+    if state == "completed":
+        say(f"completed: {c['model']}:{c['version']} is the release for {c['cohort'] or 'every device'}")
+        return OK
+    if state in ("rolled_back", "paused"):
+        what = "rolled back" if state == "rolled_back" else "paused"
+        warn(f"{what}: {decision.get('reason') or 'no reason given'}")
+        detail = failed_gates(decision.get("numbers") or {})
+        if detail:
+            warn(f"  {detail}")
+        return REGRESSED
+    warn(f"aborted: {decision.get('reason') or ''}".rstrip(": "))
+    return FAILED
 
 
 def cmd_rollout(api: Client, args: argparse.Namespace) -> int:
@@ -244,6 +315,10 @@ def cmd_rollout(api: Client, args: argparse.Namespace) -> int:
             say(f"  excluded ({reason}): {n}")
         for w in dry["waves"]:
             say(f"  wave {w['number']} ({w['percent']:g}%): {w['devices']} devices")
+        waiting = dry.get("waiting") or {}
+        if waiting.get("devices"):
+            why = ", ".join(f"{k} {v}" for k, v in waiting.items() if k != "devices" and v)
+            say(f"  waiting now for a window or a condition: {waiting['devices']} ({why})")
         return OK
     if args.gate:
         gates = {}
@@ -262,6 +337,8 @@ def cmd_rollout(api: Client, args: argparse.Namespace) -> int:
     )
     if args.previous:
         body["previous_version"] = args.previous
+    if args.commit_minutes is not None:
+        body["commit_minutes"] = args.commit_minutes
     c = api.post("/campaigns", body)
     say(f"campaign {c['id']} “{c['name']}” started: wave 1 of {len(c['waves'])} ({c['waves'][0]['percent']:g}%)")
     if args.json and not args.wait:
@@ -400,6 +477,14 @@ def build_parser() -> Parser:
     ro.add_argument("--previous", help="the version to roll back to (default: the cohort's release)")
     ro.add_argument("--provider", help="require this onnxruntime execution provider")
     ro.add_argument("--min-storage-mb", type=float, default=0)
+    ro.add_argument(
+        "--window",
+        action="append",
+        help="maintenance window (repeat), e.g. 'mon-fri 01:00-05:00'; devices install only inside",
+    )
+    ro.add_argument("--window-tz", help="'device' (default: each device's tz label, else UTC) or a zone, e.g. UTC")
+    ro.add_argument("--require", action="append", help="install conditions: power, unmetered, idle (comma separated)")
+    ro.add_argument("--commit-minutes", type=float, help="an installed device must commit within this (default 60)")
     ro.add_argument("--dry-run", action="store_true", help="only show how many devices each wave reaches")
     ro.add_argument("--wait", action="store_true", help="follow until complete (0), rolled back or paused (2)")
     ro.add_argument("--timeout", type=float, default=24 * 3600)

@@ -87,6 +87,26 @@ class FallbackOut(Strict):
     artifact: ArtifactOut
 
 
+class InstallWindow(Strict):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]]
+    start: str = Field(..., description="HH:MM, wall-clock time in tz")
+    end: str = Field(..., description="HH:MM (24:00 = end of day); not after start: the span crosses midnight")
+
+
+class InstallConditions(Strict):
+    power: Literal["external"] | None = None
+    network: Literal["unmetered"] | None = None
+    idle: Literal[True] | None = None
+
+
+class InstallRules(Strict):
+    """When the agent may install this entry's version (docs/protocol.md, "Install windows and conditions")."""
+
+    windows: list[InstallWindow] | None = None
+    tz: str | None = Field(None, description="the zone the windows are read in (the device's tz label, else UTC)")
+    conditions: InstallConditions | None = None
+
+
 class ModelEntry(Strict):
     model: str
     version: str
@@ -97,6 +117,7 @@ class ModelEntry(Strict):
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     telemetry: dict[str, Any]
+    install: InstallRules | None = Field(None, description="only present for a campaign with windows or conditions")
 
 
 class Privacy(Strict):
@@ -145,6 +166,8 @@ EventKind = Literal[
     "installed",
     "install_failed",
     "activated",
+    "committed",
+    "install_waiting",
     "fell_back",
     "spool_dropped",
 ]
@@ -178,7 +201,8 @@ MANIFEST_HEADERS = [
         "name": "X-Agent-State",
         "required": False,
         "schema": {"type": "string"},
-        "description": 'what runs now: {"models": {"<model>": "<version label>"}}',
+        "description": 'what runs now and the install conditions: {"models": {"<model>": "<version label>"}, '
+        '"conditions": {"power": "external"|"battery", "network": "unmetered"|"metered"|"none", "idle": true|false}}',
     },
     {"in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"}},
 ]
@@ -235,11 +259,11 @@ def _bearer(request: HttpRequest) -> str:
 
 def _manifest(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        state = presence.parse_state(request.headers.get("X-Agent-State"))
+        state, conditions = presence.parse_agent_state(request.headers.get("X-Agent-State"))
     except ValueError as e:
         raise ProtocolError(400, "invalid", str(e), "X-Agent-State") from e
     ready = manifests.poll(token, charge=getattr(request, "edge_charge", None))
-    presence.touch(ready.device_id, state)
+    presence.touch(ready.device_id, state, conditions=conditions)
     if request.headers.get("If-None-Match") == ready.etag:
         resp = HttpResponse(status=304)
     else:

@@ -48,6 +48,11 @@ class Device(models.Model):
         default="",
         help_text="Ed25519 public key (base64url) the device signs its round keys with; given at enrollment",
     )
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="install conditions it last reported: power, network, idle (docs/protocol.md)",
+    )
 
     class Meta:
         ordering = ["-enrolled_at", "-id"]

@@ -59,26 +59,46 @@ def valid_state(models: Any) -> dict[str, str]:
 
 
 def parse_state(header: str | None) -> dict[str, str] | None:
-    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}``.
+    """``X-Agent-State: {"models": {"fraud": "v2"}}`` → ``{"fraud": "v2"}`` (see ``parse_agent_state``)."""
+    return parse_agent_state(header)[0]
+
+
+def valid_conditions(conditions: Any) -> dict[str, Any]:
+    """What a device may say about its install conditions (rollout/windows.py); ValueError if not."""
+    from rollout.windows import WindowError, valid_reported
+
+    try:
+        return valid_reported(conditions)
+    except WindowError as e:
+        raise ValueError(f"X-Agent-State {e}") from None
+
+
+def parse_agent_state(header: str | None) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """``X-Agent-State: {"models": {"fraud": "v2"}, "conditions": {"power": "external", "network":
+    "unmetered", "idle": true}}`` → ``(models, conditions)``, each None when not sent.
 
     Strictly parsed like a body (fleet/wire.py: ProtocolError naming the header); ValueError if the
-    shape is wrong."""
+    shape is wrong (an unknown key or value, too long, too many entries)."""
     from fleet import wire
 
     if not header:
-        return None
+        return None, None
     if len(header) > MAX_STATE_CHARS:
         raise ValueError(f"X-Agent-State is longer than {MAX_STATE_CHARS} characters")
     data = wire.header_json(header, "X-Agent-State")
-    if not isinstance(data, dict) or set(data) - {"models"}:
-        raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}}')
-    return valid_state(data.get("models", {}))
+    if not isinstance(data, dict) or set(data) - {"models", "conditions"}:
+        raise ValueError('X-Agent-State must be {"models": {"<model>": "<version>"}, "conditions": {...}}')
+    models = valid_state(data["models"]) if "models" in data else None
+    conditions = valid_conditions(data["conditions"]) if "conditions" in data else None
+    if models is None and conditions is None:
+        models = {}
+    return models, conditions
 
 
 # Polls within a process are buffered for up to EDGEFLEET_PRESENCE_BUFFER_SECONDS (default 1 s) and
 # written to Redis by one background thread in a single pipeline: a poll makes no round trip for
 # presence. A crash loses at most that second of "last seen", which the next poll restores.
-_pending: dict[str, tuple[float, str | None]] = {}
+_pending: dict[str, tuple[float, str | None, str | None]] = {}  # device -> (seen, models, conditions)
 _pending_lock = threading.Lock()
 _drain_lock = threading.Lock()
 _flusher: threading.Thread | None = None
@@ -114,8 +134,13 @@ def _buffer_seconds() -> float:
     return float(getattr(settings, "EDGEFLEET_PRESENCE_BUFFER_SECONDS", 1.0))
 
 
-def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | None = None) -> None:
-    """Note that the device polled now (and what it runs, when it said)."""
+def touch(
+    device_id: uuid.UUID,
+    state: dict[str, str] | None,
+    now: datetime | None = None,
+    conditions: dict[str, Any] | None = None,
+) -> None:
+    """Note that the device polled now (and what it runs, and its install conditions, when it said)."""
     now = now or datetime.now(UTC)
     r = redis_client()
     if r is None:
@@ -124,13 +149,16 @@ def touch(device_id: uuid.UUID, state: dict[str, str] | None, now: datetime | No
         fields: dict[str, Any] = {"last_seen_at": now}
         if state is not None:
             fields["installed"] = state
+        if conditions is not None:
+            fields["conditions"] = conditions
         Device.objects.filter(pk=device_id).update(**fields)
         return
     did = str(device_id)
     with _pending_lock:
         previous = _pending.get(did)
         encoded = json.dumps(state) if state is not None else (previous[1] if previous else None)
-        _pending[did] = (now.timestamp(), encoded)
+        cond = json.dumps(conditions) if conditions is not None else (previous[2] if previous else None)
+        _pending[did] = (now.timestamp(), encoded, cond)
     if _buffer_seconds() <= 0:
         drain()
     else:
@@ -176,10 +204,12 @@ def _drain(r: Any) -> int:
         for key, (members, ttl) in told.items():
             pipe.sadd(key, *members)
             pipe.expire(key, ttl)
-        for did, (seen, state) in batch.items():
+        for did, (seen, state, cond) in batch.items():
             mapping: dict[str, Any] = {"seen": seen}
             if state is not None:
                 mapping["state"] = state
+            if cond is not None:
+                mapping["cond"] = cond
             key = hash_key(did)
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, HASH_TTL)
@@ -233,18 +263,19 @@ def flush(batch: int = FLUSH_BATCH) -> int:
     return total
 
 
-Row = tuple[uuid.UUID, datetime, str | None]  # device id, last seen, state as JSON (None: not reported)
+# device id, last seen, installed state and install conditions as JSON (None: not reported)
+Row = tuple[uuid.UUID, datetime, str | None, str | None]
 
 
 def _flush_round(r: Any, raw_ids: list[bytes]) -> int:
     ids = [i.decode("utf-8", "replace") for i in raw_ids]
     pipe = r.pipeline(transaction=False)
     for did in ids:
-        pipe.hmget(hash_key(did), "seen", "state")
+        pipe.hmget(hash_key(did), "seen", "state", "cond")
     rows: list[Row] = []
-    for did, (seen, state) in zip(ids, pipe.execute(), strict=True):
+    for did, (seen, state, cond) in zip(ids, pipe.execute(), strict=True):
         try:
-            row = _entry(did, seen, state)
+            row = _entry(did, seen, state, cond)
         except (ValueError, TypeError, OverflowError, OSError) as e:
             logger.warning("presence: skipped the entry of device %r: %s", did[:64], e)
             continue
@@ -253,7 +284,7 @@ def _flush_round(r: Any, raw_ids: list[bytes]) -> int:
     return _write(rows)
 
 
-def _entry(did: str, seen: bytes | None, state: bytes | None) -> Row | None:
+def _entry(did: str, seen: bytes | None, state: bytes | None, cond: bytes | None = None) -> Row | None:
     """The row to write for one Redis entry (None: nothing to write); ValueError if it is garbage."""
     from fleet import wire
     from fleet.errors import ProtocolError
@@ -270,7 +301,13 @@ def _entry(did: str, seen: bytes | None, state: bytes | None) -> Row | None:
             encoded = json.dumps(valid_state(wire.loads(state)), separators=(",", ":"))
         except ProtocolError as e:
             raise ValueError(f"state: {e.message}") from None
-    return device_id, datetime.fromtimestamp(when, UTC), encoded
+    conditions = None
+    if cond is not None:
+        try:
+            conditions = json.dumps(valid_conditions(wire.loads(cond)), separators=(",", ":"))
+        except ProtocolError as e:
+            raise ValueError(f"conditions: {e.message}") from None
+    return device_id, datetime.fromtimestamp(when, UTC), encoded, conditions
 
 
 def _write(rows: list[Row]) -> int:
@@ -321,10 +358,12 @@ def _store_rows(rows: list[Row]) -> None:
 
     from fleet.models import Device
 
-    for device_id, seen, state in rows:
+    for device_id, seen, state, conditions in rows:
         fields: dict[str, Any] = {"last_seen_at": seen}
         if state is not None:
             fields["installed"] = json.loads(state)
+        if conditions is not None:
+            fields["conditions"] = json.loads(conditions)
         Device.objects.filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lte=seen), pk=device_id).update(**fields)
 
 
@@ -339,26 +378,27 @@ def _store_copy(connection: Any, rows: list[Row]) -> None:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    for device_id, seen, state in rows:
-        w.writerow((str(device_id), seen.isoformat(), "" if state is None else state))
+    for device_id, seen, state, conditions in rows:
+        w.writerow((str(device_id), seen.isoformat(), state or "", conditions or ""))
     buf.seek(0)
     table = connection.ops.quote_name(Device._meta.db_table)
     with connection.cursor() as cur:
         cur.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_COPY_TABLE} (id uuid, seen timestamptz, state jsonb) "
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_COPY_TABLE} (id uuid, seen timestamptz, state jsonb, cond jsonb) "
             "ON COMMIT DELETE ROWS"
         )
         # Empty even inside an outer transaction (where no commit has emptied it): a row of an earlier
         # round left here would join the UPDATE too, and which of two rows wins is unspecified.
         cur.execute(f"TRUNCATE {_COPY_TABLE}")
         raw = cur.cursor  # the driver's cursor: COPY is not in the DB-API
-        sql = f"COPY {_COPY_TABLE} (id, seen, state) FROM STDIN WITH (FORMAT csv)"
+        sql = f"COPY {_COPY_TABLE} (id, seen, state, cond) FROM STDIN WITH (FORMAT csv)"
         if hasattr(raw, "copy_expert"):  # psycopg2
             raw.copy_expert(sql, buf)
         else:  # psycopg 3
             with raw.copy(sql) as copy:
                 copy.write(buf.getvalue())
         cur.execute(
-            f"UPDATE {table} AS d SET last_seen_at = t.seen, installed = COALESCE(t.state, d.installed) "
+            f"UPDATE {table} AS d SET last_seen_at = t.seen, installed = COALESCE(t.state, d.installed), "
+            "conditions = COALESCE(t.cond, d.conditions) "
             f"FROM {_COPY_TABLE} AS t WHERE d.id = t.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= t.seen)"
         )

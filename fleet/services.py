@@ -1,6 +1,7 @@
 """What operators and devices do to the fleet: plain values in, one transaction each."""
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from fleet.models import Cohort, Device, DeviceEvent, EnrollmentKey
 KEY_PREFIX = "efk_"
 MAX_LABELS = 32
 INSTALL_KINDS = ("installed", "activated", "fell_back")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)  # a version label, as the device API takes it
 
 
 class DeviceGone(Exception):
@@ -334,6 +336,15 @@ def _store_events(device_id: uuid.UUID, rows: list[DeviceEvent], sent: int) -> t
             device = Device.objects.select_for_update().only("installed").get(pk=device_id)
             installed = dict(device.installed or {})
             for r in activations:
-                installed[r.model_name] = r.version_label
+                if r.kind == "fell_back":
+                    # the event names the version that failed; the device now runs the one it fell back *to*
+                    # (details "to"; None or absent: nothing runs any more)
+                    to = (r.details or {}).get("to")
+                    if isinstance(to, str) and LABEL.fullmatch(to):
+                        installed[r.model_name] = to
+                    else:
+                        installed.pop(r.model_name, None)
+                else:
+                    installed[r.model_name] = r.version_label
             Device.objects.filter(pk=device_id).update(installed=installed)
     return len(newly), sent - len(newly)

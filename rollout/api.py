@@ -8,7 +8,7 @@ an overlapping campaign), ``invalid`` (400, naming the field, e.g. ``waves``), `
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
 from ninja import Field, Path, Query, Router, Schema
@@ -24,7 +24,8 @@ from fleet.models import Cohort
 from ota import aliases
 from ota.models import ModelVersion
 from rollout import gates as gate_logic
-from rollout import lifecycle, placement, targeting
+from rollout import lifecycle, placement, targeting, waiting
+from rollout import windows as window_rules
 from rollout.evaluation import min_cohort
 from rollout.models import Campaign, CampaignDecision, Release
 from rollout.progress import install_progress
@@ -198,6 +199,12 @@ class RequirementsIn(Strict):
     min_storage_mb: float = Field(0, ge=0, le=10_000_000, allow_inf_nan=False)
 
 
+class ConditionsIn(Strict):
+    power: Literal["external"] | None = Field(None, description="install only on external power")
+    network: Literal["unmetered"] | None = Field(None, description="install only on an unmetered network")
+    idle: Literal[True] | None = Field(None, description="install only while the device is idle")
+
+
 class PlanIn(Strict):
     model: Slug
     version: VersionRef = Field(..., description="a label, or an alias as @production")
@@ -205,6 +212,15 @@ class PlanIn(Strict):
     selector: Text | None = Field(None, description="or a label selector (a cohort is saved for it)")
     waves: list[WaveIn] = Field(..., min_length=1, max_length=20)
     requirements: RequirementsIn | None = None
+    windows: list[Annotated[str, Field(min_length=1, max_length=window_rules.MAX_WINDOW_TEXT)]] = Field(
+        default_factory=list,
+        max_length=window_rules.MAX_WINDOWS,
+        description="maintenance windows, e.g. 'mon-fri 01:00-05:00' (none: any time)",
+    )
+    window_tz: str = Field(
+        "device", min_length=1, max_length=64, description="'device' (each device's tz label, else UTC) or an IANA zone"
+    )
+    conditions: ConditionsIn | None = Field(None, description="install conditions devices must report")
 
 
 class CampaignIn(PlanIn):
@@ -217,6 +233,13 @@ class CampaignIn(PlanIn):
         None, description="label or @alias; default: the cohort's current release"
     )
     start: bool = Field(False, description="start wave 1 right away")
+    commit_minutes: float = Field(
+        60,
+        ge=1,
+        le=10_080,
+        allow_inf_nan=False,
+        description="an installed device not committed by then failed",
+    )
 
 
 class DecisionOut(Schema):
@@ -241,6 +264,10 @@ class CampaignOut(Schema):
     waves: list[dict[str, Any]]
     gates: dict[str, float]
     requirements: dict[str, Any]
+    windows: list[dict[str, Any]]
+    window_tz: str
+    conditions: dict[str, Any]
+    commit_minutes: float
     wave: int | None = Field(..., description="current wave, 1-based (None before start)")
     created_by: str | None
     created_at: datetime
@@ -307,6 +334,10 @@ class DryRunOut(Schema):
     excluded: dict[str, int]
     waves: list[dict[str, Any]]
     campaign_id: int | None
+    waiting: dict[str, int] = Field(
+        default_factory=dict,
+        description="compatible devices that would wait now: for a window, or per unmet install condition",
+    )
 
 
 def decision_json(d: CampaignDecision) -> dict[str, Any]:
@@ -333,6 +364,10 @@ def campaign_json(c: Campaign) -> dict[str, Any]:
         "waves": c.waves,
         "gates": c.gates,
         "requirements": c.requirements or {},
+        "windows": c.windows or [],
+        "window_tz": c.window_tz,
+        "conditions": c.conditions or {},
+        "commit_minutes": c.commit_minutes,
         "wave": c.wave_index + 1 if c.wave_index >= 0 else None,
         "created_by": c.created_by.get_username() if c.created_by else None,
         "created_at": c.created_at,
@@ -374,7 +409,38 @@ def _plan(payload: PlanIn, request: HttpRequest) -> dict[str, Any]:
     by_name = payload.cohort
     cohort = _cohort_by_name(by_name) if by_name else cohort_for_selector(payload.selector or "", request)
     requirements = {k: v for k, v in (payload.requirements.model_dump() if payload.requirements else {}).items() if v}
-    return {"version": version, "cohort": cohort, "waves": waves, "requirements": requirements}
+    try:
+        windows = [w.as_dict() for w in window_rules.parse_windows(payload.windows)]
+    except window_rules.WindowError as exc:
+        raise ProtocolError(400, "invalid", f"windows: {exc}", "windows") from None
+    try:
+        window_rules.validate_tz_mode(payload.window_tz)
+    except window_rules.WindowError as exc:
+        raise ProtocolError(400, "invalid", f"window_tz: {exc}", "window_tz") from None
+    conditions = {k: v for k, v in (payload.conditions.model_dump() if payload.conditions else {}).items() if v}
+    return {
+        "version": version,
+        "cohort": cohort,
+        "waves": waves,
+        "requirements": requirements,
+        "windows": windows,
+        "window_tz": payload.window_tz,
+        "conditions": conditions,
+    }
+
+
+def _dry_run(plan: dict[str, Any], campaign_id: int | None) -> dict[str, Any]:
+    """The dry run of a plan, with the devices that would wait now for a window or a condition."""
+    out = targeting.dry_run(
+        version=plan["version"],
+        cohort=plan["cohort"],
+        waves=plan["waves"],
+        requirements=plan["requirements"],
+        campaign_id=campaign_id,
+        cached=True,
+    ).as_dict()
+    out["waiting"] = waiting.plan_waiting(campaign_id=campaign_id, **{k: v for k, v in plan.items() if k != "waves"})
+    return out
 
 
 @router.get("/campaigns", auth=viewer_auth, response=CampaignPage, summary="Campaigns, newest first")
@@ -414,6 +480,7 @@ def create_campaign(request: HttpRequest, payload: CampaignIn) -> tuple[int, dic
             gates=gates,
             on_failure=payload.on_failure,
             previous_version=previous,
+            commit_minutes=payload.commit_minutes,
             user=request.user,
             request=request,
             **plan,
@@ -437,8 +504,7 @@ def create_campaign(request: HttpRequest, payload: CampaignIn) -> tuple[int, dic
     summary="How many devices each wave of a plan would reach, and who is excluded and why",
 )
 def dry_run_plan(request: HttpRequest, payload: PlanIn) -> dict[str, Any]:
-    plan = _plan(payload, request)
-    return targeting.dry_run(campaign_id=None, cached=True, **plan).as_dict()
+    return _dry_run(_plan(payload, request), None)
 
 
 @router.get(
@@ -459,9 +525,16 @@ def get_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dict[st
 )
 def dry_run_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dict[str, Any]:
     c = _campaign(campaign_id)
-    return targeting.dry_run(
-        version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk, requirements=c.requirements, cached=True
-    ).as_dict()
+    plan = {
+        "version": c.version,
+        "cohort": c.cohort,
+        "waves": c.waves,
+        "requirements": c.requirements,
+        "windows": c.windows,
+        "window_tz": c.window_tz,
+        "conditions": c.conditions,
+    }
+    return _dry_run(plan, c.pk)
 
 
 @router.get(

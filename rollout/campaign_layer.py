@@ -6,10 +6,11 @@ per generation and makes no query per poll (docs/rollout.md, "Manifest layer").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rollout import placement
+from rollout import windows as window_rules
 from rollout.models import Campaign, Release
 from rollout.targeting import requirements_for
 
@@ -28,6 +29,21 @@ class LayerEntry:
     cohort_id: int | None
     covered: int
     requirements: placement.Requirements
+    windows: tuple[dict[str, Any], ...] = ()
+    window_tz: str = window_rules.DEVICE_TZ
+    conditions: tuple[tuple[str, Any], ...] = ()
+
+    def install_rules(self, labels: dict[str, Any]) -> dict[str, Any] | None:
+        """The manifest entry's ``install`` object for a device with these labels (None: install at once)."""
+        if not self.windows and not self.conditions:
+            return None
+        rules: dict[str, Any] = {}
+        if self.windows:
+            rules["windows"] = [dict(w) for w in self.windows]
+            rules["tz"] = window_rules.device_zone(labels, self.window_tz)
+        if self.conditions:
+            rules["conditions"] = dict(self.conditions)
+        return rules
 
 
 def load_layer() -> list[LayerEntry]:
@@ -70,9 +86,22 @@ def load_layer() -> list[LayerEntry]:
                 cohort_id=c.cohort_id,
                 covered=placement.coverage(c.waves, c.wave_index),
                 requirements=requirements_for(c.version, c.requirements),
+                **_install_fields(c),
             )
         )
     return entries
+
+
+def _install_fields(c: Campaign) -> dict[str, Any]:
+    """The campaign's windows and conditions as stored; a row changed into nonsense installs nowhere."""
+    try:
+        windows = tuple(w.as_dict() for w in window_rules.parse_windows(c.windows or []))
+        window_rules.validate_tz_mode(c.window_tz or window_rules.DEVICE_TZ)
+        conditions = tuple(sorted(window_rules.validate_conditions(c.conditions or {}).items()))
+    except window_rules.WindowError:
+        # fail closed: a window the agent cannot read keeps the new version out (agent/conditions.py)
+        return {"windows": ({"days": [], "start": "", "end": ""},), "window_tz": "UTC", "conditions": ()}
+    return {"windows": windows, "window_tz": c.window_tz or window_rules.DEVICE_TZ, "conditions": conditions}
 
 
 def manifest_hook(snapshot: Any, desired: list[Any], state: Any) -> list[Any]:
@@ -95,12 +124,17 @@ def manifest_hook(snapshot: Any, desired: list[Any], state: Any) -> list[Any]:
             if not compatible and current is not None and current.version.id == e.version_id and previous:
                 by_model[e.model] = Desired(e.model, previous, None, None)
                 decided.add(e.model)
+            elif current is not None and current.version.id == e.version_id and current.install is None:
+                # stragglers of a completed campaign still install only in its windows and conditions
+                rules = e.install_rules(snapshot.labels or {})
+                if rules is not None:
+                    by_model[e.model] = replace(current, install=rules)
             continue
         if not compatible or placement.bucket(snapshot.id, e.campaign_id) >= e.covered:
             continue
         decided.add(e.model)
         if e.state in (S.RUNNING, S.PAUSED) and new is not None:
-            by_model[e.model] = Desired(e.model, new, previous, e.campaign_id)
+            by_model[e.model] = Desired(e.model, new, previous, e.campaign_id, e.install_rules(snapshot.labels or {}))
         elif e.state == S.ROLLED_BACK:
             if previous is not None:
                 by_model[e.model] = Desired(e.model, previous, None, e.campaign_id)

@@ -13,10 +13,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import record
-from rollout import cohorts, gate_checks, placement
+from rollout import cohorts, gate_checks, placement, progress
 from rollout import gates as gate_logic
 from rollout.lifecycle import CampaignError, advance, pause, rollback
 from rollout.models import Campaign, CampaignDecision
+from rollout.waiting import soak_seconds
 
 S = Campaign.State
 
@@ -38,7 +39,12 @@ def compare(campaign: Campaign, since: datetime, min_devices: int = 1) -> dict[s
         campaign.previous_version_id,
         since,
         cohort_selector=cohorts.selector_text(campaign.cohort) or None,
-        thresholds={**campaign.gates, "min_devices": gate_logic.statistical_floor(min_devices)},
+        thresholds={
+            **campaign.gates,
+            "min_devices": gate_logic.statistical_floor(min_devices),
+            # success is a commit: installed and not committed within the probation is a failed install
+            "commit_seconds": float(campaign.commit_minutes or 60) * 60,
+        },
     )
 
 
@@ -101,7 +107,16 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     wave = campaign.waves[k]
     elapsed = (now - (campaign.wave_started_at or now)).total_seconds()
     base = {"wave": k + 1, "percent": wave.get("percent"), "elapsed_seconds": round(elapsed, 1)}
-    soaking = gate_logic.readiness(elapsed, wave.get("min_soak_minutes", 0), 10**9, 0)
+    soaked = elapsed
+    if campaign.windows:
+        # the soak clock runs only while a maintenance window is open for some device of the wave
+        soaked = soak_seconds(
+            campaign.cohort, campaign.windows, campaign.window_tz, campaign.wave_started_at or now, now
+        )
+        base["soak_seconds_in_windows"] = round(soaked, 1)
+    soaking = gate_logic.readiness(soaked, wave.get("min_soak_minutes", 0), 10**9, 0)
+    if soaking and campaign.windows and soaked < elapsed:
+        soaking += " (the clock runs only inside the maintenance windows)"
     since = campaign.wave_started_at or now
     if placement.coverage(campaign.waves, k) >= placement.BUCKETS:
         # The whole cohort is on the version: no device is left on the previous one to compare with
@@ -113,13 +128,17 @@ def evaluate_campaign(campaign_id: int, now: datetime | None = None) -> str:
     comparison = compare(campaign, since, int(wave.get("min_devices") or 0))
     outcome = gate_logic.evaluate(campaign.gates, comparison)
     reporting = max((r.n_canary or 0 for r in outcome.rows), default=0)
-    numbers = {**base, "reporting_devices": reporting, **outcome.as_numbers()}
+    committed = progress.committed_count(campaign)
+    numbers = {**base, "reporting_devices": reporting, "committed_devices": committed, **outcome.as_numbers()}
     numbers["gates"] = gate_logic.public_rows(numbers["gates"], min_cohort())
     gate_checks.record(campaign.pk, k, now, numbers, comparison, min_cohort())  # the page's chart
     if soaking and outcome.verdict != gate_logic.FAIL:
         _record_hold(campaign, k, soaking, {**numbers, "verdict": "soaking"})
         return "hold"
-    waiting = gate_logic.readiness(elapsed, 0, reporting, wave.get("min_devices", 0))
+    # a wave counts devices that committed the version (and report), not ones that merely installed it
+    waiting = gate_logic.readiness(elapsed, 0, min(reporting, committed), wave.get("min_devices", 0))
+    if waiting and committed < reporting:
+        waiting = waiting.replace("canary devices report", "canary devices committed and report")
     verdict = gate_logic.NOT_ENOUGH if waiting and outcome.verdict != gate_logic.FAIL else outcome.verdict
     # A failing gate acts even before the soak or min_devices: a regression on few devices is still one.
     what = gate_logic.action(verdict, campaign.on_failure, is_last_wave=k >= len(campaign.waves) - 1)

@@ -21,6 +21,7 @@ from fleet.models import Cohort
 from ota.models import ModelVersion
 from rollout import cohorts, placement, targeting
 from rollout import gates as gate_logic
+from rollout import windows as window_rules
 from rollout.models import Campaign, CampaignDecision, Release
 from rollout.releases import current_release
 
@@ -92,8 +93,16 @@ def create_campaign(
     user: Any = None,
     request: HttpRequest | None = None,
     reserved_id: int | None = None,
+    windows: list[Any] | None = None,
+    window_tz: str = window_rules.DEVICE_TZ,
+    conditions: Mapping[str, Any] | None = None,
+    commit_minutes: float = 60,
 ) -> Campaign:
-    """Create a draft campaign after checking the version, plan, gates and overlap."""
+    """Create a draft campaign after checking the version, plan, gates, windows and overlap.
+
+    ``windows``: texts (``mon-fri 01:00-05:00``) or stored dicts; ``window_tz``: ``device`` or an
+    IANA zone; ``conditions``: what a device must report before it installs (rollout/windows.py);
+    ``commit_minutes``: how long an installed device has to report ``committed``."""
     name = (name or "").strip()
     problems: list[str] = []
     if not name:
@@ -111,6 +120,15 @@ def create_campaign(
         problems.append("The previous version must be a version of the same model.")
     if previous_version is not None and previous_version.pk == version.pk:
         problems.append(f"{version} is already what these devices run.")
+    clean_windows, clean_conditions = [], {}
+    try:
+        clean_windows = [w.as_dict() for w in window_rules.parse_windows(windows or [])]
+        window_rules.validate_tz_mode(window_tz)
+        clean_conditions = window_rules.validate_conditions(conditions)
+    except window_rules.WindowError as e:
+        problems.append(str(e))
+    if not isinstance(commit_minutes, int | float) or not 1 <= commit_minutes <= 7 * 24 * 60:
+        problems.append("Commit within must be between 1 minute and 7 days.")
     if problems:
         raise CampaignError(" ".join(problems))
     clean_waves = [
@@ -134,12 +152,24 @@ def create_campaign(
             gates={k: float(v) for k, v in gates.items()},
             on_failure=on_failure,
             requirements=dict(requirements or {}),
+            windows=clean_windows,
+            window_tz=window_tz,
+            conditions=clean_conditions,
+            commit_minutes=float(commit_minutes),
             created_by=user if getattr(user, "is_authenticated", False) else None,
             **extra,
         )
         actor = _actor(user, request)
         CampaignDecision.objects.create(
-            campaign=campaign, actor_label=actor, kind="create", numbers={"waves": clean_waves, "gates": campaign.gates}
+            campaign=campaign,
+            actor_label=actor,
+            kind="create",
+            numbers={
+                "waves": clean_waves,
+                "gates": campaign.gates,
+                **({"windows": clean_windows, "window_tz": window_tz} if clean_windows else {}),
+                **({"conditions": clean_conditions} if clean_conditions else {}),
+            },
         )
         record(
             "campaign.create",

@@ -111,6 +111,7 @@ class Desired:
     version: VersionInfo
     fallback: VersionInfo | None
     campaign_id: int | None = None
+    install: dict[str, Any] | None = None  # a campaign's windows and conditions (agent/conditions.py)
 
 
 @dataclass
@@ -271,19 +272,20 @@ def manifest_dict(snapshot: DeviceSnapshot, state: State) -> tuple[dict[str, Any
             fart = d.fallback.artifacts[choose_variant(snapshot.hardware, d.fallback.artifacts)]
             named |= {f"v:{d.fallback.id}", f"a:{fart.sha256}"}
             fallback = {"version": d.fallback.label, "version_id": d.fallback.id, "artifact": fart.as_dict()}
-        models.append(
-            {
-                "model": d.model,
-                "version": d.version.label,
-                "version_id": d.version.id,
-                "campaign_id": d.campaign_id,
-                "artifact": art.as_dict(),
-                "fallback": fallback,
-                "inputs": d.version.inputs,
-                "outputs": d.version.outputs,
-                "telemetry": d.version.telemetry,
-            }
-        )
+        entry = {
+            "model": d.model,
+            "version": d.version.label,
+            "version_id": d.version.id,
+            "campaign_id": d.campaign_id,
+            "artifact": art.as_dict(),
+            "fallback": fallback,
+            "inputs": d.version.inputs,
+            "outputs": d.version.outputs,
+            "telemetry": d.version.telemetry,
+        }
+        if d.install is not None:  # only then: manifests of campaigns without windows keep their bytes
+            entry["install"] = d.install
+        models.append(entry)
     manifest = {
         "protocol": PROTOCOL,
         "device_id": str(snapshot.id),

@@ -72,6 +72,22 @@ class Campaign(models.Model):
     requirements = models.JSONField(
         default=dict, blank=True, help_text='extra device requirements: {"provider": "...", "min_storage_mb": 0}'
     )
+    windows = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='maintenance windows (rollout/windows.py): [{"days": ["mon", …], "start": "01:00", "end": "05:00"}]',
+    )
+    window_tz = models.CharField(
+        max_length=64, default="device", help_text="'device' (each device's tz label, else UTC) or an IANA zone"
+    )
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='install conditions: {"power": "external", "network": "unmetered", "idle": true}',
+    )
+    commit_minutes = models.FloatField(
+        default=60, help_text="a device that installed but has not committed within this long counts as failed"
+    )
     gate_report = models.JSONField(default=dict, blank=True, help_text="the latest gate evaluation, for the page")
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -1,16 +1,81 @@
-"""Where a campaign's targeted devices are: on the version, still on the previous one, or elsewhere,
-and how many failed to install it. For the campaign page and the API's status; the gate job does not
-read it.
+"""Where a campaign's targeted devices are: on the version, still on the previous one, or elsewhere;
+how many committed it (their agent's probation passed), failed to install it or never committed it;
+and how many wait for a maintenance window or an install condition. For the campaign page and the
+API's status; the gate job reads only ``committed_count`` (a wave counts committed devices).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
-from fleet.models import Device
-from rollout import cohorts, placement, targeting
+from django.utils import timezone
+
+from fleet.models import Device, DeviceEvent
+from rollout import cohorts, placement, targeting, waiting
 from rollout.models import Campaign
+
+
+def _outcome_events(campaign: Campaign) -> Any:
+    since = campaign.started_at or campaign.created_at
+    return DeviceEvent.objects.filter(
+        model_name=campaign.model.name, version_label=campaign.version.label, at__gte=since
+    )
+
+
+def committed_count(campaign: Campaign) -> int:
+    """Devices that reported ``committed`` for the campaign's version since it started."""
+    return _outcome_events(campaign).filter(kind="committed").values("device_id").distinct().count()
+
+
+def commit_outcomes(campaign: Campaign, now: datetime | None = None) -> dict[str, int]:
+    """Per device, its latest outcome with the version: ``committed``, ``probation`` (installed, within
+    ``commit_minutes``), ``not_committed`` (installed longer ago without a commit: a failure),
+    ``fell_back`` (its local guard gave the version up: a failure)."""
+    now = now or timezone.now()
+    deadline = now - timedelta(minutes=float(campaign.commit_minutes or 60))
+    latest: dict[Any, tuple[str, datetime]] = {}
+    rows = _outcome_events(campaign).filter(kind__in=["installed", "committed", "fell_back"])
+    for dev, kind, at in rows.order_by("at", "received_at").values_list("device_id", "kind", "at").iterator():
+        latest[dev] = (kind, at)
+    out = Counter({"committed": 0, "probation": 0, "not_committed": 0, "fell_back": 0})
+    for kind, at in latest.values():
+        if kind == "installed":
+            out["probation" if at >= deadline else "not_committed"] += 1
+        else:
+            out[kind] += 1
+    return dict(out)
+
+
+def waiting_now(campaign: Campaign, now: datetime | None = None) -> dict[str, int]:
+    """Reached devices not on the version that wait for a window or a condition now (empty: no rules)."""
+    if not waiting.has_rules(campaign.windows, campaign.conditions) or campaign.wave_index < 0:
+        return {}
+    return waiting.waiting_counts(
+        cohort=campaign.cohort,
+        campaign_id=campaign.pk,
+        covered=placement.coverage(campaign.waves, campaign.wave_index),
+        req=targeting.requirements_for(campaign.version, campaign.requirements),
+        model=campaign.model.name,
+        label=campaign.version.label,
+        windows=campaign.windows,
+        window_tz=campaign.window_tz,
+        conditions=campaign.conditions,
+        now=now or timezone.now(),
+    )
+
+
+def _with_outcomes(campaign: Campaign, counts: dict[str, Any]) -> dict[str, Any]:
+    outcomes = commit_outcomes(campaign)
+    counts.update(
+        committed=outcomes["committed"],
+        probation=outcomes["probation"],
+        not_committed=outcomes["not_committed"],
+        fell_back=outcomes["fell_back"],
+        waiting=waiting_now(campaign),
+    )
+    return counts
 
 
 def install_progress(campaign: Campaign, cached: bool = False) -> dict[str, Any]:
@@ -43,7 +108,7 @@ def install_progress(campaign: Campaign, cached: bool = False) -> dict[str, Any]
         if ids
         else 0
     )
-    return {"targeted": len(ids), "excluded": excluded, "install_failed": failed, **counts}
+    return _with_outcomes(campaign, {"targeted": len(ids), "excluded": excluded, "install_failed": failed, **counts})
 
 
 def _install_progress_grouped(campaign: Campaign, cached: bool) -> dict[str, Any]:
@@ -73,4 +138,6 @@ def _install_progress_grouped(campaign: Campaign, cached: bool) -> dict[str, Any
             counts["on_previous"] += n
         else:
             counts["other"] += n
-    return {"targeted": targeted, "excluded": dict(excluded), "install_failed": failed, **counts}
+    return _with_outcomes(
+        campaign, {"targeted": targeted, "excluded": dict(excluded), "install_failed": failed, **counts}
+    )

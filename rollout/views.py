@@ -15,8 +15,9 @@ from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
 from ota import aliases
 from ota.models import ModelVersion
-from rollout import gate_checks, lifecycle, outcome, placement, targeting, variant_rule
+from rollout import gate_checks, lifecycle, outcome, placement, targeting, variant_rule, waiting
 from rollout import gates as gate_logic
+from rollout import windows as window_rules
 from rollout.charts import chart_series
 from rollout.evaluation import min_cohort
 from rollout.models import Campaign
@@ -57,6 +58,24 @@ def _campaign_form_values(data: Any) -> dict[str, Any]:
     if (data.get("provider") or "").strip():
         requirements["provider"] = data["provider"].strip()
     reserved = data.get("reserved_id")
+    try:
+        windows = [w.as_dict() for w in window_rules.parse_windows(_lines(data.get("windows", "")))]
+        window_tz = window_rules.validate_tz_mode((data.get("window_tz") or "").strip() or window_rules.DEVICE_TZ)
+    except window_rules.WindowError as exc:
+        raise CampaignError(str(exc)) from exc
+    conditions = {
+        key: value
+        for field, (key, value) in {
+            "require_power": ("power", "external"),
+            "require_unmetered": ("network", "unmetered"),
+            "require_idle": ("idle", True),
+        }.items()
+        if data.get(field)
+    }
+    try:
+        commit_minutes = float(data.get("commit_minutes") or 60)
+    except ValueError as exc:
+        raise CampaignError("Commit within must be a number of minutes.") from exc
     return {
         "name": data.get("name", ""),
         "version": version,
@@ -67,7 +86,15 @@ def _campaign_form_values(data: Any) -> dict[str, Any]:
         "previous_version": previous,
         "requirements": requirements,
         "reserved_id": int(reserved) if str(reserved or "").isdigit() else None,
+        "windows": windows,
+        "window_tz": window_tz,
+        "conditions": conditions,
+        "commit_minutes": commit_minutes,
     }
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 @viewer_required
@@ -124,9 +151,18 @@ def campaign_preview(request: HttpRequest) -> HttpResponse:
             requirements=values["requirements"],
             cached=True,
         )
+        waiting_now = waiting.plan_waiting(
+            version=values["version"],
+            cohort=values["cohort"],
+            requirements=values["requirements"],
+            windows=values["windows"],
+            window_tz=values["window_tz"],
+            conditions=values["conditions"],
+            campaign_id=values["reserved_id"],
+        )
     except lifecycle.CampaignError as err:
         return render(request, "rollout/campaign_dry_run.html", {"error": str(err)})
-    context = {"dry": dry, "reasons": _reasons(dry.excluded), "variant_rule": variant_rule.RULE}
+    context = {"dry": dry, "reasons": _reasons(dry.excluded), "variant_rule": variant_rule.RULE, "waiting": waiting_now}
     return render(request, "rollout/campaign_dry_run.html", context)
 
 
@@ -162,8 +198,18 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         "decisions": decisions,
         "exclusions": _reasons(campaign.exclusions or {}),
         "variant_rule": variant_rule.RULE,
+        "windows_text": [window_rules.window_from_dict(w).text() for w in campaign.windows or [] if _readable(w)],
+        "conditions_text": window_rules.conditions_text(campaign.conditions or {}),
         "allowed": {a for a, states in lifecycle.ALLOWED_FROM.items() if campaign.state in states},
     }
+
+
+def _readable(window: Any) -> bool:
+    try:
+        window_rules.window_from_dict(window)
+        return True
+    except window_rules.WindowError:
+        return False
 
 
 def _campaign(pk: int) -> Campaign:
@@ -185,7 +231,16 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
             requirements=campaign.requirements,
             cached=True,
         )
-        context.update(dry=dry, reasons=_reasons(dry.excluded))
+        waiting_now = waiting.plan_waiting(
+            version=campaign.version,
+            cohort=campaign.cohort,
+            requirements=campaign.requirements,
+            windows=campaign.windows,
+            window_tz=campaign.window_tz,
+            conditions=campaign.conditions,
+            campaign_id=campaign.pk,
+        )
+        context.update(dry=dry, reasons=_reasons(dry.excluded), waiting=waiting_now)
     return render(request, "rollout/campaign_detail.html", context)
 
 

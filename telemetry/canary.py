@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -187,26 +187,41 @@ def canary_vs_control(
     return out
 
 
-def _install_rate(version_id: int, since: datetime, until: datetime | None, device_ids: set | None) -> tuple:
+def _install_rate(
+    version_id: int,
+    since: datetime,
+    until: datetime | None,
+    device_ids: set | None,
+    commit_seconds: float | None = None,
+) -> tuple:
     """``(devices whose latest install of the version failed, devices with an install outcome, their ids)``.
 
     Per device, not per event: one device sending a thousand failure events is still one device.
+    With ``commit_seconds`` (a campaign's probation, rollout/progress.py) success is a *commit*: a
+    device that fell back, or installed and has not reported ``committed`` within that long, failed.
     """
+    from django.utils import timezone
+
     v = ModelVersion.objects.select_related("model").get(pk=version_id)
-    qs = DeviceEvent.objects.filter(
-        model_name=v.model.name,
-        version_label=v.label,
-        at__gte=since,
-        kind__in=["installed", "install_failed", "verify_failed"],
-    )
+    kinds = ["installed", "install_failed", "verify_failed"]
+    if commit_seconds is not None:
+        kinds += ["committed", "fell_back"]
+    qs = DeviceEvent.objects.filter(model_name=v.model.name, version_label=v.label, at__gte=since, kind__in=kinds)
     if until is not None:
         qs = qs.filter(at__lt=until)
-    latest: dict[Any, str] = {}
-    for dev, kind in qs.order_by("at", "received_at").values_list("device_id", "kind").iterator():
+    latest: dict[Any, tuple[str, datetime]] = {}
+    for dev, kind, at in qs.order_by("at", "received_at").values_list("device_id", "kind", "at").iterator():
         if device_ids is not None and dev not in device_ids:
             continue
-        latest[dev] = kind
-    fails = sum(kind != "installed" for kind in latest.values())
+        latest[dev] = (kind, at)
+    if commit_seconds is None:
+        fails = sum(kind != "installed" for kind, _ in latest.values())
+    else:
+        deadline = (until or timezone.now()) - timedelta(seconds=commit_seconds)
+        fails = sum(
+            kind in ("install_failed", "verify_failed", "fell_back") or (kind == "installed" and at < deadline)
+            for kind, at in latest.values()
+        )
     return fails, len(latest), set(latest)
 
 
@@ -214,7 +229,9 @@ def _install_verdict(
     version_id: int, control_id: int, since: datetime, until: datetime | None, ids: set | None, t: dict
 ) -> dict:
     floor = int(t["min_devices"])
-    fails, attempts, devices = _install_rate(version_id, since, until, ids)
+    commit = t.get("commit_seconds")
+    commit = float(commit) if isinstance(commit, int | float) else None
+    fails, attempts, devices = _install_rate(version_id, since, until, ids, commit)
     v = regression.rate_verdict(fails, attempts, len(devices), float(t["install_failure_rate"]), floor)
     if v.verdict != regression.NOT_ENOUGH:
         cf, ca, cdev = _install_rate(control_id, since, until, ids)

@@ -1,6 +1,6 @@
 """Campaign services on real PostgreSQL: creation and refusals, dry runs, transitions and the gate job."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -288,16 +288,35 @@ def test_job_holds_while_soaking_and_while_too_few_devices_report(fleet, synthet
     waves = [{"percent": 50, "min_soak_minutes": 10, "min_devices": 20}, {"percent": 100}]
     c = make(fleet, waves=waves)
     lifecycle.start(c.pk)
-    assert evaluation.evaluate_campaign(c.pk) == "hold"
-    assert evaluation.evaluate_campaign(c.pk) == "hold"
+    soon = timezone.now() + timedelta(seconds=1)  # one instant: a loaded machine must not change the reason
+    assert evaluation.evaluate_campaign(c.pk, now=soon) == "hold"
+    assert evaluation.evaluate_campaign(c.pk, now=soon) == "hold"
     assert c.decisions.filter(kind="hold").count() == 1  # the same reason is not repeated
     later = timezone.now() + timedelta(minutes=11)
     synthetic["value"] = comparison(n=5)
+    commit(c, fleet["devices"][:19])
     assert evaluation.evaluate_campaign(c.pk, now=later) == "hold"
     hold = c.decisions.filter(kind="hold").order_by("-at", "-id").first()
     assert "5 of 20" in hold.reason
+    # 25 devices report, but a wave counts only devices that committed the version (agent probation)
     synthetic["value"] = comparison(n=25)
+    assert evaluation.evaluate_campaign(c.pk, now=later) == "hold"
+    hold = c.decisions.filter(kind="hold").order_by("-at", "-id").first()
+    assert "19 of 20 canary devices committed" in hold.reason
+    commit(c, fleet["devices"][19:20])  # equality at the threshold is enough
     assert evaluation.evaluate_campaign(c.pk, now=later) == "advance"
+
+
+def commit(c: Campaign, devices: list, kind: str = "committed", at: datetime | None = None) -> None:
+    """Devices report an outcome of the campaign's version, as their agent does."""
+    import uuid
+
+    from fleet.models import DeviceEvent
+
+    for d in devices:
+        DeviceEvent.objects.create(
+            id=uuid.uuid4(), device=d, kind=kind, at=at or timezone.now(), model_name="fraud", version_label="v2"
+        )
 
 
 def test_job_holds_on_not_enough_data(fleet, synthetic) -> None:

@@ -38,7 +38,19 @@ def row(device, version, errors: float, inferences: float = 1000.0, latency_bin:
         features={}, mechanism="laplace", epsilon=1.0, received_at=now,
     )  # fmt: skip
     fields.update(over)
+    committed(device, version)
     return Report.objects.create(**fields)
+
+
+def committed(device, version) -> None:
+    """The device's agent passed probation on ``version`` (a wave counts committed devices)."""
+    from fleet.models import DeviceEvent
+
+    DeviceEvent.objects.get_or_create(
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"committed:{device.pk}:{version.pk}"),
+        defaults=dict(device=device, kind="committed", at=timezone.now(), model_name=version.model.name,
+                      version_label=version.label),
+    )  # fmt: skip
 
 
 def make_fleet(model: str = "fraud") -> dict:

@@ -3,6 +3,7 @@
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -26,6 +27,7 @@ def report(device, version, errors: float, inferences: float = 1000.0, slow: boo
     now = timezone.now()
     latency = [0.0] * N_BINS
     latency[6 if slow else 3] = inferences  # 50-100 ms when slow, else 5-10 ms
+    committed(device, version)
     return Report.objects.create(
         id=uuid.uuid4(),
         device=device,
@@ -41,6 +43,17 @@ def report(device, version, errors: float, inferences: float = 1000.0, slow: boo
         epsilon=1.0,
         received_at=now,
     )
+
+
+def committed(device, version) -> None:
+    """The device's agent passed probation on ``version`` (a wave counts committed devices)."""
+    from fleet.models import DeviceEvent
+
+    DeviceEvent.objects.get_or_create(
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"committed:{device.pk}:{version.pk}"),
+        defaults=dict(device=device, kind="committed", at=timezone.now(), model_name=version.model.name,
+                      version_label=version.label),
+    )  # fmt: skip
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:
@@ -110,12 +123,15 @@ def test_worker_rolls_back_a_regressing_version_and_devices_go_back(celery_worke
     failed = {g["name"] for g in decision.numbers["gates"] if g["verdict"] == "fail"}
     assert failed == {"error_rate", "latency_p95"} and decision.actor_label == "system"
     assert AuditEntry.objects.filter(action="campaign.rollback", actor_label="system").exists()
-    # the bump after commit reached the resolver: every targeted device desires v1 again
-    assert all(
-        manifest.desired_for(DeviceSnapshot(id=d.pk, labels=d.labels, hardware=d.hardware, rev="r"))[0].version.label
-        == "v1"
-        for d in canary
-    )
+
+    # the bump after commit reaches the resolver (within EDGEFLEET_EPOCH_CHECK_SECONDS): every targeted
+    # device desires v1 again
+    def label(d: Any) -> str:
+        return manifest.desired_for(DeviceSnapshot(id=d.pk, labels=d.labels, hardware=d.hardware, rev="r"))[
+            0
+        ].version.label
+
+    wait_for(lambda: all(label(d) == "v1" for d in canary), timeout=10.0)
 
 
 def test_two_racing_evaluations_act_once(celery_worker, fleet) -> None:

@@ -144,3 +144,88 @@ def test_a_rollout_that_the_gate_rolls_back_exits_2_with_the_gates_reason(
     campaign = Campaign.objects.get()
     assert campaign.state == "rolled_back" and campaign.cohort.selector == "ring notin (lab)"
     assert campaign.decisions.get(kind="rollback").actor_label == "system"
+
+
+# ------------------------------------------------------------------ the --wait decision, read by read
+
+
+class ScriptedApi:
+    """The API as the watch loop sees it under load: each GET of the campaign answers the next state of
+    a script, and the decisions list is what the server holds at that moment (the HTTP boundary)."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.reads = 0
+        self.decisions: list[dict[str, Any]] = []
+
+    def _campaign(self, state: str, last: dict[str, Any] | None) -> dict[str, Any]:
+        return {"id": 1, "state": state, "model": "fraud", "version": "v2", "cohort": None, "wave": 1,
+                "waves": [{"percent": 30}, {"percent": 100}], "progress": {}, "gates_report": [],
+                "last_decision": last}  # fmt: skip
+
+    def get(self, path: str, **params: Any) -> Any:
+        step = self.script[min(self.reads, len(self.script) - 1)]
+        self.reads += 1
+        if isinstance(step, Exception):
+            raise step
+        state, last = step
+        if last and last not in self.decisions:
+            self.decisions.append(last)
+        return self._campaign(state, last)
+
+    def pages(self, path: str, **params: Any) -> Any:
+        kind, after = params.get("kind"), params.get("after") or 0
+        return iter([d for d in self.decisions if (kind is None or d["kind"] == kind) and d["id"] > after])
+
+
+ROLLBACK = {"id": 7, "at": "2026-12-02T10:00:00Z", "kind": "rollback", "actor": "system",
+            "reason": "gate failed: error_rate", "numbers": {"wave": 1, "gates": [
+                {"name": "error_rate", "verdict": "fail", "observed": 0.3, "threshold": 0.02}]}}  # fmt: skip
+PAUSE_BY_PERSON = {"id": 6, "at": "2026-12-02T09:59:00Z", "kind": "pause", "actor": "olivia", "reason": "look",
+                   "numbers": {}}  # fmt: skip
+
+
+def _watch(api: ScriptedApi, capsys: Any) -> tuple[int, str]:
+    import argparse
+
+    from edgefleet_cli import main as cli
+
+    args = argparse.Namespace(timeout=30, interval=0, verbose=False)
+    code = cli.watch(api, args, 1)
+    return code, capsys.readouterr().err
+
+
+def test_wait_reports_a_rollback_with_the_gates_reason_when_reads_race(capsys: Any) -> None:
+    """The campaign's state and its "last decision" are separate reads: under load the state can say
+    rolled back while the decision read is an older one. The exit code and the reason come from the
+    settled state and the decision of that kind, read after it."""
+    advance = {"id": 5, "at": "2026-12-02T09:58:00Z", "kind": "advance", "actor": "system",
+               "reason": "wave 1 passed every gate", "numbers": {"wave": 1}}  # fmt: skip
+    api = ScriptedApi([("running", advance), ("rolled_back", advance), ("rolled_back", ROLLBACK)])
+    api.decisions.append(ROLLBACK)  # committed with the state; the embedded read lagged behind
+    code, err = _watch(api, capsys)
+    assert code == 2 and "rolled back: gate failed: error_rate" in err and "error_rate: observed 0.3" in err
+
+
+def test_a_pause_by_a_person_is_followed_and_a_gate_rollback_after_it_is_2(capsys: Any) -> None:
+    api = ScriptedApi([("running", None), ("paused", PAUSE_BY_PERSON), ("paused", PAUSE_BY_PERSON),
+                       ("rolled_back", ROLLBACK)])  # fmt: skip
+    code, err = _watch(api, capsys)
+    assert code == 2 and "gate failed" in err
+
+
+def test_wait_survives_transient_errors_under_load(capsys: Any) -> None:
+    from edgefleet_cli.client import ApiError, Unreachable
+
+    api = ScriptedApi([("running", None), Unreachable("timed out"), ApiError(503, "unavailable", "busy"),
+                       ApiError(429, "throttled", "slow down"), ("rolled_back", ROLLBACK)])  # fmt: skip
+    code, err = _watch(api, capsys)
+    assert code == 2 and "retrying" in err
+
+
+def test_wait_stops_on_a_refusal_that_is_not_transient(capsys: Any) -> None:
+    from edgefleet_cli.client import ApiError
+
+    api = ScriptedApi([("running", None), ApiError(404, "not_found", "There is no campaign 1.")])
+    with pytest.raises(ApiError):
+        _watch(api, capsys)

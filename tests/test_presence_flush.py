@@ -73,19 +73,23 @@ def test_an_older_entry_never_goes_over_a_newer_one(bulk: bool) -> None:
     Device.objects.filter(pk=newer.pk).update(last_seen_at=T0, installed={"fraud": "v2"})
     presence.store(
         [
-            (newer.id, T0 - timedelta(seconds=5), json.dumps({"fraud": "v1"})),
-            (fresh.id, T0, None),
+            (newer.id, T0 - timedelta(seconds=5), json.dumps({"fraud": "v1"}), json.dumps({"power": "battery"})),
+            (fresh.id, T0, None, None),
         ],
         bulk=bulk,
     )
     newer.refresh_from_db()
     fresh.refresh_from_db()
-    assert (newer.last_seen_at, newer.installed) == (T0, {"fraud": "v2"})
-    assert (fresh.last_seen_at, fresh.installed) == (T0, {})  # no state reported: none written
+    assert (newer.last_seen_at, newer.installed, newer.conditions) == (T0, {"fraud": "v2"}, {})
+    assert (fresh.last_seen_at, fresh.installed, fresh.conditions) == (T0, {}, {})  # nothing reported: none written
 
-    presence.store([(newer.id, T0, json.dumps({"fraud": "v3"}))], bulk=bulk)
+    cond = {"power": "external", "network": "unmetered"}
+    presence.store([(newer.id, T0, json.dumps({"fraud": "v3"}), json.dumps(cond))], bulk=bulk)
     newer.refresh_from_db()
-    assert (newer.last_seen_at, newer.installed) == (T0, {"fraud": "v3"})
+    assert (newer.last_seen_at, newer.installed, newer.conditions) == (T0, {"fraud": "v3"}, cond)
+    presence.store([(newer.id, T0, None, None)], bulk=bulk)  # a poll that said nothing keeps both
+    newer.refresh_from_db()
+    assert (newer.installed, newer.conditions) == ({"fraud": "v3"}, cond)
 
 
 @pytest.mark.django_db

@@ -93,7 +93,7 @@ def test_a_regressing_version_is_fallen_back_from_locally(live_server: object, k
         )
     )
     t.join()
-    assert s["fallbacks"] == 6 and s["versions"] == {"fraud:v1": 6} and s["inference_errors"] > 0
+    assert s["fallbacks"] == 6 and s["versions"] == {"fraud:v1": 6} and s["inference_errors"] > 0, s
 
 
 def test_drifted_devices_report_shifted_feature_histograms(live_server: object, key: str) -> None:
@@ -141,3 +141,52 @@ def test_idle_and_busy_devices_report_every_window_on_the_grid(live_server: obje
         assert start.microsecond == 0 and start.timestamp() % 2 == 0 and (end - start).total_seconds() == 2
     dup = Report.objects.values("device_id", "version_id", "window_start").annotate(n=Count("id")).filter(n__gt=1)
     assert not dup.exists()  # at most one report per device, version and window
+
+
+def test_a_campaign_waits_for_its_window_and_devices_for_their_conditions(live_server: object, key: str) -> None:
+    """Time compression: the maintenance-window clock starts 30 simulated minutes before a UTC window
+    opens and runs 60 times as fast; the touched devices are on battery and a metered network for the
+    first 40 simulated minutes (margins wide enough for a loaded test machine). Nobody installs v2
+    before the window can have opened; unplugged devices wait for power; every device then installs,
+    passes its probation and commits."""
+    from datetime import UTC, datetime
+
+    from fleet.models import DeviceEvent
+    from rollout import lifecycle, progress
+
+    factories.release(factories.staged_version(label="v1", seed=1))
+    v2 = factories.staged_version(label="v2", seed=2)
+    c = lifecycle.create_campaign(
+        name="nightly", version=v2, cohort=None, waves=[{"percent": 100}], gates={},
+        windows=["daily 01:00-02:00"], window_tz="UTC", conditions={"power": "external", "network": "unmetered"},
+    )  # fmt: skip
+    lifecycle.start(c.pk)
+    sim_start = datetime(2026, 12, 7, 0, 30, tzinfo=UTC).timestamp()
+    opens = datetime(2026, 12, 7, 1, 0, tzinfo=UTC).timestamp()
+    before = time.time()  # the simulated clock starts after this: 01:00 is at least 30 s later
+    s = run_simulation(
+        opts(live_server.url, key, duration=70.0, sim_start=sim_start, fraction=0.5, unplugged_for=2400.0, seed=5)
+    )
+    assert s["versions"] == {"fraud:v2": 6}, s
+    assert s["installs_waiting"] > 0 and s["commits"] >= 6, s
+    events = list(DeviceEvent.objects.filter(model_name="fraud").order_by("at", "received_at"))
+    v2_activations = [e for e in events if e.kind == "activated" and e.version_label == "v2"]
+    assert len({e.device_id for e in v2_activations}) == 6
+    assert min(e.at.timestamp() for e in v2_activations) >= before + 30 - 1  # event times are whole seconds
+    waits = [e for e in events if e.kind == "install_waiting"]
+    assert any("window" in e.details["reasons"] for e in waits)
+    for e in waits:  # the window was read on the simulated clock, open exactly from 01:00
+        assert ("window" in e.details["reasons"]) == (not opens <= e.details["clock"] < opens + 3600), e.details
+    unplugged = {e.device_id for e in waits if "power" in e.details["reasons"]}
+    assert 0 < len(unplugged) <= s["touched"] < 6  # only the touched devices ever wait for power
+    for e in waits:
+        if "power" in e.details["reasons"]:
+            assert e.details["power"] == "battery" and "network" in e.details["reasons"]
+    for device in unplugged:
+        mine = [e for e in events if e.device_id == device]
+        first_v2 = next(i for i, e in enumerate(mine) if e.kind == "activated" and e.version_label == "v2")
+        waited = [i for i, e in enumerate(mine) if e.kind == "install_waiting" and "power" in e.details["reasons"]]
+        assert max(waited) < first_v2  # it installed only once plugged in
+    for device in {e.device_id for e in v2_activations}:
+        assert any(e.kind == "committed" and e.version_label == "v2" and e.device_id == device for e in events)
+    assert progress.committed_count(c) == 6
