@@ -153,6 +153,24 @@ def test_the_version_page_shows_fleet_latency_per_class_beside_the_server(
     assert "No hardware class has 3 or more devices reporting this version yet." in page
 
 
+def test_fleet_latency_is_kept_a_minute_per_version_and_k(
+    pair: dict, k3: int, settings: Any, django_assert_num_queries: Any
+) -> None:
+    """The week's sum is costly on a big fleet: a second page within the minute reads no reports,
+    and a changed k (or another version) is computed afresh, never served from another's entry."""
+    v1 = pair["v1"]
+    for i in range(3):
+        report_row(v1, factories.device(hardware=RPI, name=f"rpi-{i}")[0], hist(4))
+    first = fleet_latency.latency_by_hardware(v1.pk)
+    assert [c["devices"] for c in first["classes"]] == [3]
+    report_row(v1, factories.device(hardware=RPI, name="rpi-late")[0], hist(4))
+    with django_assert_num_queries(0):
+        assert fleet_latency.latency_by_hardware(v1.pk) == first  # kept: the fourth device waits
+    settings.EDGEFLEET_MIN_COHORT = 4
+    assert [c["devices"] for c in fleet_latency.latency_by_hardware(v1.pk)["classes"]] == [4]
+    assert fleet_latency.latency_by_hardware(pair["v2"].pk)["classes"] == []
+
+
 # ---------------------------------------------------------------------------------------- compare
 
 
