@@ -41,9 +41,10 @@ format: $(VENV)/.installed-dev
 
 ## make test: install what the tests need, lint, and run the suite against PostgreSQL and Redis.
 ## Two xdist workers, one test file each at a time (a file's live server, worker and browser stay
-## together); each worker has its own test database, Redis db and data directory (settings_test).
+## together), the files that judge a live fleet in time one after another (conftest.LIVE_FILES);
+## each worker has its own test database, Redis db and data directory (settings_test).
 ## PYTEST_ARGS="-n 0 tests/test_x.py" for one file, serially.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
 test: install-test lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

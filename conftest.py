@@ -7,6 +7,26 @@ from pathlib import Path
 
 import pytest
 
+# Files that run a live server, real workers and a simulated fleet and then judge what happened in
+# time (gates on latency, rollbacks within a deadline). Under `make test` (`--dist loadgroup`) they
+# run one after another on one xdist worker, so two of them never share the two cores; every other
+# file is its own group, which keeps `loadfile`'s one-file-per-worker behaviour.
+LIVE_FILES = {
+    "test_e2e_story.py",
+    "test_campaign_e2e.py",
+    "test_campaign_worker.py",
+    "test_rounds_e2e.py",
+    "test_faults.py",
+    "test_protocol_limits.py",
+    "test_simulator.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("live" if name in LIVE_FILES else name))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_redis() -> None:

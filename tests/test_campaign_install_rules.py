@@ -149,6 +149,8 @@ def test_the_presence_flush_writes_conditions_and_skips_garbage(fleet: dict) -> 
     from fleet import presence
 
     r = presence.redis_client()
+    presence.drain()  # the fixture's own polls, and what earlier tests left dirty, are not this test's
+    r.delete(presence.DIRTY)
     (ok, _), (bad, _) = fleet["tokyo"]
     now = datetime.now(UTC).timestamp()
     r.hset(presence.hash_key(str(ok.id)), mapping={"seen": now, "cond": json.dumps({"power": "battery"})})
