@@ -149,3 +149,24 @@ def test_a_verdict_public_part_is_the_rule_and_limits_only() -> None:
     assert v.public() == {"rule": "error_rate", "threshold": 0.5}
     assert Verdict(False).public() == {"rule": ""}
     assert Verdict(False).limits == {} and Verdict(False).numbers is None
+
+
+def test_every_version_is_judged_on_its_last_window_only() -> None:
+    """Old errors age out: a fresh guard, and the version after a switch, keep ``window`` inferences."""
+    policy = GuardPolicy(min_samples=2, window=4, max_error_rate=1.0)
+    g = Guard(policy)
+    for ok in (False, False, False, False, True, True, True, True):
+        v = g.observe(ok, 5.0)
+    assert v.numbers is not None and v.numbers["samples"] == 4 and v.numbers["error_rate"] == 0.0
+    g.switched()
+    assert g.current.ok.maxlen == 4 and g.baseline is not None
+    for ok in (False, False, True, True, True, True):
+        v = g.observe(ok, 5.0)
+    assert not v.fall_back and v.numbers is not None and v.numbers["samples"] == 4
+
+
+def test_the_local_error_rate_is_rounded_to_four_places() -> None:
+    g = Guard(GuardPolicy(min_samples=3, window=3, max_error_rate=1.0))
+    for ok in (False, True, True):
+        v = g.observe(ok, 5.0)
+    assert v.numbers is not None and v.numbers["error_rate"] == 0.3333
