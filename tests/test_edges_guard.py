@@ -170,3 +170,27 @@ def test_the_local_error_rate_is_rounded_to_four_places() -> None:
     for ok in (False, True, True):
         v = g.observe(ok, 5.0)
     assert v.numbers is not None and v.numbers["error_rate"] == 0.3333
+
+
+def test_latency_keeps_the_last_window_of_successes() -> None:
+    s = Stats(2)
+    for ms in (1.0, 100.0, 100.0):
+        s.add(True, ms)
+    assert list(s.latency) == [100.0, 100.0] and s.p90() == 100.0
+
+
+def test_latency_under_the_ratio_but_over_the_margin_is_no_spike() -> None:
+    """On a slow baseline the ratio decides: 100 ms -> 200 ms is twice, under 3x, though +100 ms."""
+    g = baseline_guard(ms=100.0)
+    v = feed(g, 10, ms=200.0)
+    assert v.fall_back is False and v.reason == "" and v.rule == ""
+    assert v.numbers == {
+        "samples": 10,
+        "error_rate": 0.0,
+        "baseline_error_rate": 0.0,
+        "p90_ms": 200.0,
+        "baseline_p90_ms": 100.0,
+    }
+    g = baseline_guard(ms=100.0)
+    v = feed(g, 10, ms=300.5)
+    assert v.fall_back and v.numbers is not None and v.numbers["p90_ms"] == 300.5
