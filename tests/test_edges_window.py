@@ -154,3 +154,17 @@ def test_window_iso_is_utc_whatever_the_devices_local_zone(monkeypatch: pytest.M
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_saved_window_brings_back_its_aggregates_by_model_and_version() -> None:
+    """A clean stop must not lose what the open window counted (the agent saves it in windows.json)."""
+    from agent.aggregate import WindowAggregator
+
+    agg = WindowAggregator("m", "v1", {}, [0.0, 10.0, 100.0])
+    agg.inferences, agg.errors = 7.0, 2.0
+    w = Window(60, 120, {("m", "v1")}, {("m", "v1"): agg})
+    back = Window.from_state(json.loads(json.dumps(w.state())))
+    assert list(back.aggs) == [("m", "v1")]
+    got = back.aggs[("m", "v1")]
+    assert (got.model, got.version, got.inferences, got.errors) == ("m", "v1", 7.0, 2.0)
+    assert got.state() == agg.state()
