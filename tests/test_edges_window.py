@@ -122,7 +122,7 @@ def test_an_unreadable_log_starts_over_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="agent.window"):
         log = WindowLog(path)
     assert (log.reported_until, log.saved) == (0, None)
-    assert "window log unreadable; starting a new one" in caplog.text
+    assert caplog.messages == ["window log unreadable; starting a new one"]
 
 
 def test_a_log_with_null_fields_reads_as_empty(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_a_saved_window_that_does_not_load_is_dropped_with_a_warning(
     log = WindowLog(path)
     with caplog.at_level(logging.WARNING, logger="agent.window"):
         assert log.take_saved() is None
-    assert "saved window does not load (saved window ends before it starts); dropped" in caplog.text
+    assert caplog.messages == ["saved window does not load (saved window ends before it starts); dropped"]
     assert WindowLog(path).saved is None
 
 
