@@ -55,3 +55,11 @@ def test_no_finite_value_gives_the_default_edges_as_a_copy() -> None:
     for v in (np.array([]), np.array([np.nan, -np.inf])):
         edges = binning.quantile_edges(v)
         assert edges == binning.DEFAULT_FEATURE_EDGES and edges is not binning.DEFAULT_FEATURE_EDGES
+
+
+def test_numbers_given_as_text_bin_and_quantile_like_the_numbers() -> None:
+    """Both functions convert to float64 first, so a column read from a CSV file needs no parsing step."""
+    # compared as text "10" < "2" and "3" > "20": only numbers give these bins
+    assert binning.histogram(["10", "3", "-3"], [0, 2, 20]).tolist() == [1.0, 2.0]
+    assert binning.histogram([10, 3, -3], ["0", "2", "20"]).tolist() == [1.0, 2.0]
+    assert binning.quantile_edges(np.array(["1", "2", "3", "4", "nan"]), bins=2) == [1.0, 2.5, 4.0]

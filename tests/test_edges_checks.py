@@ -153,6 +153,7 @@ def test_a_histogram_of_the_wrong_length_or_kind() -> None:
         ([1, 2, math.inf], "invalid", "h[2] is not a finite number"),
         ([1, "2", 3], "invalid", "h[1] is not a finite number"),
         ([1, None, 3], "invalid", "h[1] is not a finite number"),
+        ([100, -10, math.nan], "invalid", "h[2] is not a finite number"),  # both bounds pass the loop too
         ([1e308, 1e308, 200], "out_of_range", "h[0]: 1e+308 is outside what one window can hold [-10, 100]"),
     ],
 )

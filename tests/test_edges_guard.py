@@ -149,3 +149,48 @@ def test_a_verdict_public_part_is_the_rule_and_limits_only() -> None:
     assert v.public() == {"rule": "error_rate", "threshold": 0.5}
     assert Verdict(False).public() == {"rule": ""}
     assert Verdict(False).limits == {} and Verdict(False).numbers is None
+
+
+def test_every_version_is_judged_on_its_last_window_only() -> None:
+    """Old errors age out: a fresh guard, and the version after a switch, keep ``window`` inferences."""
+    policy = GuardPolicy(min_samples=2, window=4, max_error_rate=1.0)
+    g = Guard(policy)
+    for ok in (False, False, False, False, True, True, True, True):
+        v = g.observe(ok, 5.0)
+    assert v.numbers is not None and v.numbers["samples"] == 4 and v.numbers["error_rate"] == 0.0
+    g.switched()
+    assert g.current.ok.maxlen == 4 and g.baseline is not None
+    for ok in (False, False, True, True, True, True):
+        v = g.observe(ok, 5.0)
+    assert not v.fall_back and v.numbers is not None and v.numbers["samples"] == 4
+
+
+def test_the_local_error_rate_is_rounded_to_four_places() -> None:
+    g = Guard(GuardPolicy(min_samples=3, window=3, max_error_rate=1.0))
+    for ok in (False, True, True):
+        v = g.observe(ok, 5.0)
+    assert v.numbers is not None and v.numbers["error_rate"] == 0.3333
+
+
+def test_latency_keeps_the_last_window_of_successes() -> None:
+    s = Stats(2)
+    for ms in (1.0, 100.0, 100.0):
+        s.add(True, ms)
+    assert list(s.latency) == [100.0, 100.0] and s.p90() == 100.0
+
+
+def test_latency_under_the_ratio_but_over_the_margin_is_no_spike() -> None:
+    """On a slow baseline the ratio decides: 100 ms -> 200 ms is twice, under 3x, though +100 ms."""
+    g = baseline_guard(ms=100.0)
+    v = feed(g, 10, ms=200.0)
+    assert v.fall_back is False and v.reason == "" and v.rule == ""
+    assert v.numbers == {
+        "samples": 10,
+        "error_rate": 0.0,
+        "baseline_error_rate": 0.0,
+        "p90_ms": 200.0,
+        "baseline_p90_ms": 100.0,
+    }
+    g = baseline_guard(ms=100.0)
+    v = feed(g, 10, ms=300.5)
+    assert v.fall_back and v.numbers is not None and v.numbers["p90_ms"] == 300.5

@@ -31,6 +31,12 @@ def test_one_inference_touches_three_parts_plus_one_per_feature(n: int) -> None:
     assert privacy.l2_sensitivity(layout(n)) == math.sqrt(3 + n)
 
 
+def test_sensitivity_scales_with_the_row_mass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L1 = parts·mass and L2 = sqrt(parts)·mass: with mass 1 a product and a quotient look alike."""
+    monkeypatch.setattr(privacy, "ROW_MASS", 0.5)
+    assert privacy.report_sensitivity(layout(1)) == (2.0, 1.0)
+
+
 def test_a_layout_without_features_has_three_parts() -> None:
     assert privacy.report_parts({}) == 3
     assert privacy.report_parts({"features": None}) == 3

@@ -337,3 +337,9 @@ def test_a_manifest_or_signature_that_is_no_object_says_so(pinned: dict) -> None
     with pytest.raises(ManifestRefused) as e:
         verify.verify_manifest({"manifest": [], "signature": {}}, pinned)
     assert (e.value.reason, str(e.value)) == ("malformed", "manifest and signature must be objects")
+
+
+def test_a_malformed_document_names_what_was_missing(pinned: dict) -> None:
+    with pytest.raises(ManifestRefused) as e:
+        verify.verify_manifest({"manifest": {}}, pinned)
+    assert (e.value.reason, str(e.value)) == ("malformed", "malformed signed manifest: 'signature'")

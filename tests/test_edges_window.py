@@ -122,7 +122,7 @@ def test_an_unreadable_log_starts_over_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="agent.window"):
         log = WindowLog(path)
     assert (log.reported_until, log.saved) == (0, None)
-    assert "window log unreadable; starting a new one" in caplog.text
+    assert caplog.messages == ["window log unreadable; starting a new one"]
 
 
 def test_a_log_with_null_fields_reads_as_empty(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_a_saved_window_that_does_not_load_is_dropped_with_a_warning(
     log = WindowLog(path)
     with caplog.at_level(logging.WARNING, logger="agent.window"):
         assert log.take_saved() is None
-    assert "saved window does not load (saved window ends before it starts); dropped" in caplog.text
+    assert caplog.messages == ["saved window does not load (saved window ends before it starts); dropped"]
     assert WindowLog(path).saved is None
 
 
@@ -154,3 +154,17 @@ def test_window_iso_is_utc_whatever_the_devices_local_zone(monkeypatch: pytest.M
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_saved_window_brings_back_its_aggregates_by_model_and_version() -> None:
+    """A clean stop must not lose what the open window counted (the agent saves it in windows.json)."""
+    from agent.aggregate import WindowAggregator
+
+    agg = WindowAggregator("m", "v1", {}, [0.0, 10.0, 100.0])
+    agg.inferences, agg.errors = 7.0, 2.0
+    w = Window(60, 120, {("m", "v1")}, {("m", "v1"): agg})
+    back = Window.from_state(json.loads(json.dumps(w.state())))
+    assert list(back.aggs) == [("m", "v1")]
+    got = back.aggs[("m", "v1")]
+    assert (got.model, got.version, got.inferences, got.errors) == ("m", "v1", 7.0, 2.0)
+    assert got.state() == agg.state()

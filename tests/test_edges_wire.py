@@ -321,7 +321,13 @@ def rf(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "Application/JSON", " application/json ; charset=UTF-8", 'application/json; charset="utf8"'],
+    [
+        "application/json",
+        "Application/JSON",
+        " application/json ; charset=UTF-8",
+        'application/json; charset="utf8"',
+        "application/json; charset=utf-8; profile=agent",  # each parameter on its own
+    ],
 )
 def test_json_content_types_are_taken(rf: Any, content_type: str) -> None:
     assert wire.read_json(rf.post("/", b'{"a":1}', content_type=content_type)) == {"a": 1}
@@ -329,7 +335,15 @@ def test_json_content_types_are_taken(rf: Any, content_type: str) -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/json; charset=latin-1", "application/jsonx", "", "application/json-seq"],
+    [
+        "text/plain",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+        "",
+        "application/json-seq",
+        "application/json; profile=agent; charset=latin-1",  # the charset is found after another parameter
+        'application/json; charset="utf-8=1"',  # the value is all after the first "="
+    ],
 )
 def test_other_content_types_are_415(rf: Any, content_type: str) -> None:
     with pytest.raises(ProtocolError) as e:
@@ -372,3 +386,11 @@ def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(rf: Any) -
         assert wire.read_json(req) == {"s": "x" * 56}
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=None):
         assert wire.body_limit() == 1024 * 1024
+
+
+def test_only_quotes_are_stripped_from_the_charset(rf: Any) -> None:
+    req = rf.post("/", b"{}", content_type="application/json")
+    req.META["CONTENT_TYPE"] = "application/json; charset=UTF-8X"  # the factory cannot encode with it
+    with pytest.raises(ProtocolError) as e:
+        wire.check_content_type(req)
+    assert (e.value.status, e.value.code) == (415, "unsupported_media_type")
