@@ -44,7 +44,7 @@ format: $(VENV)/.installed-dev
 ## together), the files that judge a live fleet in time one after another (conftest.LIVE_FILES);
 ## each worker has its own test database, Redis db and data directory (settings_test).
 ## PYTEST_ARGS="-n 0 tests/test_x.py" for one file, serially.
-PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 test: install-test lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 # Files that run a live server, real workers and a simulated fleet and then judge what happened in
-# time (gates on latency, rollbacks within a deadline). Under `make test` (`--dist loadgroup`) they
-# run one after another on one xdist worker, so two of them never share the two cores; every other
-# file is its own group, which keeps `loadfile`'s one-file-per-worker behaviour.
+# time (gates on latency, rollbacks within a deadline). Under `make test` (`-n 2 --dist loadfile`)
+# they are one scope, run one after another on one xdist worker, so two of them never share the two
+# cores; every other file is its own scope, as with plain `loadfile`.
 LIVE_FILES = {
     "test_e2e_story.py",
     "test_campaign_e2e.py",
@@ -22,10 +22,17 @@ LIVE_FILES = {
 }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("live" if name in LIVE_FILES else name))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LiveFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "live" if path.rsplit("/", 1)[-1] in LIVE_FILES else path
+
+    return LiveFilesTogether(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
