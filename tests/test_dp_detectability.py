@@ -71,7 +71,7 @@ def test_drift_power_formula_matches_simulation():
                         vecs.append(encode(layout, True, {"feature:x": counts, "output": [len(rows), 0]}))
                     total = _group_sums(layout, vecs, noise, secure=trial == 0 and _g == 0 and _r == 0)
                     pooled += total[:8]
-                means.append(det.group_mean(pooled, EDGES))
+                means.append(det.group_mean(pooled, EDGES, 1024.0 * 20 * s.drift_rounds_per_day))
             hits[delta] += abs(det.median_of_groups(means) - mu0) > z * sd
     false_alarms, power = hits[0.0] / trials, hits[shift] / trials
     assert false_alarms <= 0.05  # α = 1 %: at most 6 of 120 by chance

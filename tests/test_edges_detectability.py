@@ -67,6 +67,10 @@ def test_group_mean_and_median() -> None:
     assert det.group_mean(np.array([-1.0, 0.0, 0.0, 0.0, -2.0]), EDGES) == 0.0
     # a nearly empty (noisy) group still has a mean
     assert det.group_mean(np.array([0.0, 0.0, 0.0, 0.5, 0.0]), EDGES) == pytest.approx(1.0)
+    # a known mass (devices × M × rounds) divides instead of the sum's own noisy mass
+    assert det.group_mean(np.array([0.0, 2.0, 0.0, 2.0, 0.0]), EDGES, 8.0) == pytest.approx((-0.6 + 1.0) * 2 / 8)
+    assert det.group_mean(np.array([1.0, -1.0, 0.0, 0.0, 1.0]), EDGES, 4.0) == pytest.approx((-2.5 + 0.6 + 2.75) / 4)
+    assert det.group_mean(np.array([0.0, 2.0, 0.0, 2.0, 0.0]), EDGES, 0.0) == 0.0
     assert det.median_of_groups([3.0, -1.0, 10.0]) == 3.0
     assert det.median_of_groups([1, 2, 3, 10]) == 2.5
 

@@ -213,7 +213,7 @@ def _simulated_day(s, layout, noise, shift, rng, secure_first):
                 _server, masked_sum = run_round(members, vectors)
                 assert np.array_equal(members.config.ring.centred(masked_sum), total)
             pooled += total[:bins]
-        means.append(det.group_mean(pooled, s.edges))
+        means.append(det.group_mean(pooled, s.edges, float(1 << s.resolution_bits) * n * s.drift_rounds_per_day))
     return det.median_of_groups(means)
 
 
