@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("ORT_NUM_THREADS", "1")
 
-    from ota import pipeline, sandbox, validation
+    from ota import opsets, pipeline, sandbox
     from ota.limits import Limits
     from tests.onnx_models import large_mlp, mlp_classifier, save
 
@@ -44,7 +44,7 @@ def main() -> None:
         f"{args.mb} MB MLP": save(large_mlp(args.mb * 1_000_000), work / "large.onnx"),
     }
     limits = Limits()
-    validation.max_supported_opset()  # a worker validating in-process probes once per process
+    opsets.max_supported_opset()  # a worker validating in-process probes once per process
 
     print(f"ORT_NUM_THREADS={os.environ['ORT_NUM_THREADS']}, {os.cpu_count()} CPUs, {args.runs} runs each,")
     print(f"{args.latency_runs} latency runs per validation, int8 {'on' if args.int8 else 'off'}\n")

@@ -30,12 +30,12 @@ def main() -> None:
 
     import numpy as np
 
-    from ota import profiles, quantize, validation
+    from ota import opsets, profiles, quantize, synthetic, validation
     from tests.onnx_models import large_mlp, save
 
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-validate-"))
     path = save(large_mlp(args.mb * 1_000_000), work / "model.onnx")
-    validation.max_supported_opset()  # probed once per worker process; not part of a validation
+    opsets.max_supported_opset()  # probed once per worker process; not part of a validation
 
     t0 = time.perf_counter()
     report, session = validation.validate(path, latency_runs=args.runs)
@@ -53,7 +53,7 @@ def main() -> None:
     steps.append(("int8: quantize_dynamic", (time.perf_counter() - t) * 1000))
     t = time.perf_counter()
     q_session = validation.make_session(q)
-    feeds = validation.synthetic_inputs(inputs)
+    feeds = synthetic.synthetic_inputs(inputs)
     q_latency = validation.latency_ms(lambda: q_session.run(None, feeds), runs=args.runs)
     metrics = quantize.agreement(session, q_session, [{"input": x[i : i + 128]} for i in range(0, args.rows, 128)])
     steps.append(("int8: session+latency+agreement", (time.perf_counter() - t) * 1000))

@@ -139,7 +139,7 @@ def first_output(session: Any, feeds: dict) -> Any:
 
 def timed(report: dict, name: str, limits: Limits, on_step: Step, fn: Callable[[], Any]) -> Any:
     """One step after ``validation.validate``'s own, timed into the report; any failure is a message."""
-    from ota import profiles, validation
+    from ota import profiles, synthetic, validation
 
     entry: dict[str, Any] = {"name": name, "ok": False}
     on_step(name)
@@ -153,7 +153,7 @@ def timed(report: dict, name: str, limits: Limits, on_step: Step, fn: Callable[[
     except Exception as exc:
         if validation.is_alloc_failure(exc):
             entry["error"] = memory_message(name, limits)
-        elif isinstance(exc, validation.TooLarge):
+        elif isinstance(exc, synthetic.TooLarge):
             entry["error"] = str(exc)
         elif name.startswith("reference"):
             entry["error"] = f"The reference profile could not be built: {validation._short(exc)}"
@@ -229,7 +229,7 @@ def variant(
 def comparison_batches(inputs: list[dict], arrays: dict | None, limits: Limits, rows: int = 512) -> list[dict]:
     import numpy as np
 
-    from ota import profiles, validation
+    from ota import profiles, synthetic
 
     fixed = profiles.fixed_batch(inputs)
     if arrays:
@@ -240,4 +240,4 @@ def comparison_batches(inputs: list[dict], arrays: dict | None, limits: Limits, 
             {s["name"]: arrays[s["name"]][i : i + step].astype(np.dtype(s["dtype"])) for s in inputs}
             for i in range(0, stop, step)
         ]
-    return [validation.synthetic_inputs(inputs, batch=fixed or 16, seed=i, limits=limits) for i in range(8)]
+    return [synthetic.synthetic_inputs(inputs, batch=fixed or 16, seed=i, limits=limits) for i in range(8)]

@@ -88,10 +88,10 @@ def main(jobdir: Path) -> int:
         import onnx  # noqa: F401
         import onnxruntime
 
-        from ota import validation
+        from ota import opsets
 
-        validation.max_supported_opset()  # probe onnxruntime once, outside the model's budget
-        validation.max_supported_ml_opset()
+        opsets.max_supported_opset()  # probe onnxruntime once, outside the model's budget
+        opsets.max_supported_ml_opset()
         if job.get("variants"):
             import onnxconverter_common.float16  # noqa: F401
             import onnxruntime.quantization  # noqa: F401

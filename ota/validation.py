@@ -11,7 +11,6 @@ checked against ``Limits`` before anything is allocated for them.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,18 +24,17 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
 
 from ota import outputs as out_values
-from ota.limits import Limits, elements, input_elements_message, memory_message, tensor_elements_message
+from ota.contract import contract_differences, contract_of, io_warnings
+from ota.limits import Limits, elements, memory_message, tensor_elements_message
+from ota.opsets import max_supported_opset, opset_problems, supported_opsets
+from ota.synthetic import TooLarge, check_input_sizes, synthetic_inputs
 
-MIN_OPSET = 7  # onnxruntime only guarantees support from opset 7 on
-# Operator domains onnxruntime's CPU build implements, by the name a person knows them by.
-DOMAINS = {"": "ai.onnx", "ai.onnx": "ai.onnx", "ai.onnx.ml": "ai.onnx.ml", "com.microsoft": "com.microsoft"}
 LOCALE_FAILURE = "Failed to construct locale"
 NO_KERNEL = ("Could not find an implementation for", "NOT_IMPLEMENTED")
 CUSTOM_OP = "is not a registered function/op"
 SERVER_LOCALE = "C.UTF-8"  # what the sandbox child runs under (ota.sandbox.child_env)
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
-SMOKE_BATCH = 1
 SMALL_INITIALIZER_BYTES = 4096  # initializers up to this size stay in the copy used for shape inference
 ALLOC_FAILURES = ("Failed to allocate memory", "bad_alloc", "Unable to allocate", "out of memory")
 
@@ -51,87 +49,6 @@ class ValidationFailed(Exception):
         self.step = step
 
 
-@functools.cache
-def max_supported_opset() -> int:
-    """The newest default-domain opset the installed onnxruntime loads (probed once, cached)."""
-    for opset in range(onnx.defs.onnx_opset_version() + 2, MIN_OPSET, -1):
-        try:
-            ort.InferenceSession(_identity_model(opset).SerializeToString(), providers=["CPUExecutionProvider"])
-            return opset
-        except Exception:  # a refusal is the answer we are probing for
-            continue
-    return MIN_OPSET
-
-
-def _identity_model(opset: int) -> onnx.ModelProto:
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [vi[0]], [vi[1]])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-@functools.cache
-def max_supported_ml_opset() -> int:
-    """The newest ``ai.onnx.ml`` opset the installed onnxruntime loads (a Binarizer probe, cached)."""
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")
-    graph = helper.make_graph([node], "probe", [vi[0]], [vi[1]])
-    top = max(v for k, v in helper.OP_SET_ID_VERSION_MAP if k == "ai.onnx.ml")
-    for opset in range(top + 2, 0, -1):
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", opset)]
-        )
-        model.ir_version = 8
-        try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return opset
-        except Exception:  # a refusal is the answer we are probing for
-            continue
-    return 1
-
-
-def supported_opsets() -> dict[str, tuple[int, int]]:
-    """Per operator domain, the opset range this server's onnxruntime runs (``com.microsoft`` is 1 only)."""
-    return {
-        "ai.onnx": (MIN_OPSET, max_supported_opset()),
-        "ai.onnx.ml": (1, max_supported_ml_opset()),
-        "com.microsoft": (1, 1),
-    }
-
-
-def opset_problems(model: onnx.ModelProto) -> list[str]:
-    """Why onnxruntime would refuse the model's operator sets ([] when it would not), per domain.
-
-    Only domains the model imports are checked (onnxruntime's ``logreg_iris.onnx`` imports ``ai.onnx.ml``
-    alone); custom domains are left to onnxruntime, which names the operator it lacks.
-    """
-    ranges = supported_opsets()
-    problems: list[str] = []
-    for o in model.opset_import:
-        domain, version = o.domain or "", int(o.version)
-        name = DOMAINS.get(domain)
-        if name is None:  # a custom domain: onnxruntime says which operator it lacks (session_message)
-            continue
-        low, high = ranges[name]
-        if version > high:
-            problems.append(
-                f"The model uses {name} opset {version}, newer than this server's onnxruntime {ort.__version__} "
-                f"supports (at most {high}). Export it again with that domain at opset {high} or lower"
-                + (f" (e.g. opset_version={high})." if name == "ai.onnx" else ".")
-            )
-        elif version < low:
-            problems.append(
-                f"The model uses {name} opset {version}, older than onnxruntime supports (at least {low}). "
-                + (
-                    "Convert it with onnx.version_converter.convert_version(model, 17)."
-                    if name == "ai.onnx"
-                    else "Export it again with a current converter."
-                )
-            )
-    return problems
-
-
 def num_threads() -> int:
     return max(1, int(os.environ.get("ORT_NUM_THREADS", "1") or 1))
 
@@ -143,171 +60,6 @@ def make_session(path: str | Path) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def dtype_name(elem_type: int) -> str:
-    if elem_type == TensorProto.STRING:
-        return "string"
-    if elem_type == TensorProto.UNDEFINED:
-        return "unknown"
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:
-        return TensorProto.DataType.Name(elem_type).lower()
-
-
-def type_name(tp: onnx.TypeProto) -> str:
-    """A readable type: ``float32``, ``string``, ``sequence<map<int64, float32>>``, ``optional<…>``."""
-    which = tp.WhichOneof("value")
-    if which == "tensor_type":
-        return dtype_name(tp.tensor_type.elem_type)
-    if which == "sparse_tensor_type":
-        return f"sparse<{dtype_name(tp.sparse_tensor_type.elem_type)}>"
-    if which == "sequence_type":
-        return f"sequence<{type_name(tp.sequence_type.elem_type)}>"
-    if which == "map_type":
-        return f"map<{dtype_name(tp.map_type.key_type)}, {type_name(tp.map_type.value_type)}>"
-    if which == "optional_type":
-        return f"optional<{type_name(tp.optional_type.elem_type)}>"
-    return "unknown"
-
-
-def value_schema(vi: onnx.ValueInfoProto) -> dict:
-    """``{"name","dtype","shape"}``; shape items are ints, or strings for symbolic/unknown dims.
-
-    A sequence, map or optional value has ``"kind"`` (``sequence``/``map``/``optional``), its readable
-    type as ``dtype`` and no shape.
-    """
-    which = vi.type.WhichOneof("value")
-    if which != "tensor_type":
-        kind = (which or "unknown").removesuffix("_type").replace("sparse_tensor", "sparse")
-        return {"name": vi.name, "dtype": type_name(vi.type), "shape": [], "kind": kind}
-    t = vi.type.tensor_type
-    shape: list[int | str] = []
-    for i, d in enumerate(t.shape.dim):
-        if d.HasField("dim_value"):
-            shape.append(int(d.dim_value))
-        else:
-            shape.append(d.dim_param or f"unk_{i}")
-    return {"name": vi.name, "dtype": dtype_name(t.elem_type), "shape": shape}
-
-
-def contract_of(model: onnx.ModelProto) -> dict:
-    init_names = {i.name for i in model.graph.initializer}
-    inputs = [value_schema(v) for v in model.graph.input if v.name not in init_names]
-    outputs = [value_schema(v) for v in model.graph.output]
-    return {"inputs": inputs, "outputs": outputs}
-
-
-class TooLarge(ValueError):
-    """A declared size is over a limit; the message says which and how to fix it."""
-
-
-def fed_shape(spec: dict, batch: int = SMOKE_BATCH) -> list[int]:
-    """The shape fed for an input schema: symbolic dims become ``batch`` (first) or 1 (others)."""
-    return [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec["shape"])]
-
-
-def check_input_sizes(inputs: list[dict], limits: Limits, batch: int = SMOKE_BATCH) -> int:
-    """Total elements of one synthetic sample, or ``TooLarge`` before anything is allocated."""
-    total = 0
-    for spec in inputs:
-        n = elements(fed_shape(spec, batch))
-        total += n
-        if total > limits.max_input_elements:
-            raise TooLarge(input_elements_message(spec["name"], spec["shape"], n, limits))
-    return total
-
-
-def synthetic_inputs(
-    inputs: list[dict], batch: int = SMOKE_BATCH, seed: int = 0, limits: Limits | None = None
-) -> dict[str, Any]:
-    """Inputs that honour the schema: symbolic dims become ``batch`` (first) or 1 (others).
-
-    Strings are a short sample text; a map is one ``{key: value}`` and a sequence ``batch`` items.
-
-    Their total size is checked against ``limits`` first: a declared ``[1e7, 1e7]`` is refused, not allocated.
-    """
-    check_input_sizes(inputs, limits or Limits(), batch)
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, Any] = {}
-    for spec in inputs:
-        if spec.get("kind"):
-            feeds[spec["name"]] = _synthetic_value(spec["dtype"], rng, batch)
-        else:
-            feeds[spec["name"]] = _synthetic_tensor(spec["dtype"], fed_shape(spec, batch), rng)
-    return feeds
-
-
-SAMPLE_TEXT = "edgefleet sample text"
-
-
-def _synthetic_tensor(dtype_text: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
-    if dtype_text == "string":
-        return np.full(shape, SAMPLE_TEXT, dtype=object)
-    dtype = np.dtype(dtype_text) if dtype_text not in ("object", "unknown") else np.dtype(object)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind in "iu":
-        return rng.integers(0, 2, size=shape).astype(dtype)
-    if dtype.kind == "b":
-        return np.zeros(shape, dtype=bool)
-    return np.full(shape, "", dtype=object)
-
-
-def _split_args(text: str) -> list[str]:
-    depth, parts, cur = 0, [], ""
-    for ch in text:
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-            continue
-        depth += ch == "<"
-        depth -= ch == ">"
-        cur += ch
-    return [*parts, cur.strip()]
-
-
-def _synthetic_value(type_text: str, rng: np.random.Generator, batch: int) -> Any:
-    """A value of a readable type (``type_name``): a map is ``{key: value}``, a sequence a list of ``batch``."""
-    if type_text.startswith("sequence<"):
-        inner = type_text[len("sequence<") : -1]
-        return [_synthetic_value(inner, rng, 1) for _ in range(batch)]
-    if type_text.startswith("optional<"):
-        return _synthetic_value(type_text[len("optional<") : -1], rng, batch)
-    if type_text.startswith("map<"):
-        key, value = _split_args(type_text[len("map<") : -1])
-        k: Any = SAMPLE_TEXT if key == "string" else 0
-        v = _synthetic_value(value, rng, 1)
-        return {k: v.item() if isinstance(v, np.ndarray) and v.size == 1 else v}
-    return _synthetic_tensor(type_text, [1], rng)
-
-
-def contract_differences(previous: dict, current: dict) -> list[str]:
-    """Breaking changes between two contracts: inputs or outputs renamed, retyped or reshaped.
-
-    A fixed dim becoming symbolic widens what is accepted and is not breaking; the reverse is.
-    """
-    diffs: list[str] = []
-    for side in ("inputs", "outputs"):
-        before = {s["name"]: s for s in previous.get(side) or []}
-        after = {s["name"]: s for s in current.get(side) or []}
-        kind = side[:-1]
-        for name in before.keys() - after.keys():
-            diffs.append(f"{kind} '{name}' was removed")
-        for name in after.keys() - before.keys():
-            diffs.append(f"{kind} '{name}' is new" + (" (devices do not send it)" if side == "inputs" else ""))
-        for name in sorted(before.keys() & after.keys()):
-            a, b = before[name], after[name]
-            if a["dtype"] != b["dtype"]:
-                diffs.append(f"{kind} '{name}' dtype changed from {a['dtype']} to {b['dtype']}")
-            if len(a["shape"]) != len(b["shape"]):
-                diffs.append(f"{kind} '{name}' rank changed from {a['shape']} to {b['shape']}")
-                continue
-            for i, (x, y) in enumerate(zip(a["shape"], b["shape"], strict=True)):
-                if isinstance(y, int) and x != y:
-                    diffs.append(f"{kind} '{name}' dim {i} changed from {x} to {y}")
-    return sorted(diffs)
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -488,25 +240,6 @@ class _Steps:
 def _short(exc: BaseException, limit: int = 400) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def io_warnings(contract: dict) -> list[str]:
-    """What runs here but serves devices badly, with the export option that fixes it."""
-    warnings: list[str] = []
-    for spec in contract["outputs"]:
-        if spec.get("kind") == "sequence" and spec["dtype"].startswith("sequence<map<"):
-            warnings.append(
-                f"Output '{spec['name']}' is a {spec['dtype']} (skl2onnx's ZipMap): it is validated and compared, "
-                "but devices get one dict per row. Export with options={id(model): {'zipmap': False}} "
-                "for a [batch, classes] float tensor."
-            )
-    for spec in contract["inputs"]:
-        if spec.get("kind"):
-            warnings.append(
-                f"Input '{spec['name']}' is a {spec['dtype']}, not a tensor: it is smoke-run with a synthetic "
-                "value here, but reference profiles and device telemetry cover tensor inputs only."
-            )
-    return warnings
 
 
 def _session_with_server_locale(model: onnx.ModelProto) -> tuple[ort.InferenceSession, list[str]]:

@@ -28,7 +28,7 @@ BUCKETS = 10_000
 # A version between two rows gets the earlier row's opset, one newer than the last row at least the last
 # row's: never more than it is known to run. The server's own runtime must be a row (a device on the same
 # runtime runs every model the server validates): tests/test_edges_placement.py checks that row against
-# what the installed onnxruntime loads (ota.validation.max_supported_opset).
+# what the installed onnxruntime loads (ota.opsets.max_supported_opset).
 ORT_MAX_OPSET: list[tuple[tuple[int, int], int]] = [
     ((1, 0), 10),
     ((1, 1), 11),

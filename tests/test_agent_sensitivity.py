@@ -1,7 +1,7 @@
 """The sensitivity of a report, measured on real models through the real aggregator, and the noise it sets.
 
 Each model is built with onnx.helper, its layout is what the server derives from its declared inputs
-and outputs (``ota.validation.contract_of`` -> ``telemetry.profiles.default_bins``), and one extra
+and outputs (``ota.contract.contract_of`` -> ``telemetry.profiles.default_bins``), and one extra
 inference (one row, succeeding or failing) is run through ``agent.aggregate.WindowAggregator``: the
 change of the released report vector must stay within the sensitivity both sides derive, and reach it
 in the worst case.
@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agent import privacy as agent_privacy
 from agent.aggregate import LATENCY_EDGES_MS, WindowAggregator
 from agent.runtime import synthetic_inputs
-from ota.validation import contract_of
+from ota.contract import contract_of
 from telemetry import privacy
 from telemetry.binning import DEFAULT_FEATURE_EDGES, DEFAULT_SCORE_EDGES
 from telemetry.profiles import default_bins

@@ -8,7 +8,7 @@ Written from mutation testing (`make mutation`): each test pins a behaviour a on
 import onnxruntime
 import pytest
 
-from ota.validation import max_supported_opset
+from ota.opsets import max_supported_opset
 from rollout import placement
 from rollout.placement import Requirements
 

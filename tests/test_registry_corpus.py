@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from ota import pipeline, profiles, sandbox, validation
+from ota import opsets, pipeline, profiles, sandbox, synthetic, validation
 from ota.limits import Limits
 from tests import export_corpus as corpus
 from tests.onnx_models import mlp_classifier
@@ -137,16 +137,14 @@ def _binarizer(ml_opset: int, extra: list | None = None) -> onnx.ModelProto:
 
 
 def test_each_domain_is_checked_against_what_onnxruntime_runs(tmp_path: Path) -> None:
-    top = validation.supported_opsets()
-    assert top["ai.onnx"][1] == validation.max_supported_opset() and top["com.microsoft"] == (1, 1)
+    top = opsets.supported_opsets()
+    assert top["ai.onnx"][1] == opsets.max_supported_opset() and top["com.microsoft"] == (1, 1)
     ml_top = top["ai.onnx.ml"][1]
     assert staged(save(_binarizer(ml_top), tmp_path / "ok.onnx"))["opsets"] == {"ai.onnx.ml": ml_top}
-    assert validation.opset_problems(_binarizer(ml_top + 1))[0].startswith(
-        f"The model uses ai.onnx.ml opset {ml_top + 1}"
-    )
-    problems = validation.opset_problems(_binarizer(1, [helper.make_opsetid("com.microsoft", 2)]))
+    assert opsets.opset_problems(_binarizer(ml_top + 1))[0].startswith(f"The model uses ai.onnx.ml opset {ml_top + 1}")
+    problems = opsets.opset_problems(_binarizer(1, [helper.make_opsetid("com.microsoft", 2)]))
     assert len(problems) == 1 and "com.microsoft opset 2" in problems[0] and "at most 1" in problems[0]
-    problems = validation.opset_problems(_binarizer(1, [helper.make_opsetid("", 6)]))
+    problems = opsets.opset_problems(_binarizer(1, [helper.make_opsetid("", 6)]))
     assert "ai.onnx opset 6" in problems[0] and "convert_version" in problems[0]
 
 
@@ -164,9 +162,9 @@ def test_synthetic_values_of_every_kind() -> None:
         {"name": "m", "dtype": "map<string, float32>", "shape": [], "kind": "map"},
         {"name": "s", "dtype": "sequence<map<int64, float32>>", "shape": [], "kind": "sequence"},
     ]
-    feeds = validation.synthetic_inputs(specs, batch=3)
+    feeds = synthetic.synthetic_inputs(specs, batch=3)
     assert feeds["t"].shape == (3, 2) and feeds["t"].dtype == object and feeds["t"][0, 0]
-    assert feeds["m"] == {validation.SAMPLE_TEXT: pytest.approx(feeds["m"][validation.SAMPLE_TEXT])}
+    assert feeds["m"] == {synthetic.SAMPLE_TEXT: pytest.approx(feeds["m"][synthetic.SAMPLE_TEXT])}
     assert len(feeds["s"]) == 3 and all(list(d) == [0] for d in feeds["s"])
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ota import profiles, quantize, validation
+from ota import contract, opsets, profiles, quantize, synthetic, validation
 from telemetry.binning import histogram, quantile_edges
 from tests.onnx_models import mlp_classifier, save
 
@@ -75,7 +75,7 @@ def test_external_data_model_is_rejected_with_the_fix(tmp_path: Path) -> None:
     assert "external data" in info.value.message and "save_as_external_data=False" in info.value.message
 
 
-@pytest.mark.parametrize(("opset", "words"), [(validation.max_supported_opset() + 1, "newer"), (5, "older")])
+@pytest.mark.parametrize(("opset", "words"), [(opsets.max_supported_opset() + 1, "newer"), (5, "older")])
 def test_unsupported_opsets_are_rejected(tmp_path: Path, opset: int, words: str) -> None:
     model = mlp_classifier()
     model.opset_import[0].version = opset
@@ -88,11 +88,11 @@ def test_unsupported_opsets_are_rejected(tmp_path: Path, opset: int, words: str)
 
 
 def test_max_supported_opset_is_what_onnxruntime_loads() -> None:
-    top = validation.max_supported_opset()
+    top = opsets.max_supported_opset()
     assert top >= 17
-    validation.ort.InferenceSession(validation._identity_model(top).SerializeToString())
+    opsets.ort.InferenceSession(opsets._identity_model(top).SerializeToString())
     with pytest.raises(Exception):  # noqa: B017 - onnxruntime raises its own Fail type
-        validation.ort.InferenceSession(validation._identity_model(top + 1).SerializeToString())
+        opsets.ort.InferenceSession(opsets._identity_model(top + 1).SerializeToString())
 
 
 def test_contract_differences_flag_breaking_changes() -> None:
@@ -104,12 +104,12 @@ def test_contract_differences_flag_breaking_changes() -> None:
         "inputs": [{"name": "input", "dtype": "float32", "shape": ["N", 4]}],
         "outputs": [{"name": "probs", "dtype": "float32", "shape": ["N", 3]}],
     }
-    assert validation.contract_differences(before, same_but_renamed_dim) == []
+    assert contract.contract_differences(before, same_but_renamed_dim) == []
     after = {
         "inputs": [{"name": "features", "dtype": "float64", "shape": ["batch", 5]}],
         "outputs": [{"name": "probs", "dtype": "float32", "shape": ["batch", 4]}],
     }
-    diffs = validation.contract_differences(before, after)
+    diffs = contract.contract_differences(before, after)
     assert "input 'input' was removed" in diffs
     assert any(d.startswith("input 'features' is new") for d in diffs)
     assert "output 'probs' dim 1 changed from 3 to 4" in diffs
@@ -117,7 +117,7 @@ def test_contract_differences_flag_breaking_changes() -> None:
         "inputs": [{"name": "input", "dtype": "float64", "shape": ["batch", 4, 1]}],
         "outputs": before["outputs"],
     }
-    diffs = validation.contract_differences(before, retyped)
+    diffs = contract.contract_differences(before, retyped)
     assert "input 'input' dtype changed from float32 to float64" in diffs
     assert any("rank changed" in d for d in diffs)
 
@@ -128,14 +128,14 @@ def test_quantized_detection_and_int8_agreement(tmp_path: Path, good: Path) -> N
     assert report["quantized"] is True
     _, fp32 = validation.validate(good)
     inputs = [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}]
-    batches = [validation.synthetic_inputs(inputs, batch=16, seed=i) for i in range(4)]
+    batches = [synthetic.synthetic_inputs(inputs, batch=16, seed=i) for i in range(4)]
     metrics = quantize.agreement(fp32, q_session, batches)
     assert metrics["compared"] == 64 and 0.8 <= metrics["agreement"] <= 1.0
     assert 0 <= metrics["max_abs_diff"] < 0.5
 
 
 def test_synthetic_inputs_honour_symbolic_dims_and_dtypes() -> None:
-    feeds = validation.synthetic_inputs(
+    feeds = synthetic.synthetic_inputs(
         [
             {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 8]},
             {"name": "ids", "dtype": "int64", "shape": ["batch", 3]},

@@ -22,7 +22,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from accounts.models import ApiToken
-from ota import profiles, sandbox, services, validation
+from ota import profiles, sandbox, services, synthetic, validation
 from ota.limits import CRASHED_TWICE, Limits, scrub
 from ota.models import Artifact, Model, ModelVersion
 from tests import onnx_models as models
@@ -86,9 +86,9 @@ def test_a_huge_declared_input_is_refused_before_anything_is_allocated(tmp_path:
 def test_synthetic_inputs_are_capped_before_allocation() -> None:
     spec = [{"name": "x", "dtype": "float32", "shape": ["batch", 1000]}]
     limits = Limits(max_input_elements=16_000)
-    assert validation.synthetic_inputs(spec, batch=16, limits=limits)["x"].shape == (16, 1000)  # at the cap
-    with pytest.raises(validation.TooLarge, match="17,000 elements"):
-        validation.synthetic_inputs(spec, batch=17, limits=limits)
+    assert synthetic.synthetic_inputs(spec, batch=16, limits=limits)["x"].shape == (16, 1000)  # at the cap
+    with pytest.raises(synthetic.TooLarge, match="17,000 elements"):
+        synthetic.synthetic_inputs(spec, batch=17, limits=limits)
 
 
 def test_an_expand_to_1_gib_is_refused_from_its_inferred_shape(tmp_path: Path) -> None:
