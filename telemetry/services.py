@@ -286,6 +286,8 @@ def ensure_reference(version: ModelVersion) -> dict | None:
     for roll in Rollup.objects.filter(version=version, cohort=ALL, n_devices__gte=k).order_by("window_start"):
         if not (math.isfinite(roll.inference_count) and math.isfinite(roll.error_count)):
             continue
+        if roll.source == Rollup.Source.ROUNDS and not (roll.rounds or {}).get("drift", {}).get("informative"):
+            continue  # a window whose drift rounds all failed has no distributions to learn from
         if roll.inference_count > 0 and roll.error_count / roll.inference_count <= 0.05:
             try:
                 profile = profile_from_rollup(version, roll)

@@ -24,6 +24,8 @@ def test_no_drift_alarms_at_most_at_the_documented_rate_and_the_level_does_not_u
     alarms, psis, levels, null_means = 0, [], [], []
     for _ in range(60):
         p = round_of(fleet, rng, 0.0, sigma2)
+        if FEATURE not in p.bin_var:  # every group read as idle (the noise can hide 100 devices): no figure
+            continue
         var = p.bin_var[FEATURE]
         level = drift.psi_threshold_shares(ref, var)
         psi = drift.psi(ref, p.distributions[FEATURE])
@@ -35,7 +37,7 @@ def test_no_drift_alarms_at_most_at_the_documented_rate_and_the_level_does_not_u
             np.tile(q, (400, 1)), q + np.random.default_rng(0).normal(0, np.sqrt(var), (400, q.size))
         )
         null_means.append(model.mean())
-    assert min(levels) > 3 * drift.PSI_FLOOR  # the noise-aware part is what is tested here
+    assert len(levels) >= 50 and min(levels) > 3 * drift.PSI_FLOOR  # the noise-aware part is what is tested here
     assert alarms <= 1
     # The stated variance covers what the pipeline really produces (not understated)…
     assert np.mean(psis) <= 1.1 * np.mean(null_means)

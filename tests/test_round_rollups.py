@@ -319,3 +319,22 @@ def test_report_rollups_still_say_they_come_from_reports(version: Any) -> None:
     assert services.summed(r) == "1 device (per-device reports)"
     one = Rollup(n_devices=1, n_groups=1, source="rounds", rounds={"drift": {"windows": 1}})
     assert services.summed(one) == "1 device in 1 group"
+
+
+@pytest.mark.django_db
+def test_a_window_with_health_rounds_only_shows_health_and_is_not_the_reference(version: Any) -> None:
+    rng = np.random.default_rng(8)
+    devices = fleet(60)
+    start = hour(2)
+    for g in range(3):
+        members = devices[g * 20 : (g + 1) * 20]
+        make_round(version, "health", start, g, members, [health_vector(version, rng, 0.01) for _ in members])
+        make_round(version, "drift", start, g, members, None, phase=FAILED, reason="fewer than t = 14 shares")
+    services.rollup_and_drift()
+    r = rollup(version, start)
+    assert r.source == "rounds" and r.features == {} and r.outputs == [] and len(r.latency) > 0
+    assert r.rounds["left_out"]["failed"] == 3 and "drift" not in r.rounds
+    assert r.error_count / r.inference_count == pytest.approx(0.01, abs=1 / 1024)
+    version.refresh_from_db()
+    assert version.reference_profile is None
+    assert not DriftResult.objects.filter(version=version).exists()
