@@ -184,7 +184,7 @@ def psi_threshold_shares(
         cur = cur + rng.normal(0.0, np.sqrt(bin_var), size=cur.shape)
     if reference_mass:
         m = max(round(reference_mass), 1)
-        ref = rng.multinomial(m, q, size=sims).astype(np.float64) / m
+        ref = rng.multinomial(m, q, size=sims) / m  # true division: float64
     else:
         ref = np.tile(q, (sims, 1))
     if reference_bin_var > 0:

@@ -210,6 +210,7 @@ def replayed_shares(ref, bin_var, reference_mass=None, reference_bin_var=0.0, si
         {"bin_var": 4e-3, "reference_mass": 500},
         {"bin_var": 4e-3, "reference_bin_var": 2e-3},
         {"bin_var": 0.0, "reference_mass": 40.4, "reference_bin_var": 1e-3, "sims": 120, "seed": 3},
+        {"bin_var": 1e-3, "reference_mass": 0.7},  # a mass that rounds to one inference
     ],
 )
 def test_share_threshold_follows_the_documented_null(kwargs: dict) -> None:
@@ -218,6 +219,8 @@ def test_share_threshold_follows_the_documented_null(kwargs: dict) -> None:
     expected = max(null.mean() + 6 * null.std(), np.quantile(null, 0.999), drift.PSI_FLOOR)
     got = drift.psi_threshold_shares(REF, sims=sims, seed=seed, **kwargs)
     assert got == pytest.approx(expected, rel=1e-9)
+    if (sims, seed) == (400, 0):  # the defaults: 400 draws from seed 0
+        assert drift.psi_threshold_shares(REF, **kwargs) == got
     for alpha, z in ((0.05, 2.0), (0.01, 3.5)):
         level = drift.psi_threshold_shares(REF, alpha=alpha, floor=0.0, sims=sims, seed=seed, **kwargs)
         assert level == pytest.approx(max(null.mean() + z * null.std(), np.quantile(null, 1 - alpha)), rel=1e-9)
@@ -238,5 +241,5 @@ def test_share_threshold_defaults_floor_and_refusals() -> None:
         {"bin_var": 1e-3, "reference_bin_var": math.nan},
     )
     for bad in bad_inputs:
-        with pytest.raises(ValueError, match="non-negative"):
+        with pytest.raises(ValueError, match=r"^noise variances must be non-negative numbers$"):
             drift.psi_threshold_shares(REF, **bad)
