@@ -43,7 +43,8 @@ def drift_over_time(series: dict[str, list[tuple]], names: dict[str, str] | None
                 y=[p[1] for p in pts],
                 mode="lines+markers",
                 name=label(feature, names),
-                hovertemplate="%{x|%H:%M:%S} · PSI %{y:.3f}<extra>%{fullData.name}</extra>",
+                customdata=[p[3] if len(p) > 3 else "" for p in pts],
+                hovertemplate="%{x|%H:%M:%S} · PSI %{y:.3f}<br>%{customdata}<extra>%{fullData.name}</extra>",
             )
         )
     levels = [p[2] for pts in series.values() for p in pts]
@@ -88,7 +89,7 @@ def overlay(data: dict | None, names: dict[str, str] | None = None, classes: Seq
     fig = go.Figure()
     if data and data["current"]:
         current, reference = data["current"], data["reference"]
-        window = f"latest window ({data['n_devices']} devices)"
+        window = f"latest window ({data.get('summed') or str(data['n_devices']) + ' devices'})"
         edges = data["edges"]
         if edges:
             for name, dist, colour, fill in (
@@ -154,9 +155,20 @@ def health(series: dict[str, list[tuple]], colours: dict[str, str] | None = None
     fig = make_subplots(rows=1, cols=2, subplot_titles=("error rate", "latency p95 (ms)"), horizontal_spacing=0.1)
     for version, pts in series.items():
         x = _local([p[0] for p in pts])
-        style = dict(mode="lines+markers", legendgroup=version, line=dict(color=colours.get(version)))
-        fig.add_trace(go.Scatter(x=x, y=[p[1] for p in pts], name=version, **style), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=[p[3] for p in pts], name=version, showlegend=False, **style), row=1, col=2)
+        style = dict(
+            mode="lines+markers",
+            legendgroup=version,
+            line=dict(color=colours.get(version)),
+            customdata=[p[4] if len(p) > 4 else "" for p in pts],
+        )
+        rate = "%{x|%H:%M:%S} · error rate %{y:.2%}<br>%{customdata}<extra>%{fullData.name}</extra>"
+        p95 = "%{x|%H:%M:%S} · p95 %{y:.1f} ms<br>%{customdata}<extra>%{fullData.name}</extra>"
+        fig.add_trace(go.Scatter(x=x, y=[p[1] for p in pts], name=version, hovertemplate=rate, **style), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(x=x, y=[p[3] for p in pts], name=version, showlegend=False, hovertemplate=p95, **style),
+            row=1,
+            col=2,
+        )
     fig.update_xaxes(**TIME_AXIS)
     fig.update_layout(**{**LAYOUT, "margin": dict(l=55, r=20, t=50, b=45)})
     fig.update_layout(

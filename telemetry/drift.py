@@ -144,10 +144,52 @@ def psi_threshold(
     chi-square has a long right tail: mean + 6 sd covers α=0.001 for ν ≥ 3).
     """
     null = null_psi_samples(reference, current_mass, noise_var_per_bin, reference_mass, reference_noise_var, sims)
+    return alarm_level(null, alpha, floor)
+
+
+def alarm_level(null: np.ndarray, alpha: float = ALPHA, floor: float = PSI_FLOOR) -> float:
+    """The (1−α) point of simulated no-drift PSIs (extrapolated: mean + z·sd), never below ``floor``."""
     z = {0.05: 2.0, 0.01: 3.5, 0.001: 6.0}.get(alpha, 6.0)
     level = float(np.mean(null) + z * np.std(null))
     level = max(level, float(np.quantile(null, min(1.0 - alpha, 1.0))))
     return max(level, floor)
+
+
+def psi_threshold_shares(
+    reference: Sequence[float],
+    bin_var: float,
+    reference_mass: float | None = None,
+    reference_bin_var: float = 0.0,
+    alpha: float = ALPHA,
+    floor: float = PSI_FLOOR,
+    sims: int = 400,
+    seed: int = 0,
+) -> float:
+    """Alarm level for PSI of a distribution read from secure-aggregation rounds.
+
+    A round rollup is a median of group distributions whose noise is known per bin *in shares*
+    (``telemetry.group_sums``: σ²_sum / (scale·a)², times the median's factor) from the rounds'
+    public parameters; it carries no inference count, and each active device weighs the same, so
+    the null is the reference's shares plus Gaussian noise of ``bin_var`` on each bin — no
+    multinomial over inferences. The reference's own uncertainty is simulated as in
+    ``null_psi_samples``: a sample of ``reference_mass`` (shares) and/or noise ``reference_bin_var``
+    (shares). Seeded, like ``psi_threshold``, so the level does not flicker between runs.
+    """
+    if not bin_var >= 0 or not reference_bin_var >= 0:
+        raise ValueError("noise variances must be non-negative numbers")
+    rng = np.random.default_rng(seed)
+    q = distribution(reference, 0.0)
+    cur = np.tile(q, (sims, 1))
+    if bin_var > 0:
+        cur = cur + rng.normal(0.0, np.sqrt(bin_var), size=cur.shape)
+    if reference_mass:
+        m = max(round(reference_mass), 1)
+        ref = rng.multinomial(m, q, size=sims) / m  # true division: float64
+    else:
+        ref = np.tile(q, (sims, 1))
+    if reference_bin_var > 0:
+        ref = ref + rng.normal(0.0, np.sqrt(reference_bin_var), size=ref.shape)
+    return alarm_level(psi_rows(ref, cur), alpha, floor)
 
 
 def drifted(score: float, threshold: float) -> bool:

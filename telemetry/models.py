@@ -43,7 +43,24 @@ class Report(models.Model):
 
 
 class Rollup(models.Model):
-    """Summed reports of one version, one cohort ("all" or a saved cohort's name), one window."""
+    """Summed reports of one version, one cohort ("all" or a saved cohort's name), one window — or,
+    for cohort "all", the medians of that window's secure-aggregation rounds (``source="rounds"``).
+
+    Round figures live in this table rather than a model of their own because every reader (drift,
+    the reference profile, the version page, the fleet health card, the rollout chart) asks one
+    question — "what did the fleet look like in this version-window?" — and a round rollup answers
+    it in the same units: each histogram is a median distribution times the estimated active
+    devices, ``inference_count`` those devices, ``error_count`` the mean error fraction times them.
+    One row per (version, cohort, window) then makes "rounds supersede reports" a property of the
+    key, not a rule every reader must repeat: the round job overwrites the row, and the report job
+    leaves a round row alone. ``rounds`` holds what only round rows have: per budget the groups,
+    informative groups, devices, windows and the per-bin noise variance in distribution units
+    (from the rounds' public parameters), and the void/failed rounds left out with their reasons.
+    """
+
+    class Source(models.TextChoices):
+        REPORTS = "reports"
+        ROUNDS = "rounds"
 
     version = models.ForeignKey("ota.ModelVersion", on_delete=models.CASCADE, related_name="rollups")
     cohort = models.CharField(max_length=100, default="all")
@@ -59,6 +76,12 @@ class Rollup(models.Model):
     features = models.JSONField(default=dict)
     drift_stale = models.BooleanField(default=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
+    source = models.CharField(
+        max_length=8, choices=Source.choices, default=Source.REPORTS, db_default=Source.REPORTS,
+        help_text="reports: summed window reports; rounds: medians of the window's secure-aggregation groups",
+    )  # fmt: skip
+    n_groups = models.IntegerField(default=0, db_default=0, help_text="groups per round window (rounds only)")
+    rounds = models.JSONField(default=dict, blank=True, help_text="per budget: groups, devices, noise; left out")
 
     class Meta:
         constraints = [

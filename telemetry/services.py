@@ -199,6 +199,8 @@ def _apply_rollup(ver: int, cohort: str, b: datetime, width: int, acc: _Acc, mem
     roll, _ = Rollup.objects.select_for_update().get_or_create(
         version_id=ver, cohort=cohort, window_start=b, defaults={"window_seconds": width}
     )
+    if roll.source == Rollup.Source.ROUNDS:
+        return  # the window's secure-aggregation rounds supersede per-device reports
     roll.n_reports += acc.n
     roll.inference_count += acc.inferences
     roll.error_count += acc.errors
@@ -259,7 +261,7 @@ def profile_from_rollup(version: ModelVersion, roll: Rollup) -> dict:
         mean, std = _moments(f["edges"], counts)
         feats.append({"name": f["name"], "edges": f["edges"], "counts": counts.tolist(), "mean": mean, "std": std})
     output = dict(bins["output"], counts=list(roll.outputs))
-    return {
+    profile = {
         "source": "first_window",
         "n": roll.inference_count,
         "noise_var": roll.noise_var,
@@ -267,6 +269,12 @@ def profile_from_rollup(version: ModelVersion, roll: Rollup) -> dict:
         "features": feats,
         "output": output,
     }
+    if roll.source == Rollup.Source.ROUNDS:
+        # Medians of group distributions: no inference count to sample from, the noise is per bin in
+        # shares (from the rounds' public parameters), kept per block for the drift thresholds.
+        bin_var = (roll.rounds or {}).get("drift", {}).get("bin_var", {})
+        profile.update(n=0, noise_var=0.0, rollup="rounds", bin_var={k: float(v) for k, v in bin_var.items()})
+    return profile
 
 
 def ensure_reference(version: ModelVersion) -> dict | None:
@@ -278,6 +286,8 @@ def ensure_reference(version: ModelVersion) -> dict | None:
     for roll in Rollup.objects.filter(version=version, cohort=ALL, n_devices__gte=k).order_by("window_start"):
         if not (math.isfinite(roll.inference_count) and math.isfinite(roll.error_count)):
             continue
+        if roll.source == Rollup.Source.ROUNDS and not (roll.rounds or {}).get("drift", {}).get("informative"):
+            continue  # a window whose drift rounds all failed has no distributions to learn from
         if roll.inference_count > 0 and roll.error_count / roll.inference_count <= 0.05:
             try:
                 profile = profile_from_rollup(version, roll)
@@ -303,11 +313,22 @@ def _finite_profile(profile: dict) -> None:
         raise ValueError("its counts are not finite numbers")
 
 
+def block_of(feature: str) -> str:
+    """The round layout's block for a drift feature (``agent.encoding.drift_layout``)."""
+    return OUTPUT if feature == OUTPUT else f"feature:{feature}"
+
+
 def drift_of(profile: dict, bins: dict, roll: Rollup) -> list[dict]:
-    """Drift of every feature and the output of one rollup against ``profile`` (pure once loaded)."""
+    """Drift of every feature and the output of one rollup against ``profile`` (pure once loaded).
+
+    A report rollup's threshold simulates its summed inferences plus its summed DP noise; a round
+    rollup's, the noise of its median distribution per bin in shares, from the rounds' public
+    parameters (``drift.psi_threshold_shares``).
+    """
     out = []
     ref_mass = profile.get("n") or None
     ref_noise = float(profile.get("noise_var") or 0.0)
+    ref_bin_var = profile.get("bin_var") or {}
     ref_feats = {f["name"]: f for f in profile.get("features", [])}
     items = [
         (f["name"], f["edges"], ref_feats.get(f["name"], {}).get("counts"), roll.features.get(f["name"]))
@@ -315,12 +336,20 @@ def drift_of(profile: dict, bins: dict, roll: Rollup) -> list[dict]:
     ]
     o = profile.get("output") or {}
     items.append((OUTPUT, o.get("edges") if o.get("kind") == "bins" else None, o.get("counts"), roll.outputs))
+    from_rounds = roll.source == Rollup.Source.ROUNDS
+    round_var = (roll.rounds or {}).get("drift", {}).get("bin_var", {}) if from_rounds else {}
     for name, edges, ref, cur in items:
         if not ref or not cur or len(ref) != len(cur):
             continue
         s = drift.scores(edges, ref, cur)
-        mass = max(float(np.clip(np.asarray(cur, float), 0, None).sum()), 1.0)
-        threshold = drift.psi_threshold(ref, mass, roll.noise_var, ref_mass, ref_noise)
+        if from_rounds:
+            if block_of(name) not in round_var:
+                raise ValueError(f"{name}: the round rollup states no noise variance")
+            ref_var = float(ref_bin_var.get(block_of(name), 0.0)) or (ref_noise / ref_mass**2 if ref_mass else 0.0)
+            threshold = drift.psi_threshold_shares(ref, float(round_var[block_of(name)]), ref_mass, ref_var)
+        else:
+            mass = max(float(np.clip(np.asarray(cur, float), 0, None).sum()), 1.0)
+            threshold = drift.psi_threshold(ref, mass, roll.noise_var, ref_mass, ref_noise)
         out.append(dict(feature=name, threshold=threshold, drifted=drift.drifted(s["psi"], threshold), **s))
     return out
 
@@ -490,10 +519,13 @@ def resolve_alert(alert_id: int, by: str, now: datetime | None = None) -> Alert:
 
 
 def rollup_and_drift() -> dict[str, Any]:
-    """The beat job: rollups, then drift. A step that fails outright (the database went away) is
+    """The beat job: report rollups, round rollups (which supersede them per version-window), then
+    drift. A step that fails outright (the database went away) is
     logged and the other still runs; bad items inside a step are quarantined by the step itself."""
+    from telemetry.round_rollups import update_round_rollups
+
     out: dict[str, Any] = {}
-    for name, step in (("rollup", update_rollups), ("drift", compute_drift)):
+    for name, step in (("rollup", update_rollups), ("rounds", update_round_rollups), ("drift", compute_drift)):
         try:
             out[name] = step()
         except Exception as e:
@@ -547,6 +579,17 @@ def unreadable(roll: Rollup) -> str | None:
     return None
 
 
+def summed(roll: Rollup) -> str:
+    """What a point sums, for hover text and tables: "1,240 devices in 5 groups" (rounds; "× 12
+    windows" when the rollup window holds several round windows) or "1,240 devices" (reports)."""
+    devices = f"{roll.n_devices:,} device{'' if roll.n_devices == 1 else 's'}"
+    if roll.source != Rollup.Source.ROUNDS:
+        return f"{devices} (per-device reports)"
+    windows = max((b.get("windows", 1) for b in (roll.rounds or {}).values() if isinstance(b, dict)), default=1)
+    text = f"{devices} in {roll.n_groups:,} group{'' if roll.n_groups == 1 else 's'}"
+    return text + (f" × {windows} windows" if windows > 1 else "")
+
+
 def feature_edges(bins: dict, name: str) -> list[float]:
     for f in bins["features"]:
         if f["name"] == name:
@@ -569,10 +612,6 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
     drift_rows = list(
         DriftResult.objects.filter(version=version, cohort=ALL).order_by("window_start")[: limit_windows * len(names)]
     )
-    drift_series: dict[str, list[tuple]] = defaultdict(list)
-    for r in drift_rows:
-        drift_series[r.feature].append((r.window_start, r.psi, r.threshold))
-
     rollups = []
     for r in Rollup.objects.filter(version=version).order_by("window_start"):
         reason = privacy.suppressed(r.n_devices, k) or unreadable(r)
@@ -580,6 +619,11 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
             hidden.append({"cohort": r.cohort, "window_start": r.window_start, "reason": reason})
         if not unreadable(r):
             rollups.append(r)
+    sums_at = {r.window_start: summed(r) for r in rollups if r.cohort == ALL}
+
+    drift_series: dict[str, list[tuple]] = defaultdict(list)
+    for r in drift_rows:
+        drift_series[r.feature].append((r.window_start, r.psi, r.threshold, sums_at.get(r.window_start, "")))
 
     overlay = None
     shown_all = [r for r in rollups if r.cohort == ALL and r.n_devices >= k]
@@ -596,6 +640,7 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
             "feature": feature,
             "window_start": latest.window_start,
             "n_devices": latest.n_devices,
+            "summed": summed(latest),
             "edges": edges,
             "current": drift.distribution(cur, 0.0).tolist() if cur else None,
             "reference": drift.distribution(ref, 0.0).tolist() if ref else None,
@@ -626,7 +671,7 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
                 continue
             p95 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.95)
             p50 = regression.histogram_quantile(LATENCY_EDGES_MS, r.latency, 0.5)
-            pts.append((r.window_start, regression.clipped_rate(r.error_count, r.inference_count), p50, p95))
+            pts.append((r.window_start, regression.clipped_rate(r.error_count, r.inference_count), p50, p95, summed(r)))
         if pts:
             health[sib.label] = pts
 

@@ -47,8 +47,10 @@ def text_alternatives(data: dict, names: dict[str, str]) -> dict:
     drift = []
     for feature, pts in data["drift_series"].items():
         if pts:
-            at, psi, level = pts[-1]
-            drift.append({"feature": label(feature, names), "at": at, "psi": psi, "level": level, "n": len(pts)})
+            at, psi, level, sums = pts[-1]
+            drift.append(
+                {"feature": label(feature, names), "at": at, "psi": psi, "level": level, "n": len(pts), "sums": sums}
+            )
     overlay = []
     o = data["overlay"]
     if o and o["current"]:
@@ -62,8 +64,10 @@ def text_alternatives(data: dict, names: dict[str, str]) -> dict:
     ]
     health = []
     for version, pts in data["health"].items():
-        at, err, p50, p95 = pts[-1]
-        health.append({"version": version, "at": at, "error_rate": err, "p50": p50, "p95": p95, "n": len(pts)})
+        at, err, p50, p95, sums = pts[-1]
+        health.append(
+            {"version": version, "at": at, "error_rate": err, "p50": p50, "p95": p95, "n": len(pts), "sums": sums}
+        )
     return {
         "drift": drift,
         "overlay": overlay,

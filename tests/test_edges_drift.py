@@ -184,3 +184,62 @@ def test_an_alpha_of_zero_or_below_uses_the_largest_simulated_value(alpha: float
     null = replayed_null(REF, 600, 20.0, sims=100)
     expected = max(float(np.mean(null) + 6.0 * np.std(null)), float(np.max(null)))
     assert drift.psi_threshold(REF, 600, 20.0, alpha=alpha, floor=0.0, sims=100) == pytest.approx(expected, rel=1e-9)
+
+
+def replayed_shares(ref, bin_var, reference_mass=None, reference_bin_var=0.0, sims=400, seed=0):
+    """The round-rollup null re-computed independently: shares + N(0, bin_var); reference sampled/noisy."""
+    rng = np.random.default_rng(seed)
+    q = np.asarray(ref, float) / np.sum(ref)
+    cur = np.tile(q, (sims, 1))
+    if bin_var > 0:
+        cur = cur + rng.normal(0.0, math.sqrt(bin_var), size=cur.shape)
+    if reference_mass:
+        m = max(round(reference_mass), 1)
+        r = rng.multinomial(m, q, size=sims) / m
+    else:
+        r = np.tile(q, (sims, 1))
+    if reference_bin_var > 0:
+        r = r + rng.normal(0.0, math.sqrt(reference_bin_var), size=r.shape)
+    return np.array([reference_psi(a, b) for a, b in zip(r, cur, strict=True)])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bin_var": 4e-3},
+        {"bin_var": 4e-3, "reference_mass": 500},
+        {"bin_var": 4e-3, "reference_bin_var": 2e-3},
+        {"bin_var": 0.0, "reference_mass": 40.4, "reference_bin_var": 1e-3, "sims": 120, "seed": 3},
+        {"bin_var": 1e-3, "reference_mass": 0.7},  # a mass that rounds to one inference
+    ],
+)
+def test_share_threshold_follows_the_documented_null(kwargs: dict) -> None:
+    sims, seed = kwargs.pop("sims", 400), kwargs.pop("seed", 0)
+    null = replayed_shares(REF, sims=sims, seed=seed, **kwargs)
+    expected = max(null.mean() + 6 * null.std(), np.quantile(null, 0.999), drift.PSI_FLOOR)
+    got = drift.psi_threshold_shares(REF, sims=sims, seed=seed, **kwargs)
+    assert got == pytest.approx(expected, rel=1e-9)
+    if (sims, seed) == (400, 0):  # the defaults: 400 draws from seed 0
+        assert drift.psi_threshold_shares(REF, **kwargs) == got
+    for alpha, z in ((0.05, 2.0), (0.01, 3.5)):
+        level = drift.psi_threshold_shares(REF, alpha=alpha, floor=0.0, sims=sims, seed=seed, **kwargs)
+        assert level == pytest.approx(max(null.mean() + z * null.std(), np.quantile(null, 1 - alpha)), rel=1e-9)
+
+
+def test_share_threshold_defaults_floor_and_refusals() -> None:
+    params = inspect.signature(drift.psi_threshold_shares).parameters
+    assert (params["alpha"].default, params["floor"].default) == (drift.ALPHA, drift.PSI_FLOOR)
+    assert (params["sims"].default, params["seed"].default) == (400, 0)
+    assert (params["reference_mass"].default, params["reference_bin_var"].default) == (None, 0.0)
+    assert drift.psi_threshold_shares(REF, 0.0) == drift.PSI_FLOOR  # no noise, exact reference
+    assert drift.psi_threshold_shares(REF, 0.0, floor=0.0) == pytest.approx(0.0, abs=1e-12)
+    assert drift.psi_threshold_shares(REF, 1e-5, floor=0.5) == 0.5
+    bad_inputs = (
+        {"bin_var": -1e-9},
+        {"bin_var": math.nan},
+        {"bin_var": 1e-3, "reference_bin_var": -1e-9},
+        {"bin_var": 1e-3, "reference_bin_var": math.nan},
+    )
+    for bad in bad_inputs:
+        with pytest.raises(ValueError, match=r"^noise variances must be non-negative numbers$"):
+            drift.psi_threshold_shares(REF, **bad)

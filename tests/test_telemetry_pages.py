@@ -81,4 +81,8 @@ def test_charts_render_in_a_real_browser(page, login, live_server, viewer) -> No
     for name in ("drift", "overlay", "heatmap", "health"):
         page.wait_for_selector(f"#chart-{name} .main-svg", timeout=15000)
     assert page.locator("#chart-drift .scatterlayer .trace").count() >= 5
+    # Each point says what it sums (hover text from the figure's customdata).
+    page.locator("#chart-drift .scatterlayer .trace .points path").first.hover(force=True)
+    page.wait_for_selector("#chart-drift .hoverlayer .hovertext", timeout=5000)
+    assert "devices (per-device reports)" in page.locator("#chart-drift .hoverlayer .hovertext").first.text_content()
     assert page.console_errors == []
