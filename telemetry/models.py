@@ -150,7 +150,12 @@ class DriftResult(models.Model):
     w1 = models.FloatField(null=True)
     ks = models.FloatField()
     threshold = models.FloatField(help_text="noise-aware PSI alarm level")
-    drifted = models.BooleanField()
+    drifted = models.BooleanField(help_text="PSI above its level, or (round rollups) the day's mean shift")
+    mean_shift = models.FloatField(
+        null=True, help_text="round rollups: the day's mean shift against the reference (feature units)"
+    )
+    mean_z = models.FloatField(null=True, help_text="its z (telemetry.mean_shift); null without drift rounds")
+    mean_level = models.FloatField(null=True, help_text="|z| above this is drift")
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -318,13 +318,15 @@ def block_of(feature: str) -> str:
     return OUTPUT if feature == OUTPUT else f"feature:{feature}"
 
 
-def drift_of(profile: dict, bins: dict, roll: Rollup) -> list[dict]:
+def drift_of(profile: dict, bins: dict, roll: Rollup, day: dict | None = None) -> list[dict]:
     """Drift of every feature and the output of one rollup against ``profile`` (pure once loaded).
 
     A report rollup's threshold simulates its summed inferences plus its summed DP noise; a round
     rollup's, the noise of its median distribution per bin in shares, from the rounds' public
-    parameters (``drift.psi_threshold_shares``).
+    parameters (``drift.psi_threshold_shares``). ``day``: feature → the day's mean-shift test
+    (``telemetry.day_drift``) for a round rollup; a feature has drifted if either test says so.
     """
+    day = day or {}
     out = []
     ref_mass = profile.get("n") or None
     ref_noise = float(profile.get("noise_var") or 0.0)
@@ -350,7 +352,10 @@ def drift_of(profile: dict, bins: dict, roll: Rollup) -> list[dict]:
         else:
             mass = max(float(np.clip(np.asarray(cur, float), 0, None).sum()), 1.0)
             threshold = drift.psi_threshold(ref, mass, roll.noise_var, ref_mass, ref_noise)
-        out.append(dict(feature=name, threshold=threshold, drifted=drift.drifted(s["psi"], threshold), **s))
+        shift = day.get(name)
+        drifted = drift.drifted(s["psi"], threshold) or (shift is not None and shift.drifted)
+        means = {"mean_shift": shift.shift, "mean_z": shift.z, "mean_level": shift.level} if shift else {}
+        out.append(dict(feature=name, threshold=threshold, drifted=drifted, **means, **s))
     return out
 
 
@@ -410,9 +415,13 @@ def compute_drift(limit: int = 5000) -> dict[str, int]:
 
 
 def _store_drift(roll: Rollup, profile: dict, bins: dict) -> int:
+    from telemetry import day_drift
+
     stored = 0
-    for r in drift_of(profile, bins, roll):
+    day = day_drift.tests_for(profile, roll) if roll.source == Rollup.Source.ROUNDS else {}
+    for r in drift_of(profile, bins, roll, day):
         bad = [name for name in ("psi", "js", "ks", "threshold") if not math.isfinite(r[name])]
+        bad += [name for name in ("mean_shift", "mean_level") if name in r and not math.isfinite(r[name])]
         if r["w1"] is not None and not math.isfinite(r["w1"]):
             bad.append("w1")
         if bad:
@@ -431,10 +440,21 @@ def _store_drift(roll: Rollup, profile: dict, bins: dict) -> int:
                 ks=r["ks"],
                 threshold=r["threshold"],
                 drifted=r["drifted"],
+                mean_shift=r.get("mean_shift"),
+                mean_z=_finite_or_sign(r.get("mean_z")),
+                mean_level=r.get("mean_level"),
             ),
         )
         stored += 1
     return stored
+
+
+def _finite_or_sign(z: float | None) -> float | None:
+    """An exact (noise-free) sum's z is ±inf; stored as ±1e9 (a float column holds no infinity on
+    every database), which reads the same against any level."""
+    if z is None or math.isfinite(z):
+        return z
+    return math.copysign(1e9, z) if not math.isnan(z) else None
 
 
 def update_drift_alerts(version_id: int, cohort: str, now: datetime | None = None) -> tuple[int, int]:
@@ -460,8 +480,16 @@ def update_drift_alerts(version_id: int, cohort: str, now: datetime | None = Non
         alert = Alert.objects.filter(
             kind=Alert.Kind.DRIFT, version_id=version_id, cohort=cohort, feature=res.feature, state=Alert.State.OPEN
         ).first()
+        if res.mean_z is not None:
+            numbers.update(mean_shift=res.mean_shift, mean_z=res.mean_z, mean_level=res.mean_level)
         if res.drifted:
-            msg = f"PSI {res.psi:.3f} above the noise-aware level {res.threshold:.3f} ({res.n_devices} devices)"
+            if res.psi > res.threshold or res.mean_z is None:
+                msg = f"PSI {res.psi:.3f} above the noise-aware level {res.threshold:.3f} ({res.n_devices} devices)"
+            else:
+                msg = (
+                    f"mean moved by {res.mean_shift:+.3g} over the last day of rounds (z = {res.mean_z:.1f}, "
+                    f"level {res.mean_level:.2f}; {res.n_devices} devices)"
+                )
             if alert is None:
                 if rolled_back is not None and res.window_start < rolled_back:
                     continue
