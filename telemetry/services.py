@@ -650,8 +650,13 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
     sums_at = {r.window_start: summed(r) for r in rollups if r.cohort == ALL}
 
     drift_series: dict[str, list[tuple]] = defaultdict(list)
+    drift_mean: dict[str, dict] = {}  # feature → the latest day's mean-shift test (round rollups)
     for r in drift_rows:
         drift_series[r.feature].append((r.window_start, r.psi, r.threshold, sums_at.get(r.window_start, "")))
+        if r.mean_z is not None:
+            drift_mean[r.feature] = {"shift": r.mean_shift, "z": r.mean_z, "level": r.mean_level}
+        else:
+            drift_mean.pop(r.feature, None)
 
     overlay = None
     shown_all = [r for r in rollups if r.cohort == ALL and r.n_devices >= k]
@@ -710,6 +715,7 @@ def version_overview(version_id: int, feature: str | None = None, limit_windows:
         "features": names,
         "feature": feature,
         "drift_series": dict(drift_series),
+        "drift_mean": drift_mean,
         "overlay": overlay,
         "heat": {"cohorts": cohorts, "features": names, "values": heat, "notes": heat_notes},
         "health": health,

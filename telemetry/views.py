@@ -42,14 +42,30 @@ def version_telemetry(request: HttpRequest, version_id: int) -> HttpResponse:
     return render(request, "telemetry/version.html", context)
 
 
+def day_mean_text(mean: dict) -> str:
+    """The day's mean-shift test in words: "+0.41σ (z 3.2, alarm above 2.58)"."""
+    z = mean["z"]
+    z_text = ("above 10⁸" if z > 0 else "below −10⁸") if abs(z) >= 1e8 else f"{z:.1f}"
+    return f"{mean['shift']:+.2f}σ (z {z_text}, alarm above {mean['level']:.2f})"
+
+
 def text_alternatives(data: dict, names: dict[str, str]) -> dict:
     """The charts' key numbers as tables (what a screen reader, or a person who wants the figures, reads)."""
     drift = []
     for feature, pts in data["drift_series"].items():
         if pts:
             at, psi, level, sums = pts[-1]
+            mean = data.get("drift_mean", {}).get(feature)
             drift.append(
-                {"feature": label(feature, names), "at": at, "psi": psi, "level": level, "n": len(pts), "sums": sums}
+                {
+                    "feature": label(feature, names),
+                    "at": at,
+                    "psi": psi,
+                    "level": level,
+                    "n": len(pts),
+                    "sums": sums,
+                    "mean": day_mean_text(mean) if mean else "",
+                }
             )
     overlay = []
     o = data["overlay"]

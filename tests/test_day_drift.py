@@ -36,7 +36,7 @@ def test_a_day_without_shift_stores_the_test_and_raises_nothing(version: Any) ->
     assert not Alert.objects.filter(kind="drift", version=version).exists()
 
 
-def test_a_shift_over_the_day_opens_the_alert_and_names_the_mean(version: Any) -> None:
+def test_a_shift_over_the_day_opens_the_alert_and_names_the_mean(version: Any, viewer_client: Any) -> None:
     rng = np.random.default_rng(2)
     devices = fleet(60)
     _windows(version, devices, [8], 0.0, rng)  # the reference is learned from the first window
@@ -50,6 +50,9 @@ def test_a_shift_over_the_day_opens_the_alert_and_names_the_mean(version: Any) -
     assert alert.numbers["mean_z"] == pytest.approx(r.mean_z)
     if r.psi <= r.threshold:  # the mean test alone found it: the message says so
         assert alert.message.startswith("mean moved by +")
+    page = viewer_client.get(f"/telemetry/versions/{version.id}/").content.decode()
+    assert "day&#x27;s mean shift" in page or "day's mean shift" in page
+    assert f"{r.mean_shift:+.2f}σ (z {r.mean_z:.1f}, alarm above 2.58)" in page
 
 
 def test_only_the_day_before_the_window_end_counts(version: Any) -> None:
