@@ -61,7 +61,7 @@ SCORE_CLIP = 4.0
 
 
 def _shares(counts: Sequence[float]) -> np.ndarray:
-    q = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    q = np.clip(np.asarray(counts), 0.0, None)
     total = q.sum()
     if not total > 0:
         raise ValueError("the reference histogram is empty")
@@ -73,12 +73,12 @@ def normal_scores(counts: Sequence[float]) -> np.ndarray:
     clipped to ±SCORE_CLIP (a bin the reference never saw gets its neighbour's cumulative point)."""
     q = _shares(counts)
     mid = np.cumsum(q) - q / 2
-    return np.clip(stats.norm.ppf(np.clip(mid, 1e-12, 1 - 1e-12)), -SCORE_CLIP, SCORE_CLIP)
+    return np.clip(stats.norm.ppf(mid), -SCORE_CLIP, SCORE_CLIP)  # Φ⁻¹(0) = −∞ clips like any far tail
 
 
 def reference_mean(scores: Sequence[float], counts: Sequence[float]) -> float:
     """The reference's mean score (≈ 0 for its own normal scores; not exactly, by the binning)."""
-    return float(np.dot(np.asarray(scores, dtype=np.float64), _shares(counts)))
+    return float(np.dot(scores, _shares(counts)))
 
 
 def group_statistic(g: GroupSum, block: str, c: np.ndarray, mu_ref: float) -> tuple[float, float]:
@@ -86,9 +86,11 @@ def group_statistic(g: GroupSum, block: str, c: np.ndarray, mu_ref: float) -> tu
     b = g.layout.block(block)
     if c.shape != (b.size,):
         raise ValueError(f"{block}: {c.size} bin scores for {b.size} bins")
-    h = g.blocks()[block].astype(np.float64)
+    if g.survivors < 1:
+        raise ValueError("a group without survivors has no statistic")
+    h = g.blocks()[block]
     d = c - mu_ref
-    unit = float(b.scale) * max(g.survivors, 1)
+    unit = float(b.scale * g.survivors)
     return float(np.dot(d, h) / unit), float(np.dot(d, d) * g.noise_var / unit**2)
 
 
@@ -103,7 +105,7 @@ def day_test(
 ) -> MeanShift | None:
     """The day's test over ``windows`` (each: the group sums of one drift-round window), or None
     when no window has an informative group (nothing to judge: not "no drift")."""
-    c = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(scores)
     medians: list[float] = []
     variances: list[float] = []
     residuals: list[float] = []
@@ -113,7 +115,8 @@ def day_test(
         live = [g for g in sums if not g.is_idle()]
         if not live:
             continue
-        ts, vs = zip(*(group_statistic(g, block, c, mu_ref) for g in live), strict=True)
+        pairs = [group_statistic(g, block, c, mu_ref) for g in live]
+        ts, vs = [t for t, _ in pairs], [v for _, v in pairs]
         medians.append(float(np.median(ts)))
         noise_vars.append((len(live), float(np.mean(vs))))
         residuals.extend(float(t - np.mean(ts)) for t in ts)

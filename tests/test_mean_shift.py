@@ -69,16 +69,40 @@ def test_normal_scores_reference_mean_and_refusal() -> None:
     # the default edges' N(0, 1) bins: scores close to the bins' centres in σ, the mean about 0
     assert abs(MU0) < 1e-9
     assert np.all(np.diff(SCORES) > 0) and SCORES[0] > -2.5
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"^the reference histogram is empty$"):
         ms.normal_scores([0, -1])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"^the reference histogram is empty$"):
         ms.reference_mean([0.0, 1.0], [0, 0])
+    assert ms.normal_scores([0, 1, 0]) == pytest.approx([-ms.SCORE_CLIP, 0.0, ms.SCORE_CLIP])
 
 
 def test_nothing_to_judge_is_none_not_no_drift() -> None:
     idle = GroupSum(LAYOUT, np.zeros(LAYOUT.length, dtype=np.int64), 20, 4.0)
     assert ms.day_test([], BLOCK, SCORES, MU0) is None
     assert ms.day_test([[idle], []], BLOCK, SCORES, MU0) is None
+    # an idle window before a busy one is skipped, not the end of the day
+    busy = _group(_vectors(np.random.default_rng(0), 20, 0.0), 20, 4.0)
+    r = ms.day_test([[idle], [], [busy]], BLOCK, SCORES, MU0)
+    assert r is not None and (r.windows, r.groups, r.devices) == (1, 1, 20)
+    with pytest.raises(ValueError, match=r"^a group without survivors has no statistic$"):
+        ms.group_statistic(GroupSum(LAYOUT, np.zeros(LAYOUT.length, dtype=np.int64), 0, 4.0), BLOCK, SCORES, 0.0)
+    one = GroupSum(LAYOUT, _vectors(np.random.default_rng(1), 1, 0.0), 1, 4.0)  # a group of one survivor
+    t, var = ms.group_statistic(one, BLOCK, SCORES, 0.0)
+    assert var == pytest.approx(np.dot(SCORES, SCORES) * 4.0 / M**2) and abs(t) < 4
+
+
+def test_exact_sums_judge_any_shift_unless_a_floor_is_set_and_no_shift_is_z_zero() -> None:
+    rng = np.random.default_rng(7)
+    moved = ms.day_test([[_group(_vectors(rng, 20, 0.3), 20, 0.0)]], BLOCK, SCORES, MU0)
+    assert moved is not None and moved.sd == 0 and moved.z == np.inf and moved.drifted  # default floor: none
+    zero = GroupSum(LAYOUT, np.zeros(LAYOUT.length, dtype=np.int64), 20, 0.0)
+    exact = ms.day_test([[zero]], BLOCK, SCORES, MU0)
+    assert exact is None  # an all-zero sum is idle
+    same = np.zeros(LAYOUT.length, dtype=np.int64)
+    same[:8] = [0, 0, 0, M, M, 0, 0, 0]  # two devices, symmetric about the reference's centre
+    same[8], same[-1] = 2 * M, 2
+    r = ms.day_test([[GroupSum(LAYOUT, same, 2, 0.0)]], BLOCK, SCORES, MU0)
+    assert r is not None and r.sd == 0 and abs(r.shift) < 1e-12 and r.z == 0.0 and not r.drifted
 
 
 def test_variance_is_the_median_factor_times_the_noise_over_windows() -> None:
@@ -113,6 +137,20 @@ def test_the_groups_spread_counts_once_there_are_enough_of_them() -> None:
     spread = day(5, 3)  # 10 residual df: the spread counts
     assert spread.sd > 20 * noise_only.sd
     assert abs(spread.z) < spread.level
+
+
+def test_the_spread_is_the_pooled_within_window_variance() -> None:
+    """Groups that all moved alike: their spread about each window's own mean is small, so a common
+    shift is still found (residuals are taken about the window's mean, not about zero)."""
+    rng = np.random.default_rng(8)
+    ws = [[_group(_vectors(rng, 20, 1.0), 20, 1.0) for _ in range(3)] for _ in range(5)]
+    r = ms.day_test(ws, BLOCK, SCORES, MU0)
+    assert r is not None and r.drifted
+    ts = [[ms.group_statistic(g, BLOCK, SCORES, MU0)[0] for g in w] for w in ws]
+    spread = sum(float(np.sum((np.asarray(t) - np.mean(t)) ** 2)) for t in ts) / 10
+    noise = ms.group_statistic(ws[0][0], BLOCK, SCORES, MU0)[1]
+    assert spread > noise  # so the spread is what counts here
+    assert r.sd == pytest.approx(np.sqrt(5 * det.median_variance_factor(3) * spread / 25))
 
 
 def test_exact_sums_with_a_tiny_shift_are_not_drift_below_the_floor() -> None:
