@@ -53,7 +53,7 @@ class GroupSum:
         return self.survivors * self.sigma2_device
 
     def blocks(self) -> dict[str, np.ndarray]:
-        return decode(self.layout, np.asarray(self.total, dtype=np.int64))
+        return decode(self.layout, np.asarray(self.total))
 
     def active(self) -> float:
         """Estimated active devices, in [0, survivors] (inverse-variance weighted over masses)."""
@@ -80,7 +80,7 @@ class GroupSum:
         b = self.layout.block(name)
         if b.kind != HISTOGRAM:
             raise ValueError(f"{name!r} is a {b.kind} block, not a histogram")
-        h = np.clip(self.blocks()[name].astype(np.float64), 0.0, None)
+        h = np.clip(self.blocks()[name], 0, None)
         total = h.sum()
         return h / total if total > 0 else np.full(b.size, 1.0 / b.size)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent import dpnoise
-from agent.encoding import COUNT, Block, Layout, drift_layout, encode, health_layout
+from agent.encoding import COUNT, FRACTION, HISTOGRAM, Block, Layout, drift_layout, encode, health_layout
 from agent.secagg.simulation import make_round, run_round
 from telemetry import group_sums as gs
 
@@ -130,3 +130,70 @@ def test_stated_bin_variance_matches_monte_carlo() -> None:
     g = gs.GroupSum(layout, base, n, sigma2)
     observed = np.var(np.stack(draws), axis=0).mean()
     assert observed == pytest.approx(g.bin_var("feature:x"), rel=0.25)
+
+
+def test_active_weighs_each_block_by_scale_squared_over_size() -> None:
+    layout = Layout((Block("a", HISTOGRAM, 2, 4), Block("b", HISTOGRAM, 4, 4), Block("p", COUNT, 1, 1)))
+    g = gs.GroupSum(layout, np.array([5, 3, 4, 4, 4, 4, 3]), survivors=9, sigma2_device=2.0)
+    # masses say 2 (a), 4 (b) and 3 (p) devices; weights 16/2, 16/4 and 1
+    assert g.active() == pytest.approx((8 * 2 + 4 * 4 + 1 * 3) / 13)
+    assert g.active_var() == pytest.approx(9 * 2.0 / 13)
+    only_fraction = gs.GroupSum(Layout((Block("f", FRACTION, 1, 4),)), np.array([3]), 2, 1.0)
+    assert only_fraction.active() == 0.0 and only_fraction.active_var() == float("inf")
+
+
+def test_variances_of_a_distribution_bin_and_a_fraction() -> None:
+    g = gs.GroupSum(HEALTH, np.array([M // 2, 0, 0, 0, M // 4, 0]), survivors=3, sigma2_device=5.0)
+    a = g.active()
+    assert 0 < a < 1  # half a device's mass: variances are finite (only a = 0 is "no figure")
+    assert g.bin_var("latency") == pytest.approx(15.0 / (M * a) ** 2)
+    assert g.fraction_var("error_fraction") == pytest.approx(15.0 / (M * a) ** 2)
+    idle = gs.GroupSum(HEALTH, np.zeros(HEALTH.length, dtype=np.int64), 3, 5.0)
+    assert idle.fraction_var("error_fraction") == float("inf")
+
+
+def test_distribution_clips_noise_below_zero_and_keeps_a_mass_of_one() -> None:
+    g = gs.GroupSum(HEALTH, np.array([3, -2, 1, 0, 0, 0]), survivors=1, sigma2_device=0.0)
+    assert g.distribution("latency") == pytest.approx([0.75, 0.0, 0.25, 0.0])
+    one = gs.GroupSum(HEALTH, np.array([0, 1, 0, 0, 0, 0]), survivors=1, sigma2_device=0.0)
+    assert one.distribution("latency") == pytest.approx([0.0, 1.0, 0.0, 0.0])
+
+
+def test_refusal_messages_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^sum of length 3, the layout says 6$"):
+        gs.GroupSum(HEALTH, np.zeros(3, dtype=np.int64), 1, 0.0)
+    with pytest.raises(ValueError, match=r"^survivors and noise variance must be non-negative$"):
+        gs.GroupSum(HEALTH, np.zeros(HEALTH.length, dtype=np.int64), 1, -1.0)
+    g = gs.GroupSum(HEALTH, np.zeros(HEALTH.length, dtype=np.int64), 1, 0.0)
+    other = gs.GroupSum(health_layout(5), np.zeros(7, dtype=np.int64), 1, 0.0)
+    with pytest.raises(ValueError, match=r"^groups of one pool must share a layout$"):
+        gs.pool([g, other])
+
+
+def test_pool_takes_coordinate_medians_renormalised_and_averages_the_variances() -> None:
+    def group(lat: list[int], err: int, n: int, s2: float) -> gs.GroupSum:
+        return gs.GroupSum(HEALTH, np.array([*lat, err, n]), survivors=n, sigma2_device=s2)
+
+    a = group([M, 0, 0, 0], 0, 1, 1.0)
+    b = group([0, M, 0, 0], M // 2, 1, 2.0)
+    c = group([M // 2, M // 2, 0, 0], M, 1, 3.0)
+    p = gs.pool([a, b, c])
+    # per bin: medians of (1, 0, 0.5) and (0, 1, 0.5) = 0.5 and 0.5: already a distribution
+    assert p.distributions["latency"] == pytest.approx([0.5, 0.5, 0.0, 0.0])
+    d = group([M, 0, 0, 0], 0, 1, 1.0)
+    q = gs.pool([a, b, d])  # medians (1, 0, 0, 0) of bins → renormalised stays (1, 0, 0, 0)
+    assert q.distributions["latency"] == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    e = group([0, 0, M, 0], 0, 1, 1.0)
+    r = gs.pool([a, b, e])  # every bin's median is 0: no distribution left, uniform
+    assert r.distributions["latency"] == pytest.approx([0.25] * 4)
+    h = M // 2
+    spread = gs.pool([group([h, h, 0, 0], 0, 1, 1.0), group([h, 0, h, 0], 0, 1, 1.0), group([0, h, h, 0], 0, 1, 1.0)])
+    assert spread.distributions["latency"] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0])  # medians 0.5 × 3, renormalised
+    factor = 3.14159265 / 6  # median_variance_factor(3) = π / 2G
+    assert p.bin_var["latency"] == pytest.approx(factor * np.mean([1.0, 2.0, 3.0]) / M**2, rel=1e-6)
+    assert p.fraction_var["error_fraction"] == pytest.approx(factor * 2.0 / M**2, rel=1e-6)
+    assert p.fractions["error_fraction"] == pytest.approx(0.5)
+    single = gs.pool([b])
+    assert single.informative == 1 and single.fractions["error_fraction"] == pytest.approx(0.5)
+    empty = gs.pool([])
+    assert (empty.distributions, empty.bin_var, empty.fractions, empty.fraction_var) == ({}, {}, {}, {})
