@@ -1,7 +1,8 @@
 """What the overview page shows: the fleet's state in one look, each number linked to its page.
 
-Every figure is one aggregate query (counts by status, a GROUP BY on the installed version), so
-the page costs the same with 100 or 100,000 devices.
+Every figure is one aggregate query. The device total and the versions in use come from the kept
+counts on PostgreSQL (``fleet.kept``: per profile, no device read); the status counts are index
+range counts on ``last_seen_at``.
 """
 
 from collections import defaultdict
@@ -12,7 +13,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from edgefleet import display
-from fleet import services
+from fleet import kept, services
 from fleet.models import Device
 from ota import names as ota_names
 from ota.models import Model, ModelVersion
@@ -33,7 +34,15 @@ def device_status_counts() -> dict[str, int]:
 def versions_in_use() -> dict[str, list[tuple[str, int]]]:
     """Per model, how many devices report each version installed (largest first)."""
     out: dict[str, list[tuple[str, int]]] = {}
-    for name in Model.objects.values_list("name", flat=True):
+    names = list(Model.objects.values_list("name", flat=True))
+    if kept.available():
+        by_model = kept.installed_counts(names)
+        for name in names:
+            counts = sorted(by_model.get(name, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            if counts:
+                out[name] = counts
+        return out
+    for name in names:
         key = f"installed__{name}"
         rows = Device.objects.filter(**{f"{key}__isnull": False}).values(key).annotate(n=Count("id")).order_by("-n")
         counts = [(str(r[key]), r["n"]) for r in rows if r[key]]
@@ -120,7 +129,7 @@ def context() -> dict[str, Any]:
     campaigns = list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10])
     return {
         "status": device_status_counts(),
-        "total_devices": Device.objects.count(),
+        "total_devices": kept.total() if kept.available() else Device.objects.count(),
         "models": model_counts(),
         "in_use": in_use,
         "in_use_rows": in_use_rows(in_use),

@@ -9,3 +9,11 @@ from fleet import presence
 def flush_presence() -> int:
     """Write last-seen and reported state batched in Redis to the database (beat: every 15 s)."""
     return presence.flush()
+
+
+@shared_task(name="fleet.tasks.fold_counts", ignore_result=True)
+def fold_counts() -> int:
+    """Add the kept-count deltas into the counts (beat: every 15 s), so readers add only recent ones."""
+    from fleet import kept
+
+    return kept.fold() if kept.available() else 0

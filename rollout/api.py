@@ -429,7 +429,7 @@ def _plan(payload: PlanIn, request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def _dry_run(plan: dict[str, Any], campaign_id: int | None) -> dict[str, Any]:
+def _dry_run(plan: dict[str, Any], campaign_id: int | None, bucketing: str = placement.KEYED) -> dict[str, Any]:
     """The dry run of a plan, with the devices that would wait now for a window or a condition."""
     out = targeting.dry_run(
         version=plan["version"],
@@ -438,6 +438,7 @@ def _dry_run(plan: dict[str, Any], campaign_id: int | None) -> dict[str, Any]:
         requirements=plan["requirements"],
         campaign_id=campaign_id,
         cached=True,
+        bucketing=bucketing,
     ).as_dict()
     out["waiting"] = waiting.plan_waiting(campaign_id=campaign_id, **{k: v for k, v in plan.items() if k != "waves"})
     return out
@@ -534,7 +535,7 @@ def dry_run_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dic
         "window_tz": c.window_tz,
         "conditions": c.conditions,
     }
-    return _dry_run(plan, c.pk)
+    return _dry_run(plan, c.pk, c.bucketing)
 
 
 @router.get(

@@ -251,7 +251,12 @@ def start(campaign_id: int, *, user: Any = None, request: HttpRequest | None = N
             raise CampaignError(f"Version {c.version} is {c.version.status}, not staged.")
         _refuse_overlap(c.model_id, c.cohort, exclude_id=c.pk)
         preview = targeting.dry_run(
-            version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk, requirements=c.requirements
+            version=c.version,
+            cohort=c.cohort,
+            waves=c.waves,
+            campaign_id=c.pk,
+            requirements=c.requirements,
+            bucketing=c.bucketing,
         )
         c.exclusions = preview.excluded
         c.state, c.wave_index, c.wave_started_at, c.started_at = S.RUNNING, 0, now, now

@@ -88,6 +88,12 @@ class Campaign(models.Model):
     commit_minutes = models.FloatField(
         default=60, help_text="a device that installed but has not committed within this long counts as failed"
     )
+    bucketing = models.CharField(
+        max_length=8,
+        default="key",
+        help_text="how a device's bucket is computed (rollout/placement.py): 'key' (kept counts answer its "
+        "waves), 'sha256' (campaigns made before, counted by a scan)",
+    )
     gate_report = models.JSONField(default=dict, blank=True, help_text="the latest gate evaluation, for the page")
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -230,6 +230,7 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
             campaign_id=campaign.pk,
             requirements=campaign.requirements,
             cached=True,
+            bucketing=campaign.bucketing,
         )
         waiting_now = waiting.plan_waiting(
             version=campaign.version,

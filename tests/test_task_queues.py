@@ -15,6 +15,7 @@ CONTROL = {
     "rollout.evaluate_campaigns",
     "rollout.evaluate_campaign",
     "fleet.tasks.flush_presence",
+    "fleet.tasks.fold_counts",
     "telemetry.rollup_and_drift",
     "ota.tasks.recover_stuck_validations",
     "telemetry.form_rounds",
