@@ -23,6 +23,8 @@ QUEUES = (CONTROL, VALIDATION, DEFAULT)
 TASKS: dict[str, tuple[str, int | None, int | None]] = {
     "rollout.evaluate_campaigns": (CONTROL, 240, 300),
     "rollout.evaluate_campaign": (CONTROL, 240, 300),
+    "rollout.move_devices": (CONTROL, 540, 600),
+    "rollout.resume_moves": (CONTROL, 20, 30),
     "fleet.tasks.flush_presence": (CONTROL, 50, 60),
     "fleet.tasks.fold_counts": (CONTROL, 50, 60),
     "telemetry.rollup_and_drift": (CONTROL, 540, 600),

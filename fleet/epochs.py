@@ -31,6 +31,10 @@ from django.core.cache import cache
 
 GEN_KEY = "ef:manifest:gen"
 AUTH_KEY = "ef:auth:epoch"
+# Changes to the resolution data that only some devices feel (a campaign's start, advance or
+# rollback): processes reload what they resolve from, but ready manifests stay valid; the devices
+# whose desired state changed are dropped one by one (fleet.manifests.invalidate).
+DATA_KEY = "ef:manifest:data"
 # Raw Redis keys of the forget log (not through the Django cache: they are read and written by Lua).
 SEQ_KEY = "ef:forget:seq"
 LOG_KEY = "ef:forget:log"  # sorted set: token hash -> the sequence number of its latest forget
@@ -41,6 +45,7 @@ READ_MAX = 20_000  # entries applied per read; more than this behind also drops 
 _lock = threading.Lock()
 _refresh_lock = threading.Lock()
 _memo: tuple[float, str, str] = (0.0, "", "")
+_data = ""  # DATA_KEY as read with _memo
 _applied = -1  # the log's sequence number this process has applied (-1: not read yet)
 # Fills are compared against a counter of this process's own (Redis's sequence restarts if Redis
 # loses the log): every drop advances it.
@@ -107,7 +112,7 @@ def current() -> tuple[str, str]:
     The check also applies new forget-log entries. One thread checks; the others keep the values
     they have meanwhile (at most one interval old) instead of queueing behind it.
     """
-    global _memo
+    global _memo, _data
     checked, gen, auth = _memo
     now = time.monotonic()
     if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
@@ -118,8 +123,9 @@ def current() -> tuple[str, str]:
         checked, gen, auth = _memo
         if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
             return gen, auth
-        got = cache.get_many([GEN_KEY, AUTH_KEY])
+        got = cache.get_many([GEN_KEY, AUTH_KEY, DATA_KEY])
         gen, auth = got.get(GEN_KEY), got.get(AUTH_KEY)
+        _data = str(got.get(DATA_KEY) or "")
         if gen is None or auth is None:
             # A fresh value, never "0": after Redis lost them (flushed, restarted empty) a repeated
             # value would let a process keep what it built after an earlier loss as if still current.
@@ -134,6 +140,13 @@ def current() -> tuple[str, str]:
         return _memo[1], _memo[2]
     finally:
         _refresh_lock.release()
+
+
+def data() -> str:
+    """The resolution data's own epoch (``DATA_KEY``), read with ``current``: state built under another
+    value is reloaded, ready manifests are not dropped for it."""
+    current()
+    return _data
 
 
 def _read_log(r: Any) -> None:

@@ -24,7 +24,7 @@ from fleet.models import Cohort
 from ota import aliases
 from ota.models import ModelVersion
 from rollout import gates as gate_logic
-from rollout import lifecycle, placement, targeting, waiting
+from rollout import lifecycle, moves, placement, targeting, waiting
 from rollout import windows as window_rules
 from rollout.evaluation import min_cohort
 from rollout.models import Campaign, CampaignDecision, Release
@@ -296,6 +296,11 @@ class CampaignStatusOut(CampaignOut):
     gate_numbers: dict[str, Any]
     last_evaluated_at: datetime | None
     progress: dict[str, Any] | None
+    move: dict[str, Any] | None = Field(
+        None,
+        description="the latest start/advance/rollback's devices told so far: {kind, done, total, finished, "
+        "started_at, finished_at} (moved by a Celery job in batches)",
+    )
     exclusions: dict[str, int]
     allowed_actions: list[str]
 
@@ -392,6 +397,7 @@ def campaign_status_json(c: Campaign) -> dict[str, Any]:
         "gate_numbers": {k: v for k, v in report.items() if k != "gates"},
         "last_evaluated_at": c.last_evaluated_at,
         "progress": progress,
+        "move": moves.progress(c),
         "exclusions": c.exclusions or {},
         "allowed_actions": [a for a, states in lifecycle.ALLOWED_FROM.items() if c.state in states],
     }

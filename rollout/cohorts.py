@@ -212,6 +212,12 @@ def kept_groups(
         yield n, p.labels, p.hardware, (None if seg == none else seg), installed, False
 
 
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
 def kept_available(bucketing: str) -> bool:
     """Kept counts answer a campaign's waves when its buckets are keyed and the database keeps them."""
     from fleet import kept
@@ -220,8 +226,27 @@ def kept_available(bucketing: str) -> bool:
 
 
 def overlapping_devices(a: Cohort | None, b: Cohort | None, limit: int = 5) -> list[str]:
-    """Names of (up to ``limit``) devices that match both cohorts."""
+    """Names of (up to ``limit``) devices that match both cohorts.
+
+    With kept counts, the label sets matching both are found among the profiles, and only devices
+    with one of those label sets are read (none when the cohorts do not meet)."""
     other = selectors.predicate(selectors.parse(selector_text(b)))
+    from fleet import kept
+
+    if kept.available():
+        mine = selectors.predicate(selectors.parse(selector_text(a)))
+        shared = {
+            json_key(p.labels): p.labels
+            for p, n in kept.totals_by_profile()
+            if n > 0 and not p.revoked and mine(p.labels) and other(p.labels)
+        }
+        examples: list[str] = []
+        for labels in list(shared.values())[:limit]:
+            rows = Device.objects.filter(labels__contains=labels, token_revoked_at__isnull=True).filter(labels=labels)
+            examples += [str(i) for i in rows.values_list("id", flat=True)[: limit - len(examples)]]
+            if len(examples) >= limit:
+                break
+        return examples
     found: list[str] = []
     for device_id, labels, _ in cohort_devices(a):
         if other(labels):

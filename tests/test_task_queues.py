@@ -14,6 +14,8 @@ from fleet.management.commands.run_edgefleet import processes
 CONTROL = {
     "rollout.evaluate_campaigns",
     "rollout.evaluate_campaign",
+    "rollout.move_devices",
+    "rollout.resume_moves",
     "fleet.tasks.flush_presence",
     "fleet.tasks.fold_counts",
     "telemetry.rollup_and_drift",

@@ -76,12 +76,15 @@ END $$""",
     "OR (OLD.token_revoked_at IS NULL) <> (NEW.token_revoked_at IS NULL)) EXECUTE FUNCTION fleet_device_counts()",
     "CREATE TRIGGER fleet_device_counts_trunc AFTER TRUNCATE ON fleet_device FOR EACH STATEMENT "
     "EXECUTE FUNCTION fleet_device_counts_truncate()",
+    # a campaign change walks the devices of a key range by this index (rollout/moves.py)
+    "CREATE INDEX IF NOT EXISTS device_key_id ON fleet_device (fleet_device_key(id), id)",
     # count the devices already enrolled, once
     "INSERT INTO fleet_profilecountdelta (profile_key, slot, n) SELECT fleet_device_profile(labels, hardware, "
     "installed, token_revoked_at IS NOT NULL), fleet_device_key(id), 1 FROM fleet_device",
 ]
 
 DOWN = [
+    "DROP INDEX IF EXISTS device_key_id",
     "DROP TRIGGER IF EXISTS fleet_device_counts_ins ON fleet_device",
     "DROP TRIGGER IF EXISTS fleet_device_counts_del ON fleet_device",
     "DROP TRIGGER IF EXISTS fleet_device_counts_upd ON fleet_device",
