@@ -147,10 +147,10 @@ def count_matching(match: Any, include_revoked: bool = True) -> int:
     return sum(n for p, n in totals_by_profile() if (include_revoked or not p.revoked) and match(p.labels))
 
 
-def installed_counts(models: list[str]) -> dict[str, dict[str, int]]:
+def installed_counts(models: list[str], totals: list[tuple[Profile, int]] | None = None) -> dict[str, dict[str, int]]:
     """Per model, devices by the version label they report installed (any device, revoked too)."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for p, n in totals_by_profile():
+    for p, n in totals if totals is not None else totals_by_profile():
         for m in models:
             label = p.installed.get(m) if isinstance(p.installed, dict) else None
             if label:

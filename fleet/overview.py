@@ -31,12 +31,14 @@ def device_status_counts() -> dict[str, int]:
     }
 
 
-def versions_in_use() -> dict[str, list[tuple[str, int]]]:
-    """Per model, how many devices report each version installed (largest first)."""
+def versions_in_use(totals: list[tuple[kept.Profile, int]] | None = None) -> dict[str, list[tuple[str, int]]]:
+    """Per model, how many devices report each version installed (largest first).
+
+    ``totals``: the kept per-profile totals when the caller read them already."""
     out: dict[str, list[tuple[str, int]]] = {}
     names = list(Model.objects.values_list("name", flat=True))
     if kept.available():
-        by_model = kept.installed_counts(names)
+        by_model = kept.installed_counts(names, totals)
         for name in names:
             counts = sorted(by_model.get(name, {}).items(), key=lambda kv: (-kv[1], kv[0]))
             if counts:
@@ -124,12 +126,13 @@ def named(alerts: list[Alert]) -> list[Alert]:
 
 
 def context() -> dict[str, Any]:
-    in_use = versions_in_use()
+    totals = kept.totals_by_profile() if kept.available() else None  # one read for the two figures
+    in_use = versions_in_use(totals)
     demo_status = cache.get("demo:status")
     campaigns = list(Campaign.objects.filter(state__in=ACTIVE).select_related("version", "model")[:10])
     return {
         "status": device_status_counts(),
-        "total_devices": kept.total() if kept.available() else Device.objects.count(),
+        "total_devices": sum(n for _, n in totals) if totals is not None else Device.objects.count(),
         "models": model_counts(),
         "in_use": in_use,
         "in_use_rows": in_use_rows(in_use),

@@ -16,25 +16,27 @@ CREATE OR REPLACE FUNCTION fleet_device_key(id uuid) RETURNS integer LANGUAGE sq
   FROM (SELECT ('x' || substr(encode(sha256(convert_to(id::text, 'UTF8')), 'hex'), 1, 16))::bit(64)::bigint AS x) d
 $$""",
     """
-CREATE OR REPLACE FUNCTION fleet_profile_parts(labels jsonb, hardware jsonb, installed jsonb)
-RETURNS TABLE (lb jsonb, hw jsonb, ins jsonb) LANGUAGE sql IMMUTABLE AS $$
-  SELECT coalesce(labels, '{}'::jsonb),
-         jsonb_strip_nulls(jsonb_build_object(
-           'arch', hardware -> 'arch', 'ram_mb', hardware -> 'ram_mb', 'ort_version', hardware -> 'ort_version',
-           'providers', hardware -> 'providers', 'storage_free_mb', hardware -> 'storage_free_mb')),
-         coalesce(installed, '{}'::jsonb)
+CREATE OR REPLACE FUNCTION fleet_profile_hw(hardware jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT jsonb_strip_nulls(jsonb_build_object(
+    'arch', hardware -> 'arch', 'ram_mb', hardware -> 'ram_mb', 'ort_version', hardware -> 'ort_version',
+    'providers', hardware -> 'providers', 'storage_free_mb', hardware -> 'storage_free_mb'))
+$$""",
+    """
+CREATE OR REPLACE FUNCTION fleet_profile_key(labels jsonb, hardware jsonb, installed jsonb, revoked boolean)
+RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT md5(coalesce(labels, '{}'::jsonb)::text || '|' || fleet_profile_hw(hardware)::text || '|'
+             || coalesce(installed, '{}'::jsonb)::text || '|' || revoked::text)::uuid
 $$""",
     """
 CREATE OR REPLACE FUNCTION fleet_device_profile(labels jsonb, hardware jsonb, installed jsonb, revoked boolean)
 RETURNS uuid LANGUAGE plpgsql AS $$
-DECLARE p record; k uuid;
+DECLARE k uuid := fleet_profile_key(labels, hardware, installed, revoked);
 BEGIN
-  SELECT * INTO p FROM fleet_profile_parts(labels, hardware, installed);
-  k := md5(p.lb::text || '|' || p.hw::text || '|' || p.ins::text || '|' || revoked::text)::uuid;
   PERFORM 1 FROM fleet_deviceprofile WHERE key = k;
   IF NOT FOUND THEN
     INSERT INTO fleet_deviceprofile (key, labels, hardware, installed, revoked)
-    VALUES (k, p.lb, p.hw, p.ins, revoked) ON CONFLICT (key) DO NOTHING;
+    VALUES (k, coalesce(labels, '{}'::jsonb), fleet_profile_hw(hardware), coalesce(installed, '{}'::jsonb), revoked)
+    ON CONFLICT (key) DO NOTHING;
   END IF;
   RETURN k;
 END $$""",
@@ -42,20 +44,22 @@ END $$""",
 CREATE OR REPLACE FUNCTION fleet_device_counts() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE old_k uuid; new_k uuid;
 BEGIN
-  IF TG_OP <> 'INSERT' THEN
-    old_k := fleet_device_profile(OLD.labels, OLD.hardware, OLD.installed, OLD.token_revoked_at IS NOT NULL);
-  END IF;
-  IF TG_OP <> 'DELETE' THEN
+  IF TG_OP = 'UPDATE' THEN
+    old_k := fleet_profile_key(OLD.labels, OLD.hardware, OLD.installed, OLD.token_revoked_at IS NOT NULL);
+    new_k := fleet_profile_key(NEW.labels, NEW.hardware, NEW.installed, NEW.token_revoked_at IS NOT NULL);
+    IF old_k = new_k THEN
+      RETURN NULL;  -- nothing placement or the pages read changed
+    END IF;
+    PERFORM fleet_device_profile(NEW.labels, NEW.hardware, NEW.installed, NEW.token_revoked_at IS NOT NULL);
+    INSERT INTO fleet_profilecountdelta (profile_key, slot, n)
+    SELECT k, s, n FROM (SELECT fleet_device_key(NEW.id) AS s) AS key,  -- the id never changes: hash it once
+      LATERAL (VALUES (old_k, -1), (new_k, 1)) AS d(k, n);
+  ELSIF TG_OP = 'INSERT' THEN
     new_k := fleet_device_profile(NEW.labels, NEW.hardware, NEW.installed, NEW.token_revoked_at IS NOT NULL);
-  END IF;
-  IF old_k IS NOT DISTINCT FROM new_k THEN
-    RETURN NULL;
-  END IF;
-  IF old_k IS NOT NULL THEN
-    INSERT INTO fleet_profilecountdelta (profile_key, slot, n) VALUES (old_k, fleet_device_key(OLD.id), -1);
-  END IF;
-  IF new_k IS NOT NULL THEN
     INSERT INTO fleet_profilecountdelta (profile_key, slot, n) VALUES (new_k, fleet_device_key(NEW.id), 1);
+  ELSE
+    old_k := fleet_profile_key(OLD.labels, OLD.hardware, OLD.installed, OLD.token_revoked_at IS NOT NULL);
+    INSERT INTO fleet_profilecountdelta (profile_key, slot, n) VALUES (old_k, fleet_device_key(OLD.id), -1);
   END IF;
   RETURN NULL;
 END $$""",
@@ -92,7 +96,8 @@ DOWN = [
     "DROP FUNCTION IF EXISTS fleet_device_counts_truncate()",
     "DROP FUNCTION IF EXISTS fleet_device_counts()",
     "DROP FUNCTION IF EXISTS fleet_device_profile(jsonb, jsonb, jsonb, boolean)",
-    "DROP FUNCTION IF EXISTS fleet_profile_parts(jsonb, jsonb, jsonb)",
+    "DROP FUNCTION IF EXISTS fleet_profile_key(jsonb, jsonb, jsonb, boolean)",
+    "DROP FUNCTION IF EXISTS fleet_profile_hw(jsonb)",
     "DROP FUNCTION IF EXISTS fleet_device_key(uuid)",
 ]
 
