@@ -69,6 +69,28 @@ end
 return seq
 """
 
+# Many devices at once, with their own keys (fleet.manifests.invalidate): KEYS: seq, log, floor, then
+# per device its forget counter and its ready-manifest key. ARGV: entries to keep, counter TTL, then
+# the token hashes. Per device: count a forget, drop the ready manifest, append to the log; trim once.
+FORGET_MANY_LUA = """
+local seq = 0
+for i = 3, #ARGV do
+  local j = 4 + 2 * (i - 3)
+  redis.call('INCR', KEYS[j])
+  redis.call('EXPIRE', KEYS[j], ARGV[2])
+  redis.call('DEL', KEYS[j + 1])
+  seq = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2], seq, ARGV[i])
+end
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if extra > 0 then
+  local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+  redis.call('SET', KEYS[3], cut[2])
+end
+return seq
+"""
+
 # KEYS: seq, log, floor. ARGV: last applied, most entries to return.
 # Returns {seq, floor, hash, hash, ...}; no hashes when more than ARGV[2] are new (drop everything).
 _READ_LUA = """
@@ -206,6 +228,15 @@ def queue_forget(pipe: Any, token_hash: str) -> None:
     """Queue the log append on a Redis pipeline (the caller's other deletes go in the same
     transaction), then call :func:`forgotten_here`."""
     pipe.eval(FORGET_LUA, 3, SEQ_KEY, LOG_KEY, FLOOR_KEY, token_hash, LOG_KEEP)
+
+
+def forget_many(r: Any, token_hashes: list[str], counter_keys: list[str], poll_keys: list[str], ttl: int) -> None:
+    """Forget these devices in one script call (see ``FORGET_MANY_LUA``), then here at once."""
+    keys = [SEQ_KEY, LOG_KEY, FLOOR_KEY]
+    for counter, poll in zip(counter_keys, poll_keys, strict=True):
+        keys += [counter, poll]
+    r.eval(FORGET_MANY_LUA, len(keys), *keys, LOG_KEEP, ttl, *token_hashes)
+    _forget_here(list(token_hashes))
 
 
 def forgotten_here(token_hash: str, logged: bool) -> None:

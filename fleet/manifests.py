@@ -380,22 +380,14 @@ def invalidate(token_hashes: list[str]) -> bool:
     """Drop these devices' ready manifests everywhere, so their next poll re-resolves; the rest stay.
 
     For a change to resolution data that only these devices feel (rollout/moves.py): one Redis
-    transaction a batch deletes each ready entry, counts a forget (a poll that read the count before
-    cannot store what it built) and appends to the forget log (every process drops them from memory
-    within ``EDGEFLEET_EPOCH_CHECK_SECONDS``). Their cached snapshots stay: nothing about the device
-    changed. False without Redis (the caller bumps the generation instead)."""
+    script call a batch (``epochs.FORGET_MANY_LUA``) deletes each ready entry, counts a forget (a
+    poll that read the count before cannot store what it built) and appends to the forget log (every
+    process drops them from memory within ``EDGEFLEET_EPOCH_CHECK_SECONDS``). Their cached snapshots
+    stay: nothing about the device changed. False without Redis (the caller bumps the generation)."""
     r = presence.redis_client()
     if r is None:
         return False
-    if not token_hashes:
-        return True
-    pipe = r.pipeline(transaction=True)
-    for th in token_hashes:
-        pipe.incr(forget_counter_key(th))
-        pipe.expire(forget_counter_key(th), POLL_TTL)
-        pipe.delete(poll_key(th))
-        epochs.queue_forget(pipe, th)
-    pipe.execute()
-    for th in token_hashes:
-        epochs.forgotten_here(th, logged=True)
+    if token_hashes:  # one script call a batch: atomic per batch, as forget_device is per device
+        keys = [forget_counter_key(th) for th in token_hashes], [poll_key(th) for th in token_hashes]
+        epochs.forget_many(r, token_hashes, keys[0], keys[1], POLL_TTL)
     return True

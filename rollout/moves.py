@@ -19,6 +19,7 @@ or a start that hides a rolled-back campaign of the same model (its devices chan
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from fleet import selectors
 from rollout import cohorts, placement
 from rollout.models import Campaign, CampaignMove
 
+logger = logging.getLogger(__name__)
 S = Campaign.State
 BATCH = 2000
 LEASE = timedelta(seconds=60)
@@ -101,7 +103,10 @@ def after_commit(outcome: CampaignMove | bool) -> None:
     if isinstance(outcome, CampaignMove):
         from rollout.tasks import move_devices
 
-        move_devices.delay(outcome.pk)
+        try:
+            move_devices.delay(outcome.pk)
+        except Exception:  # the broker is away: the beat's resume_stale enqueues it once it is back
+            logger.warning("campaign %s: could not enqueue move %s", outcome.campaign_id, outcome.pk, exc_info=True)
 
 
 def _claim(move_id: int) -> bool:
@@ -120,12 +125,14 @@ def _batch(a: int, b: int, key: int, after_id: str, size: int) -> list[tuple[Any
         "AND (fleet_device_key(id), id) > (%s, %s::uuid) ORDER BY fleet_device_key(id), id LIMIT %s"
     )
 
-    def load(value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
-
     with connection.cursor() as cur:
         cur.execute(sql, [a, b, key, after_id, size])
-        return [(i, th, load(lb) or {}, load(hw) or {}, revoked, k) for i, th, lb, hw, revoked, k in cur.fetchall()]
+        return cur.fetchall()
+
+
+def _load(value: Any) -> Any:
+    """jsonb from a raw cursor (text), decoded only for the rows that need it."""
+    return (json.loads(value) if isinstance(value, str) else value) or {}
 
 
 def run(move_id: int, batch: int = BATCH, crash_after: int | None = None) -> CampaignMove | None:
@@ -156,8 +163,8 @@ def run(move_id: int, batch: int = BATCH, crash_after: int | None = None) -> Cam
             rows = _batch(a, b, key, after, batch)
             if not rows:
                 break
-            members = [r for r in rows if not r[4] and match(r[2] or {})]
-            drop = [r[1] for r in members if placement.incompatibility(r[3] or {}, req) is None]
+            members = [r for r in rows if not r[4] and match(_load(r[2]))]
+            drop = [r[1] for r in members if placement.incompatibility(_load(r[3]), req) is None]
             if not manifests.invalidate(drop):
                 from rollout.manifest import bump_generation
 
