@@ -17,3 +17,14 @@ def fold_counts() -> int:
     from fleet import kept
 
     return kept.fold() if kept.available() else 0
+
+
+@shared_task(name="fleet.tasks.count_statuses", ignore_result=True)
+def count_statuses() -> int:
+    """Keep the overview's status counts for a large fleet (beat: every 15 s; fleet/overview.py)."""
+    from fleet import kept, overview
+
+    total = kept.total() if kept.available() else 0
+    if total < overview.kept_status_above():
+        return 0
+    return sum(overview.count_statuses().values())

@@ -153,3 +153,29 @@ def test_dry_run_from_kept_counts_equals_the_per_device_computation(seed: int, m
         for a, b in zip(fast["waves"], slow["waves"], strict=True):
             assert {**a, "by_label": sorted(a["by_label"].items())} == {**b, "by_label": sorted(b["by_label"].items())}
         assert {k: x for k, x in fast.items() if k != "waves"} == {k: x for k, x in slow.items() if k != "waves"}
+
+
+def test_a_large_fleet_reads_the_status_counts_the_job_kept_and_says_how_old(settings) -> None:
+    """At or above the threshold the overview shows the beat job's status counts and their age; below it
+    counts them for the request."""
+    from django.core.cache import cache
+    from django.template.loader import render_to_string
+
+    from fleet import tasks
+
+    cache.delete(overview.STATUS_KEY)
+    f.device({"region": "eu"})
+    f.device({"region": "us"})
+    settings.EDGEFLEET_STATUS_KEPT_ABOVE = 3
+    assert tasks.count_statuses() == 0  # 2 devices: below the threshold, the job does nothing
+    settings.EDGEFLEET_STATUS_KEPT_ABOVE = 2
+    assert tasks.count_statuses() == 2
+    f.device({"region": "eu"})  # enrolled after the count
+    settings.EDGEFLEET_STATUS_KEPT_ABOVE = 3  # the edge: 3 devices, threshold 3: the kept figure
+    ctx = overview.context()
+    assert ctx["total_devices"] == 3 and ctx["status"]["never"] == 2 and ctx["status_age"] >= 0
+    assert "counted 0 s ago" in render_to_string("fleet/overview_live.html", ctx)
+    settings.EDGEFLEET_STATUS_KEPT_ABOVE = 4  # below it: counted now, no age shown
+    ctx = overview.context()
+    assert ctx["status"]["never"] == 3 and ctx["status_age"] is None
+    assert "counted" not in render_to_string("fleet/overview_live.html", ctx)

@@ -18,6 +18,7 @@ CONTROL = {
     "rollout.resume_moves",
     "fleet.tasks.flush_presence",
     "fleet.tasks.fold_counts",
+    "fleet.tasks.count_statuses",
     "telemetry.rollup_and_drift",
     "ota.tasks.recover_stuck_validations",
     "telemetry.form_rounds",
