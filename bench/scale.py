@@ -8,7 +8,10 @@ database and reuses it on the next run with the same N (``--build`` forces a reb
   replaced (``bulk_update``'s ``CASE WHEN``, 5,000 ids a round) on the first size;
 - the worker manifest cache: hit rate of the LRU (fleet/lru.py) against the dict emptied when full,
   with a fleet of N polling uniformly and a hot tenth polling ten times as often, and bytes per entry;
-- for reference (not changed here): the overview's queries cold and warm, and a cohort's live count.
+- for reference: the overview's queries cold and warm, and a cohort's live count;
+- kept counts (``kept``): the dry run, a cohort's live count, the overview and a campaign's progress
+  before (scans of every device) and after (fleet/kept.py), cold and warm; campaign start, advance
+  and rollback (the request, then the move job: rollout/moves.py); what the trigger costs writers.
 
 Memory is the process's peak RSS after each step. Asserts nothing.
 
@@ -98,7 +101,13 @@ def build_devices(n: int) -> float:
             buf = io.StringIO()
             for i in range(start, min(n, start + chunk)):
                 labels = {"fleet": "scale", "region": REGIONS[i % 3], "hw": HW[rng.randrange(3)]}
-                hardware = {"arch": "aarch64", "cores": 4, "ram_mb": 4096, "ort_version": "1.17.1"}
+                hardware = {
+                    "arch": "aarch64",
+                    "cores": 4,
+                    "ram_mb": 4096,
+                    "ort_version": "1.17.1",
+                    "storage_free_mb": 2048,
+                }
                 installed = {"vibration": "v1"} if i % 10 else {}
                 row = (
                     str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -110,12 +119,14 @@ def build_devices(n: int) -> float:
                     f"eft_{i:07d}",
                     json.dumps(installed),
                     "2026-11-01T00:00:00+00:00",
+                    "",
+                    "{}",
                 )
                 buf.write("\t".join(row) + "\n")
             buf.seek(0)
             raw.copy_expert(
                 "COPY fleet_device (id, name, hardware, labels, agent_version, token_hash, token_prefix, installed, "
-                "enrolled_at) "
+                "enrolled_at, identity_key, conditions) "
                 "FROM STDIN",
                 buf,
             )
@@ -249,12 +260,191 @@ def bench_cache(n: int, size: int) -> None:
         )
 
 
+def _bench_rows() -> tuple[Any, Any, Any, Any]:
+    """A model with two staged versions and the cohort the kept-count figures use; old campaigns gone."""
+    import hashlib
+
+    from fleet.models import Cohort
+    from ota.models import Artifact, Model, ModelVersion
+    from rollout.models import Campaign
+
+    m = Model.objects.get_or_create(name="vibration")[0]
+    Campaign.objects.filter(model=m).delete()
+    versions = []
+    for label in ("v1", "v2"):
+        sha = hashlib.sha256(f"bench-scale-{label}".encode()).hexdigest()
+        art = Artifact.objects.get_or_create(sha256=sha, defaults={"size": 200_000, "storage_key": f"a/{sha}"})[0]
+        versions.append(
+            ModelVersion.objects.get_or_create(
+                model=m,
+                label=label,
+                defaults={"status": "staged", "artifact": art, "report": {"opset": 17, "file_size": 200_000}},
+            )[0]
+        )
+    cohort = Cohort.objects.get_or_create(name="bench-eu", defaults={"selector": "region=eu, hw in (rpi4, jetson)"})[0]
+    return m, versions[0], versions[1], cohort
+
+
+def _cold(fn: Callable[[], Any], clear_cache: bool = True) -> float:
+    """Seconds for ``fn`` in a new database session with no profile in process memory (and, unless
+    told, an empty shared cache: no grouped rows kept from an earlier call)."""
+    from django.core.cache import cache
+    from django.db import connection
+
+    from fleet import kept
+
+    connection.close()
+    kept._PROFILES.clear()
+    if clear_cache:
+        cache.clear()
+    return timed(fn)[0]
+
+
+def _warm(fn: Callable[[], Any]) -> float:
+    return statistics.median(timed(fn)[0] for _ in range(3))
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1000:,.0f} ms"
+
+
+def bench_kept(n: int) -> None:
+    """Before (scans of every device) and after (kept counts, moves) for issue 17's request paths."""
+    from unittest import mock
+
+    from django.db import connection
+    from django.urls import reverse
+
+    from edgefleet.celery import app
+    from fleet import bulk, kept, overview, services
+    from fleet.models import Device
+    from rollout import cohorts, lifecycle, moves, placement, progress, targeting
+    from rollout.models import Campaign
+
+    reverse("campaign-detail", args=[1])  # import the URLconf once, as a server has (not a request's cost)
+    print("\n## kept counts: a trigger's deltas folded into per-profile counts by device key")
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM fleet_profilecountdelta")
+        pending = cur.fetchone()[0]
+    t, _ = timed(kept.fold)
+    print(f"fold of {pending:,} deltas (the build's, once): {t:.2f} s; peak RSS {rss_mb():.0f} MB")
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM fleet_deviceprofile")
+        profiles = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM fleet_profilecount")
+        rows = cur.fetchone()[0]
+    print(f"kept: {profiles:,} profiles, {rows:,} count rows for {n:,} devices")
+
+    m, v1, v2, cohort = _bench_rows()
+    waves = [{"percent": 1}, {"percent": 10}, {"percent": 50}, {"percent": 100}]
+    sel = cohort.selector
+
+    def dry(bucketing: str) -> Any:
+        return targeting.dry_run(version=v2, cohort=cohort, waves=waves, campaign_id=4242, bucketing=bucketing)
+
+    before = _cold(lambda: dry(placement.LEGACY))
+    after_cold, after_warm = _cold(lambda: dry(placement.KEYED)), _warm(lambda: dry(placement.KEYED))
+    a, b = dry(placement.LEGACY), dry(placement.KEYED)
+    print(
+        f"dry run (4 waves, cohort {sel!r}): before (grouped scan, uncached) {_ms(before)}; "
+        f"after cold {_ms(after_cold)}, warm {_ms(after_warm)} (totals {a.total:,} / {b.total:,})"
+    )
+    before = _warm(lambda: services.devices_matching(sel).count())
+    after_cold, after_warm = _cold(lambda: services.count_matching(sel)), _warm(lambda: services.count_matching(sel))
+    print(
+        f"cohort live count: before (count over devices) {_ms(before)}; "
+        f"after cold {_ms(after_cold)}, warm {_ms(after_warm)}"
+    )
+    with (
+        mock.patch.object(kept, "available", lambda: False),
+        mock.patch.object(overview, "kept_status_above", lambda: 10**12),
+    ):
+        before_cold, before_warm = _cold(overview.context), _warm(overview.context)
+    from fleet import tasks
+
+    job, _ = timed(tasks.count_statuses)  # the beat job, every 15 s (it runs for fleets of 50,000 or more)
+    after_cold, after_warm = _cold(overview.context, clear_cache=False), _warm(overview.context)
+    print(
+        f"overview context: before cold {_ms(before_cold)}, warm {_ms(before_warm)}; "
+        f"after cold {_ms(after_cold)}, warm {_ms(after_warm)} (status counts kept by a job taking {_ms(job)})"
+    )
+    legacy, keyed = (
+        Campaign.objects.create(
+            name=f"bench-{kind}",
+            model=m,
+            version=v2,
+            previous_version=v1,
+            cohort=cohort,
+            state="paused",
+            waves=waves,
+            wave_index=1,
+            bucketing=kind,
+        )
+        for kind in (placement.LEGACY, placement.KEYED)
+    )
+    before = _cold(lambda: progress.install_progress(Campaign.objects.get(pk=legacy.pk)))
+    after_cold = _cold(lambda: progress.install_progress(Campaign.objects.get(pk=keyed.pk)))
+    after_warm = _warm(lambda: progress.install_progress(Campaign.objects.get(pk=keyed.pk)))
+    print(
+        f"campaign progress (wave 2 of 4): before {_ms(before)}; after cold {_ms(after_cold)}, warm {_ms(after_warm)}"
+    )
+    Campaign.objects.filter(pk__in=[legacy.pk, keyed.pk]).delete()
+
+    print("\n## campaign start: the request, then the move job")
+    with mock.patch.object(kept, "available", lambda: False):
+        before = _cold(lambda: (dry(placement.LEGACY), cohorts.overlapping_devices(cohort, None)))
+    print(f"start's own scans before (uncached dry run + overlap scan in Python): {_ms(before)}")
+    other = Campaign.objects.create(name="bench-other", model=m, version=v2, cohort=None, state="draft")
+    c = lifecycle.create_campaign(
+        name="bench-start", version=v2, cohort=cohort, waves=waves, gates={"error_rate": 0.02}
+    )
+    other.delete()
+    t, _ = timed(lambda: lifecycle.start(c.pk))
+    move = c.moves.first()
+    print(f"lifecycle.start: {_ms(t)} (records the move of {move.total:,} devices; the job does the rest)")
+    t, done = timed(lambda: moves.run(move.pk))
+    print(f"move job: {done.done:,} cohort devices walked, in {t:.2f} s ({len(done.ranges)} key range(s)); {load()}")
+    t, _ = timed(lambda: lifecycle.advance(c.pk, reason="bench"))
+    move = c.moves.first()
+    t2, done = timed(lambda: moves.run(move.pk))
+    print(f"lifecycle.advance to 10%: {_ms(t)}; move job {done.done:,} devices in {t2:.2f} s")
+    t, _ = timed(lambda: lifecycle.rollback(c.pk, reason="bench"))
+    move = c.moves.first()
+    t2, done = timed(lambda: moves.run(move.pk))
+    print(f"lifecycle.rollback (10% covered): {_ms(t)}; move job {done.done:,} devices in {t2:.2f} s")
+    app.control.purge()  # the delay()s above: no worker runs in this bench
+
+    print("\n## what keeping the counts costs writers")
+    ids = list(Device.objects.values_list("id", flat=True)[:1000])
+    t, _ = timed(lambda: bulk.relabel(ids, {"bench": "x"}, []))
+    t2, _ = timed(kept.fold)
+    bulk.relabel(ids, {}, ["bench"])
+    kept.fold()
+    print(f"bulk relabel of 1,000 devices: {_ms(t)} (trigger included); fold of their 2,000 deltas: {_ms(t2)}")
+    with connection.cursor() as cur:
+        sample = "SELECT id FROM fleet_device ORDER BY id LIMIT 20000"
+        undo = f"UPDATE fleet_device SET installed = installed - 'bench' WHERE id IN ({sample})"
+        for on in (False, True):
+            # without the trigger, the change is undone without it too, so the counts stay true
+            cur.execute(f"ALTER TABLE fleet_device {'ENABLE' if on else 'DISABLE'} TRIGGER fleet_device_counts_upd")
+            sql = (
+                f'UPDATE fleet_device SET installed = installed || \'{{"bench": "{on}"}}\'::jsonb '
+                f"WHERE id IN ({sample})"
+            )
+            t, _ = timed(lambda sql=sql: cur.execute(sql))
+            cur.execute(undo)
+            label = "with the trigger" if on else "without the trigger"
+            print(f"UPDATE of 20,000 devices' installed (as the presence flush writes it), {label}: {_ms(t)}")
+        cur.execute("ALTER TABLE fleet_device ENABLE TRIGGER fleet_device_counts_upd")
+    kept.fold()
+
+
 def bench_pages() -> None:
     from django.db import connection
 
     from fleet import overview, services
 
-    print("\n## for reference (unchanged here): the overview's queries and a cohort's live count")
+    print("\n## the overview's queries and a cohort's live count (kept counts on PostgreSQL)")
     connection.close()  # a new session: nothing of ours cached in it
     cold, _ = timed(overview.context)
     warm = statistics.median(timed(overview.context)[0] for _ in range(3))
@@ -273,7 +463,7 @@ def main() -> None:
     ap.add_argument("--build", action="store_true", help="rebuild even if the database holds N devices")
     ap.add_argument("--before", action="store_true", help="also time the flush this replaced")
     ap.add_argument("--cache-size", type=int, default=300_000)
-    ap.add_argument("--skip", default="", help="comma-separated: presence,cache,pages")
+    ap.add_argument("--skip", default="", help="comma-separated: presence,cache,pages,kept")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -295,6 +485,8 @@ def main() -> None:
         bench_cache(args.devices, args.cache_size)
     if "pages" not in skip:
         bench_pages()
+    if "kept" not in skip:
+        bench_kept(args.devices)
     print(f"\npeak RSS {rss_mb():.0f} MB")
 
 

@@ -23,7 +23,11 @@ QUEUES = (CONTROL, VALIDATION, DEFAULT)
 TASKS: dict[str, tuple[str, int | None, int | None]] = {
     "rollout.evaluate_campaigns": (CONTROL, 240, 300),
     "rollout.evaluate_campaign": (CONTROL, 240, 300),
+    "rollout.move_devices": (CONTROL, 540, 600),
+    "rollout.resume_moves": (CONTROL, 20, 30),
     "fleet.tasks.flush_presence": (CONTROL, 50, 60),
+    "fleet.tasks.fold_counts": (CONTROL, 50, 60),
+    "fleet.tasks.count_statuses": (CONTROL, 10, 15),
     "telemetry.rollup_and_drift": (CONTROL, 540, 600),
     "ota.tasks.recover_stuck_validations": (CONTROL, 50, 60),
     # Secure-aggregation rounds: short steps (one phase of one round), deadlines a poll apart.

@@ -38,6 +38,9 @@ BEAT_SCHEDULE: dict = {
     "ota-recover-stuck-validations": entry("ota.tasks.recover_stuck_validations", RECOVERY_INTERVAL),
     "ota-delete-orphan-artifacts": entry("ota.tasks.delete_orphan_artifacts", 3600),
     "fleet-flush-presence": entry("fleet.tasks.flush_presence", 15),
+    "fleet-fold-counts": entry("fleet.tasks.fold_counts", 15),
+    "fleet-count-statuses": entry("fleet.tasks.count_statuses", 15),
+    "rollout-resume-moves": entry("rollout.resume_moves", 30),
     "notify-send-due": entry("notify.send_due", 10),
     "notify-sweep": entry("notify.sweep", 60),
 }

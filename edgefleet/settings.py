@@ -240,6 +240,11 @@ EDGEFLEET_POLL_INTERVAL = env_int("EDGEFLEET_POLL_INTERVAL", 60)
 # Ready manifests a worker process keeps in memory (an LRU: the devices that poll stay, ~0.5 KB each;
 # the rest are one Redis round trip away). fleet/manifests.py.
 EDGEFLEET_POLL_READY_MAX = env_int("EDGEFLEET_POLL_READY_MAX", 300_000)
+# A campaign change reaching more than this share of the fleet re-resolves every device at once
+# instead of moving its devices in batches (rollout/moves.py).
+EDGEFLEET_MOVE_GLOBAL_SHARE = env_float("EDGEFLEET_MOVE_GLOBAL_SHARE", 0.25)
+# Fleets of at least this many devices show the status counts a beat job kept (fleet/overview.py).
+EDGEFLEET_STATUS_KEPT_ABOVE = env_int("EDGEFLEET_STATUS_KEPT_ABOVE", 50_000)
 EDGEFLEET_TELEMETRY_WINDOW = env_int("EDGEFLEET_TELEMETRY_WINDOW", 300)
 # A signed manifest is valid this long (seconds), and re-signed once less than REFRESH is left.
 EDGEFLEET_MANIFEST_TTL = env_int("EDGEFLEET_MANIFEST_TTL", 7 * 24 * 3600)

@@ -31,6 +31,10 @@ from django.core.cache import cache
 
 GEN_KEY = "ef:manifest:gen"
 AUTH_KEY = "ef:auth:epoch"
+# Changes to the resolution data that only some devices feel (a campaign's start, advance or
+# rollback): processes reload what they resolve from, but ready manifests stay valid; the devices
+# whose desired state changed are dropped one by one (fleet.manifests.invalidate).
+DATA_KEY = "ef:manifest:data"
 # Raw Redis keys of the forget log (not through the Django cache: they are read and written by Lua).
 SEQ_KEY = "ef:forget:seq"
 LOG_KEY = "ef:forget:log"  # sorted set: token hash -> the sequence number of its latest forget
@@ -41,6 +45,7 @@ READ_MAX = 20_000  # entries applied per read; more than this behind also drops 
 _lock = threading.Lock()
 _refresh_lock = threading.Lock()
 _memo: tuple[float, str, str] = (0.0, "", "")
+_data = ""  # DATA_KEY as read with _memo
 _applied = -1  # the log's sequence number this process has applied (-1: not read yet)
 # Fills are compared against a counter of this process's own (Redis's sequence restarts if Redis
 # loses the log): every drop advances it.
@@ -56,6 +61,28 @@ FORGET_LUA = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if extra > 0 then
+  local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+  redis.call('SET', KEYS[3], cut[2])
+end
+return seq
+"""
+
+# Many devices at once, with their own keys (fleet.manifests.invalidate): KEYS: seq, log, floor, then
+# per device its forget counter and its ready-manifest key. ARGV: entries to keep, counter TTL, then
+# the token hashes. Per device: count a forget, drop the ready manifest, append to the log; trim once.
+FORGET_MANY_LUA = """
+local seq = 0
+for i = 3, #ARGV do
+  local j = 4 + 2 * (i - 3)
+  redis.call('INCR', KEYS[j])
+  redis.call('EXPIRE', KEYS[j], ARGV[2])
+  redis.call('DEL', KEYS[j + 1])
+  seq = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2], seq, ARGV[i])
+end
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
 if extra > 0 then
   local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
@@ -107,7 +134,7 @@ def current() -> tuple[str, str]:
     The check also applies new forget-log entries. One thread checks; the others keep the values
     they have meanwhile (at most one interval old) instead of queueing behind it.
     """
-    global _memo
+    global _memo, _data
     checked, gen, auth = _memo
     now = time.monotonic()
     if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
@@ -118,8 +145,9 @@ def current() -> tuple[str, str]:
         checked, gen, auth = _memo
         if now - checked < float(getattr(settings, "EDGEFLEET_EPOCH_CHECK_SECONDS", 0.5)) and gen:
             return gen, auth
-        got = cache.get_many([GEN_KEY, AUTH_KEY])
+        got = cache.get_many([GEN_KEY, AUTH_KEY, DATA_KEY])
         gen, auth = got.get(GEN_KEY), got.get(AUTH_KEY)
+        _data = str(got.get(DATA_KEY) or "")
         if gen is None or auth is None:
             # A fresh value, never "0": after Redis lost them (flushed, restarted empty) a repeated
             # value would let a process keep what it built after an earlier loss as if still current.
@@ -134,6 +162,13 @@ def current() -> tuple[str, str]:
         return _memo[1], _memo[2]
     finally:
         _refresh_lock.release()
+
+
+def data() -> str:
+    """The resolution data's own epoch (``DATA_KEY``), read with ``current``: state built under another
+    value is reloaded, ready manifests are not dropped for it."""
+    current()
+    return _data
 
 
 def _read_log(r: Any) -> None:
@@ -193,6 +228,15 @@ def queue_forget(pipe: Any, token_hash: str) -> None:
     """Queue the log append on a Redis pipeline (the caller's other deletes go in the same
     transaction), then call :func:`forgotten_here`."""
     pipe.eval(FORGET_LUA, 3, SEQ_KEY, LOG_KEY, FLOOR_KEY, token_hash, LOG_KEEP)
+
+
+def forget_many(r: Any, token_hashes: list[str], counter_keys: list[str], poll_keys: list[str], ttl: int) -> None:
+    """Forget these devices in one script call (see ``FORGET_MANY_LUA``), then here at once."""
+    keys = [SEQ_KEY, LOG_KEY, FLOOR_KEY]
+    for counter, poll in zip(counter_keys, poll_keys, strict=True):
+        keys += [counter, poll]
+    r.eval(FORGET_MANY_LUA, len(keys), *keys, LOG_KEEP, ttl, *token_hashes)
+    _forget_here(list(token_hashes))
 
 
 def forgotten_here(token_hash: str, logged: bool) -> None:

@@ -371,3 +371,23 @@ def manifest_for(snapshot: DeviceSnapshot) -> Ready:
 def _remember_told(device_id: uuid.UUID, named: set[str]) -> None:
     """Record what a manifest named; goes out with the presence pipeline (no round trip here)."""
     presence.note_told(presence.told_key(device_id), named, presence.TOLD_TTL)
+
+
+# ---------------------------------------------------------------- dropping some devices' manifests
+
+
+def invalidate(token_hashes: list[str]) -> bool:
+    """Drop these devices' ready manifests everywhere, so their next poll re-resolves; the rest stay.
+
+    For a change to resolution data that only these devices feel (rollout/moves.py): one Redis
+    script call a batch (``epochs.FORGET_MANY_LUA``) deletes each ready entry, counts a forget (a
+    poll that read the count before cannot store what it built) and appends to the forget log (every
+    process drops them from memory within ``EDGEFLEET_EPOCH_CHECK_SECONDS``). Their cached snapshots
+    stay: nothing about the device changed. False without Redis (the caller bumps the generation)."""
+    r = presence.redis_client()
+    if r is None:
+        return False
+    if token_hashes:  # one script call a batch: atomic per batch, as forget_device is per device
+        keys = [forget_counter_key(th) for th in token_hashes], [poll_key(th) for th in token_hashes]
+        epochs.forget_many(r, token_hashes, keys[0], keys[1], POLL_TTL)
+    return True

@@ -107,7 +107,57 @@ class DeviceEvent(models.Model):
                 condition=models.Q(kind="installed"),
                 name="event_installed_received",
             ),
+            # "Devices whose install of this version failed" (rollout/progress.py), without a scan.
+            models.Index(
+                fields=["model_name", "version_label", "device"],
+                condition=models.Q(kind="install_failed"),
+                name="event_install_failed",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.kind} {self.at:%Y-%m-%d %H:%M}"
+
+
+class DeviceProfile(models.Model):
+    """What placement and the pages read of a device, shared by every device alike (fleet/kept.py).
+
+    ``key`` is the md5 of the parts' jsonb text, made by the database trigger that keeps the counts;
+    a profile never changes once written, so processes may keep them in memory.
+    """
+
+    key = models.UUIDField(primary_key=True)
+    labels = models.JSONField(default=dict)
+    hardware = models.JSONField(default=dict, help_text="the fields placement reads: arch, ram_mb, ort_version, …")
+    installed = models.JSONField(default=dict)
+    revoked = models.BooleanField(default=False)
+
+
+class ProfileCount(models.Model):
+    """Devices of one profile whose key (``rollout.placement.device_key``) falls in one slot.
+
+    Level 0: a slot is one key (0..9999); level 1: a slot is a hundred keys (key // 100). Changed
+    only by ``fleet.kept.fold`` from the deltas the trigger writes.
+    """
+
+    profile_key = models.UUIDField()
+    level = models.SmallIntegerField()
+    slot = models.IntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["profile_key", "level", "slot"], name="profilecount_unique")]
+        indexes = [models.Index(fields=["level", "slot"], name="profilecount_level_slot")]
+
+
+class ProfileCountDelta(models.Model):
+    """+1 / -1 written by the trigger on each device insert, change or delete; folded into ProfileCount.
+
+    Insert-only so that concurrent writers (enrollment, the presence flush, relabels) never wait on
+    a shared counter row; readers add the unfolded deltas to the counts, so counts are exact at once.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    profile_key = models.UUIDField()
+    slot = models.IntegerField(help_text="the device key, 0..9999")
+    n = models.SmallIntegerField()

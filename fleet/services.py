@@ -245,6 +245,11 @@ def devices_matching(selector_text: str) -> QuerySet[Device]:
 
 
 def count_matching(selector_text: str) -> int:
+    """Devices matching the selector: from the kept counts on PostgreSQL (per profile, no device read)."""
+    from fleet import kept
+
+    if kept.available():
+        return kept.count_matching(selectors.predicate(selectors.parse(selector_text)))
     return devices_matching(selector_text).count()
 
 
@@ -252,9 +257,24 @@ def cohort_counts(cohorts: list[Cohort]) -> list[tuple[Cohort, int | None]]:
     """Devices matching each cohort, all counted in ONE scan of the fleet (filtered counts).
 
     A count per cohort was a full scan each: ten cohorts over 100,000 devices took a second.
-    A cohort whose selector no longer parses counts as ``None``.
+    A cohort whose selector no longer parses counts as ``None``. On PostgreSQL the kept counts
+    answer (``fleet.kept``): one read of the per-profile totals, whatever the fleet's size.
     """
     from django.db.models import Count
+
+    from fleet import kept
+
+    if kept.available():
+        totals = kept.totals_by_profile()
+        out: list[tuple[Cohort, int | None]] = []
+        for c in cohorts:
+            try:
+                match = selectors.predicate(selectors.parse(c.selector))
+            except selectors.SelectorError:
+                out.append((c, None))
+                continue
+            out.append((c, sum(n for p, n in totals if match(p.labels))))
+        return out
 
     filters: dict[str, Q] = {}
     for i, c in enumerate(cohorts):

@@ -24,7 +24,7 @@ from fleet.models import Cohort
 from ota import aliases
 from ota.models import ModelVersion
 from rollout import gates as gate_logic
-from rollout import lifecycle, placement, targeting, waiting
+from rollout import lifecycle, moves, placement, targeting, waiting
 from rollout import windows as window_rules
 from rollout.evaluation import min_cohort
 from rollout.models import Campaign, CampaignDecision, Release
@@ -296,6 +296,11 @@ class CampaignStatusOut(CampaignOut):
     gate_numbers: dict[str, Any]
     last_evaluated_at: datetime | None
     progress: dict[str, Any] | None
+    move: dict[str, Any] | None = Field(
+        None,
+        description="the latest start/advance/rollback's devices told so far: {kind, done, total, finished, "
+        "started_at, finished_at} (moved by a Celery job in batches)",
+    )
     exclusions: dict[str, int]
     allowed_actions: list[str]
 
@@ -392,6 +397,7 @@ def campaign_status_json(c: Campaign) -> dict[str, Any]:
         "gate_numbers": {k: v for k, v in report.items() if k != "gates"},
         "last_evaluated_at": c.last_evaluated_at,
         "progress": progress,
+        "move": moves.progress(c),
         "exclusions": c.exclusions or {},
         "allowed_actions": [a for a, states in lifecycle.ALLOWED_FROM.items() if c.state in states],
     }
@@ -429,7 +435,7 @@ def _plan(payload: PlanIn, request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def _dry_run(plan: dict[str, Any], campaign_id: int | None) -> dict[str, Any]:
+def _dry_run(plan: dict[str, Any], campaign_id: int | None, bucketing: str = placement.KEYED) -> dict[str, Any]:
     """The dry run of a plan, with the devices that would wait now for a window or a condition."""
     out = targeting.dry_run(
         version=plan["version"],
@@ -438,6 +444,7 @@ def _dry_run(plan: dict[str, Any], campaign_id: int | None) -> dict[str, Any]:
         requirements=plan["requirements"],
         campaign_id=campaign_id,
         cached=True,
+        bucketing=bucketing,
     ).as_dict()
     out["waiting"] = waiting.plan_waiting(campaign_id=campaign_id, **{k: v for k, v in plan.items() if k != "waves"})
     return out
@@ -534,7 +541,7 @@ def dry_run_campaign(request: HttpRequest, campaign_id: int = CampaignId) -> dic
         "window_tz": c.window_tz,
         "conditions": c.conditions,
     }
-    return _dry_run(plan, c.pk)
+    return _dry_run(plan, c.pk, c.bucketing)
 
 
 @router.get(

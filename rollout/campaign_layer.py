@@ -32,6 +32,7 @@ class LayerEntry:
     windows: tuple[dict[str, Any], ...] = ()
     window_tz: str = window_rules.DEVICE_TZ
     conditions: tuple[tuple[str, Any], ...] = ()
+    bucketing: str = placement.KEYED
 
     def install_rules(self, labels: dict[str, Any]) -> dict[str, Any] | None:
         """The manifest entry's ``install`` object for a device with these labels (None: install at once)."""
@@ -86,6 +87,7 @@ def load_layer() -> list[LayerEntry]:
                 cohort_id=c.cohort_id,
                 covered=placement.coverage(c.waves, c.wave_index),
                 requirements=requirements_for(c.version, c.requirements),
+                bucketing=c.bucketing,
                 **_install_fields(c),
             )
         )
@@ -130,7 +132,7 @@ def manifest_hook(snapshot: Any, desired: list[Any], state: Any) -> list[Any]:
                 if rules is not None:
                     by_model[e.model] = replace(current, install=rules)
             continue
-        if not compatible or placement.bucket(snapshot.id, e.campaign_id) >= e.covered:
+        if not compatible or placement.bucket_for(snapshot.id, e.campaign_id, e.bucketing) >= e.covered:
             continue
         decided.add(e.model)
         if e.state in (S.RUNNING, S.PAUSED) and new is not None:

@@ -7,6 +7,7 @@ math they apply to each device or group is ``rollout.placement``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,9 +183,70 @@ def grouped_devices(
         yield row["g_n"], labels, hw, row["g_slot"], load(row.get("g_installed")), bool(row.get("g_failed"))
 
 
+def kept_groups(
+    cohort: Cohort | None,
+    campaign_id: int,
+    limits: list[int],
+    installed_model: str | None = None,
+) -> Iterator[tuple[int, dict, dict, int | None, Any, bool]]:
+    """``grouped_devices`` for a keyed campaign, from the kept counts (``fleet.kept``): no device is read.
+
+    Wave ``i`` reaches buckets ``[limits[i-1], limits[i])``; under the campaign's offset each is one
+    or two ranges of device keys, counted per profile. ``failed`` is always False here: the devices
+    whose install failed are read from their events (``rollout.progress``), k of them, not the fleet.
+    """
+    from fleet import kept
+
+    match = selectors.predicate(selectors.parse(selector_text(cohort)))
+    offset = placement.campaign_offset(campaign_id)
+    bounds = [0, *limits, placement.BUCKETS]
+    segments = [placement.key_ranges(offset, max(lo, 0), hi) for lo, hi in itertools.pairwise(bounds)]
+    counts = kept.range_counts(segments)
+    known = kept.profiles({key for key, _ in counts})
+    none = len(limits)
+    for (key, seg), n in counts.items():
+        p = known.get(key)
+        if p is None or p.revoked or n <= 0 or not match(p.labels):
+            continue
+        installed = p.installed.get(installed_model) if installed_model and isinstance(p.installed, dict) else None
+        yield n, p.labels, p.hardware, (None if seg == none else seg), installed, False
+
+
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def kept_available(bucketing: str) -> bool:
+    """Kept counts answer a campaign's waves when its buckets are keyed and the database keeps them."""
+    from fleet import kept
+
+    return bucketing == placement.KEYED and kept.available()
+
+
 def overlapping_devices(a: Cohort | None, b: Cohort | None, limit: int = 5) -> list[str]:
-    """Names of (up to ``limit``) devices that match both cohorts."""
+    """Names of (up to ``limit``) devices that match both cohorts.
+
+    With kept counts, the label sets matching both are found among the profiles, and only devices
+    with one of those label sets are read (none when the cohorts do not meet)."""
     other = selectors.predicate(selectors.parse(selector_text(b)))
+    from fleet import kept
+
+    if kept.available():
+        mine = selectors.predicate(selectors.parse(selector_text(a)))
+        shared = {
+            json_key(p.labels): p.labels
+            for p, n in kept.totals_by_profile()
+            if n > 0 and not p.revoked and mine(p.labels) and other(p.labels)
+        }
+        examples: list[str] = []
+        for labels in list(shared.values())[:limit]:
+            rows = Device.objects.filter(labels__contains=labels, token_revoked_at__isnull=True).filter(labels=labels)
+            examples += [str(i) for i in rows.values_list("id", flat=True)[: limit - len(examples)]]
+            if len(examples) >= limit:
+                break
+        return examples
     found: list[str] = []
     for device_id, labels, _ in cohort_devices(a):
         if other(labels):

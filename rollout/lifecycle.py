@@ -192,15 +192,6 @@ def _actor(user: Any, request: HttpRequest | None) -> str:
     return "system"
 
 
-def _bump() -> None:
-    """Tell the manifest resolver campaigns changed (when the resolver has landed)."""
-    try:
-        from rollout.manifest import bump_generation
-    except ImportError:
-        return
-    bump_generation()
-
-
 def _transition(
     campaign_id: int,
     action: str,
@@ -226,9 +217,13 @@ def _transition(
         if expect_wave is not None and campaign.wave_index != expect_wave:
             raise CampaignError(f"Campaign “{campaign.name}” moved on to wave {campaign.wave_index + 1} meanwhile.")
         now = timezone.now()
+        before_wave = campaign.wave_index
         kind = change(campaign, now) if change else action
         kind = kind or action
         campaign.save()
+        from rollout import moves
+
+        outcome = moves.plan(campaign, kind, before_wave)
         actor = _actor(user, request)
         details = {"campaign": campaign.pk, "state": campaign.state, "wave": campaign.wave_index + 1}
         if reason:
@@ -239,7 +234,8 @@ def _transition(
             campaign=campaign, actor_label=actor, kind=kind, reason=reason, numbers=numbers or {}
         )
         record(f"campaign.{kind}", campaign, request=request, user=user, actor_label=actor, details=details)
-        transaction.on_commit(_bump)
+        # only the devices the change reaches re-resolve, moved in Celery batches (rollout/moves.py)
+        transaction.on_commit(lambda: moves.after_commit(outcome))
     return campaign
 
 
@@ -251,7 +247,12 @@ def start(campaign_id: int, *, user: Any = None, request: HttpRequest | None = N
             raise CampaignError(f"Version {c.version} is {c.version.status}, not staged.")
         _refuse_overlap(c.model_id, c.cohort, exclude_id=c.pk)
         preview = targeting.dry_run(
-            version=c.version, cohort=c.cohort, waves=c.waves, campaign_id=c.pk, requirements=c.requirements
+            version=c.version,
+            cohort=c.cohort,
+            waves=c.waves,
+            campaign_id=c.pk,
+            requirements=c.requirements,
+            bucketing=c.bucketing,
         )
         c.exclusions = preview.excluded
         c.state, c.wave_index, c.wave_started_at, c.started_at = S.RUNNING, 0, now, now

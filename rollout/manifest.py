@@ -58,6 +58,13 @@ def bump_generation() -> str:
     return epochs.bump(epochs.GEN_KEY)
 
 
+def bump_data() -> str:
+    """Say that campaign data changed for some devices only: every process reloads its state, but no
+    ready manifest is dropped; the caller drops the affected devices (``rollout.moves``)."""
+    freshness.bump_generation_number()
+    return epochs.bump(epochs.DATA_KEY)
+
+
 def current_generation() -> str:
     return epochs.current()[0]
 
@@ -118,6 +125,7 @@ class Desired:
 class State:
     generation: str
     number: int = 0  # the database's generation count when this was loaded (rollout/freshness.py)
+    data: str = ""  # fleet.epochs.data() when this was loaded: a campaign change reloads it
     versions: dict[int, VersionInfo] = field(default_factory=dict)
     rules: dict[str, list[Rule]] = field(default_factory=dict)  # model -> newest first
     cohorts: dict[int, Callable[[dict[str, Any]], bool]] = field(default_factory=dict)
@@ -133,12 +141,12 @@ class State:
         return bool(pred and pred(labels))
 
 
-def _load(generation: str) -> State:
+def _load(generation: str, data: str = "") -> State:
     from fleet.models import Cohort
     from ota.models import ModelVersion
     from rollout.models import Campaign, Release
 
-    state = State(generation, freshness.generation_number())  # the count first, then what it counts
+    state = State(generation, freshness.generation_number(), data)  # the count first, then what it counts
     for c in Cohort.objects.all():
         try:
             state.cohorts[c.id] = selectors.predicate(selectors.parse(c.selector))
@@ -193,12 +201,14 @@ def load_state(generation: str | None = None, *, reload: bool = False) -> State:
     ``reload``: from the database again (a manifest shows this process's copy is behind)."""
     global _state
     generation = generation or current_generation()
+    data = epochs.data()  # before loading: a change after this read reloads again
     st = _state
-    if st is not None and st.generation == generation and not reload:
+    if st is not None and st.generation == generation and st.data == data and not reload:
         return st
     with _state_lock:
-        if _state is None or _state.generation != generation or (reload and _state is st):
-            _state = _load(generation)
+        current = _state
+        if current is None or current.generation != generation or current.data != data or (reload and current is st):
+            _state = _load(generation, data)
         return _state
 
 

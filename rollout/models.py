@@ -88,6 +88,12 @@ class Campaign(models.Model):
     commit_minutes = models.FloatField(
         default=60, help_text="a device that installed but has not committed within this long counts as failed"
     )
+    bucketing = models.CharField(
+        max_length=8,
+        default="key",
+        help_text="how a device's bucket is computed (rollout/placement.py): 'key' (kept counts answer its "
+        "waves), 'sha256' (campaigns made before, counted by a scan)",
+    )
     gate_report = models.JSONField(default=dict, blank=True, help_text="the latest gate evaluation, for the page")
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -168,3 +174,31 @@ class GateCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id} wave {self.wave} {self.verdict} at {self.at:%H:%M:%S}"
+
+
+class CampaignMove(models.Model):
+    """The devices a campaign change moved, dropped from the ready manifests in batches (rollout/moves.py).
+
+    A start, advance or rollback changes what the devices of a bucket range are told; the request
+    records one of these and returns, and a Celery job walks the range by device key, dropping each
+    affected device's ready manifest so its next poll re-resolves. ``cursor`` and ``done`` advance
+    together, once per batch, so a job that dies resumes where the last batch ended and a batch run
+    twice changes nothing more (a dropped manifest re-resolves to the same content).
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="moves")
+    kind = models.CharField(max_length=16, help_text="start, advance, rollback")
+    ranges = models.JSONField(default=list, help_text="device key ranges [[a, b), …] the change reaches")
+    cursor = models.JSONField(default=dict, blank=True, help_text='{"range": i, "key": k, "id": "<uuid>"}')
+    done = models.BigIntegerField(default=0)
+    total = models.BigIntegerField(default=0, help_text="cohort devices in the ranges, from the kept counts")
+    leased_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["finished_at"], name="campaignmove_finished")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.kind} {self.done}/{self.total}"

@@ -3,8 +3,11 @@
 Everything here is a function of plain values so the manifest resolver, the dry run, the gate job
 and the tests all compute the same answer without touching the database:
 
-- ``bucket(device_id, campaign_id)``: a stable number in ``[0, 10000)``. It depends on the campaign
-  too, so the same devices are not always the first guinea pigs.
+- ``bucket(device_id, campaign_id)``: a stable number in ``[0, 10000)``: the device's own key (a hash
+  of its id alone, ``device_key``) turned by the campaign's offset (a hash of the campaign id), so the
+  same devices are not always the first guinea pigs, and the devices a bucket range reaches are a key
+  range: counts kept per key (``fleet.kept``) answer any campaign's waves without reading devices.
+  Campaigns made before that use ``legacy_bucket`` (a hash of device and campaign together).
 - ``coverage(waves, k)``: wave ``k`` covers every bucket below ``percent * 100``. Percentages only
   grow, so waves only ever add devices and no device flips back and forth while a campaign runs.
 - ``incompatibility(hardware, requirements)``: why a device cannot run a version (or ``None``).
@@ -59,10 +62,53 @@ STORAGE_FACTOR = 1.2
 MIB = 1024 * 1024
 
 
+KEYED = "key"  # bucket = (device_key + campaign_offset) mod BUCKETS
+LEGACY = "sha256"  # bucket = sha256("device:campaign"): campaigns made before kept counts
+
+
+def _hash(text: str) -> int:
+    """sha256 of the text, first 8 bytes as an unsigned integer, mod BUCKETS (SQL: ``fleet_device_key``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % BUCKETS
+
+
+def device_key(device_id: object) -> int:
+    """The device's own key in ``[0, 10000)``: a hash of its id, the same for every campaign."""
+    return _hash(str(device_id))
+
+
+def campaign_offset(campaign_id: object) -> int:
+    """How far a campaign turns every device's key: a hash of the campaign id."""
+    return _hash(f"campaign:{campaign_id}")
+
+
 def bucket(device_id: object, campaign_id: object) -> int:
-    """Stable bucket of a device in a campaign: sha256 of "device:campaign", first 8 bytes, mod 10000."""
-    digest = hashlib.sha256(f"{device_id}:{campaign_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    """Stable bucket of a device in a campaign: its key turned by the campaign's offset, mod 10000."""
+    return (device_key(device_id) + campaign_offset(campaign_id)) % BUCKETS
+
+
+def legacy_bucket(device_id: object, campaign_id: object) -> int:
+    """The bucket of campaigns made before kept counts: sha256 of "device:campaign", mod 10000."""
+    return _hash(f"{device_id}:{campaign_id}")
+
+
+def bucket_for(device_id: object, campaign_id: object, scheme: str = KEYED) -> int:
+    """The bucket under the campaign's scheme (``Campaign.bucketing``)."""
+    return legacy_bucket(device_id, campaign_id) if scheme == LEGACY else bucket(device_id, campaign_id)
+
+
+def key_ranges(offset: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The device keys whose bucket is in ``[lo, hi)`` under ``offset``: one or two ranges ``[a, b)``.
+
+    bucket = (key + offset) mod N, so key = (bucket - offset) mod N: a range of buckets is a range
+    of keys, cut in two where it wraps past N.
+    """
+    if hi <= lo:
+        return []
+    a = (lo - offset) % BUCKETS
+    b = a + (hi - lo)
+    if b <= BUCKETS:
+        return [(a, b)]
+    return [(a, BUCKETS), (0, b - BUCKETS)]
 
 
 def percent_to_buckets(percent: float) -> int:

@@ -63,6 +63,7 @@ def waiting_now(campaign: Campaign, now: datetime | None = None) -> dict[str, in
         window_tz=campaign.window_tz,
         conditions=campaign.conditions,
         now=now or timezone.now(),
+        bucketing=campaign.bucketing,
     )
 
 
@@ -111,8 +112,29 @@ def install_progress(campaign: Campaign, cached: bool = False) -> dict[str, Any]
     return _with_outcomes(campaign, {"targeted": len(ids), "excluded": excluded, "install_failed": failed, **counts})
 
 
+def failed_targeted(campaign: Campaign, req: placement.Requirements, covered: int) -> int:
+    """Targeted devices with an ``install_failed`` event for the version: read from those events (an
+    index), so the cost is the devices that failed, not the fleet."""
+    from fleet import selectors
+
+    match = selectors.predicate(selectors.parse(cohorts.selector_text(campaign.cohort)))
+    failed_ids = DeviceEvent.objects.filter(
+        kind="install_failed", model_name=campaign.model.name, version_label=campaign.version.label
+    ).values("device_id")
+    rows = Device.objects.filter(pk__in=failed_ids, token_revoked_at__isnull=True).values_list(
+        "id", "labels", "hardware"
+    )
+    return sum(
+        1
+        for device_id, labels, hw in rows.iterator(chunk_size=2000)
+        if match(labels or {})
+        and placement.incompatibility(hw or {}, req) is None
+        and placement.bucket_for(device_id, campaign.pk, campaign.bucketing) < covered
+    )
+
+
 def _install_progress_grouped(campaign: Campaign, cached: bool) -> dict[str, Any]:
-    """``install_progress`` from grouped rows: one query however large the cohort."""
+    """``install_progress`` from kept counts (keyed campaigns) or grouped rows: no per-device loop."""
     req = targeting.requirements_for(campaign.version, campaign.requirements)
     covered = placement.coverage(campaign.waves, campaign.wave_index)
     model, label = campaign.model.name, campaign.version.label
@@ -120,9 +142,14 @@ def _install_progress_grouped(campaign: Campaign, cached: bool) -> dict[str, Any
     excluded: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     targeted = failed = 0
-    groups = cohorts.grouped_devices(
-        campaign.cohort, campaign.pk, [covered], req, installed_model=model, failed_label=label, cached=cached
-    )
+    kept = cohorts.kept_available(campaign.bucketing)
+    if kept:
+        groups = cohorts.kept_groups(campaign.cohort, campaign.pk, [covered], installed_model=model)
+        failed = failed_targeted(campaign, req, covered)
+    else:
+        groups = cohorts.grouped_devices(
+            campaign.cohort, campaign.pk, [covered], req, installed_model=model, failed_label=label, cached=cached
+        )
     for n, _, hw, slot, installed, has_failed in groups:
         reason = placement.incompatibility(hw, req)
         if reason:

@@ -81,12 +81,15 @@ def dry_run(
     campaign_id: int | None,
     requirements: Mapping[str, Any] | None = None,
     cached: bool = False,
+    bucketing: str = placement.KEYED,
 ) -> DryRun:
     """Count, per wave, the devices reached (cumulative), by label and hardware; exclusions by reason.
 
     Buckets depend on the campaign id, so the counts are exact for that id (the creation form
     reserves one) and statistically the same for any other. ``cached``: pages may take counts up
     to ``GROUPS_CACHE_SECONDS`` old (see ``cohorts._cached_rows``); starting a campaign never does.
+    A keyed campaign (``bucketing``, every campaign made since kept counts) is counted from the kept
+    counts (``fleet.kept``): exact and current, reading no device.
     """
     req = requirements_for(version, requirements)
     cid = campaign_id if campaign_id is not None else 0
@@ -96,7 +99,7 @@ def dry_run(
     ]
     reached_new = [0] * len(waves)
     total = compatible = 0
-    for n, labels, hw, k in _dry_run_groups(cohort, cid, waves, req, cached):
+    for n, labels, hw, k in _dry_run_groups(cohort, cid, waves, req, cached, bucketing):
         total += n
         reason = placement.incompatibility(hw, req)
         if reason:
@@ -134,16 +137,25 @@ def dry_run(
 
 
 def _dry_run_groups(
-    cohort: Cohort | None, cid: int, waves: list[dict[str, Any]], req: placement.Requirements, cached: bool = False
+    cohort: Cohort | None,
+    cid: int,
+    waves: list[dict[str, Any]],
+    req: placement.Requirements,
+    cached: bool = False,
+    bucketing: str = placement.KEYED,
 ) -> Iterator[tuple[int, dict, dict, int | None]]:
-    """``(n, labels, hardware, first wave reaching them)``: groups from PostgreSQL, else one per device."""
+    """``(n, labels, hardware, first wave reaching them)``: kept counts, groups from PostgreSQL, or devices."""
+    limits = [placement.coverage(waves, i) for i in range(len(waves))]
+    if cohorts.kept_available(bucketing):
+        for n, labels, hw, slot, _, _ in cohorts.kept_groups(cohort, cid, limits):
+            yield n, labels, hw, slot
+        return
     if cohorts.grouped_scan_available():
-        limits = [placement.coverage(waves, i) for i in range(len(waves))]
         for n, labels, hw, slot, _, _ in cohorts.grouped_devices(cohort, cid, limits, req, cached=cached):
             yield n, labels, hw, slot
         return
     for device_id, labels, hw in cohorts.cohort_devices(cohort):
-        yield 1, labels, hw, placement.wave_of(placement.bucket(device_id, cid), waves)
+        yield 1, labels, hw, placement.wave_of(placement.bucket_for(device_id, cid, bucketing), waves)
 
 
 def targeted_device_ids(campaign: Campaign) -> tuple[list[Any], dict[str, int]]:
@@ -156,6 +168,6 @@ def targeted_device_ids(campaign: Campaign) -> tuple[list[Any], dict[str, int]]:
         reason = placement.incompatibility(hw, req)
         if reason:
             excluded[reason] += 1
-        elif placement.bucket(device_id, campaign.pk) < covered:
+        elif placement.bucket_for(device_id, campaign.pk, campaign.bucketing) < covered:
             ids.append(device_id)
     return ids, dict(excluded)

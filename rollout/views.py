@@ -15,7 +15,7 @@ from accounts.roles import operator_required, viewer_required
 from fleet.models import Cohort
 from ota import aliases
 from ota.models import ModelVersion
-from rollout import gate_checks, lifecycle, outcome, placement, targeting, variant_rule, waiting
+from rollout import gate_checks, lifecycle, moves, outcome, placement, targeting, variant_rule, waiting
 from rollout import gates as gate_logic
 from rollout import windows as window_rules
 from rollout.charts import chart_series
@@ -194,6 +194,7 @@ def _detail_context(campaign: Campaign) -> dict[str, Any]:
         "gate_rows": gate_rows,
         "gate_report": campaign.gate_report or {},
         "progress": progress,
+        "move": moves.progress(campaign),
         "quarantine": quarantine.of(Quarantine.Kind.CAMPAIGN, str(campaign.pk)),
         "decisions": decisions,
         "exclusions": _reasons(campaign.exclusions or {}),
@@ -230,6 +231,7 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
             campaign_id=campaign.pk,
             requirements=campaign.requirements,
             cached=True,
+            bucketing=campaign.bucketing,
         )
         waiting_now = waiting.plan_waiting(
             version=campaign.version,

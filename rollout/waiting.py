@@ -59,6 +59,7 @@ def waiting_counts(
     window_tz: str,
     conditions: Mapping[str, Any] | None,
     now: datetime,
+    bucketing: str = placement.KEYED,
 ) -> dict[str, int]:
     """Compatible devices (reached now, or all when ``covered`` is None: a dry run) not on ``label`` that
     would not install at ``now``: ``{"window": n, "power": n, "network": n, "idle": n, "devices": n}``
@@ -70,7 +71,7 @@ def waiting_counts(
     for device_id, labels, hw, installed, reported in _devices(cohort):
         if placement.incompatibility(hw, req) is not None or installed.get(model) == label:
             continue
-        if covered is not None and placement.bucket(device_id, campaign_id) >= covered:
+        if covered is not None and placement.bucket_for(device_id, campaign_id, bucketing) >= covered:
             continue
         reasons = [] if W.open_at(ws, W.device_zone(labels, mode), now) else ["window"]
         reasons += W.unmet(required, reported)

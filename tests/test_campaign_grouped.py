@@ -1,8 +1,9 @@
-"""The grouped PostgreSQL scan of dry runs and install progress answers what the per-device loop does.
+"""The grouped PostgreSQL scan and the kept counts answer dry runs and install progress as the per-device loop does.
 
 ``rollout.cohorts`` groups devices in the database (bucket by sha256 in SQL, storage compared in
-SQL) so a 100,000-device dry run stays fast; these tests run both paths over a fleet with every
-kind of odd hardware and compare the results number for number.
+SQL) for campaigns with legacy buckets, and reads the kept counts (``fleet.kept``) for keyed ones;
+these tests run each against the per-device loop over a fleet with every kind of odd hardware and
+compare the results number for number.
 """
 
 import random
@@ -10,6 +11,7 @@ import uuid
 
 import pytest
 
+from fleet import kept
 from fleet.models import DeviceEvent
 from rollout import cohorts, lifecycle, placement, targeting
 from rollout.models import Campaign
@@ -61,20 +63,27 @@ def mixed_fleet() -> dict:
 def both(monkeypatch: pytest.MonkeyPatch, call) -> tuple:
     grouped = call()
     monkeypatch.setattr(cohorts, "grouped_scan_available", lambda: False)
+    monkeypatch.setattr(kept, "available", lambda: False)
     per_device = call()
     monkeypatch.undo()
     return grouped, per_device
 
 
+@pytest.mark.parametrize("bucketing", [placement.LEGACY, placement.KEYED])
 @pytest.mark.parametrize("selector", ["", "region=eu", "region!=eu, !beta", "hw in (rpi4)"])
 @pytest.mark.parametrize("requirements", [None, {"provider": "CUDAExecutionProvider"}, {"min_storage_mb": 1000}])
-def test_dry_run_grouped_equals_per_device(mixed_fleet, monkeypatch, selector, requirements) -> None:
+def test_dry_run_grouped_equals_per_device(mixed_fleet, monkeypatch, selector, requirements, bucketing) -> None:
     cohort = f.cohort("c", selector) if selector else None
     assert cohorts.grouped_scan_available()
 
     def call() -> dict:
         return targeting.dry_run(
-            version=mixed_fleet["v2"], cohort=cohort, waves=f.WAVES, campaign_id=4242, requirements=requirements
+            version=mixed_fleet["v2"],
+            cohort=cohort,
+            waves=f.WAVES,
+            campaign_id=4242,
+            requirements=requirements,
+            bucketing=bucketing,
         ).as_dict()
 
     grouped, per_device = both(monkeypatch, call)
@@ -93,7 +102,7 @@ def test_sql_bucket_is_placement_bucket(mixed_fleet) -> None:
         groups = list(cohorts.grouped_devices(None, cid, limits, req))
         expected: dict[int | None, int] = {}
         for d in mixed_fleet["devices"]:
-            b = placement.bucket(d.id, cid)
+            b = placement.legacy_bucket(d.id, cid)
             slot = next((i for i, lim in enumerate(limits) if b < lim), None)
             expected[slot] = expected.get(slot, 0) + 1
         got: dict[int | None, int] = {}
@@ -102,10 +111,12 @@ def test_sql_bucket_is_placement_bucket(mixed_fleet) -> None:
         assert got == expected
 
 
-def test_install_progress_grouped_equals_per_device(mixed_fleet, monkeypatch) -> None:
+@pytest.mark.parametrize("bucketing", [placement.LEGACY, placement.KEYED])
+def test_install_progress_grouped_equals_per_device(mixed_fleet, monkeypatch, bucketing) -> None:
     c = lifecycle.create_campaign(
         name="v2", version=mixed_fleet["v2"], cohort=None, waves=f.WAVES, gates={"error_rate": 0.01}
     )
+    Campaign.objects.filter(pk=c.pk).update(bucketing=bucketing)
     lifecycle.start(c.pk)
     lifecycle.advance(c.pk, reason="test", expect_wave=0)
     for d in mixed_fleet["devices"][::4]:

@@ -243,3 +243,22 @@ def test_int8_when_fp32_does_not_fit_even_on_a_big_device() -> None:
     assert placement.choose_variant({**HW, "ram_mb": 3064}, req) == "fp32"
     assert placement.choose_variant({**HW, "ram_mb": 3063}, req) == "int8"
     assert placement.choose_variant({**HW, "ram_mb": 3063}, Requirements(size_bytes=1000 * MIB)) == "fp32"
+
+
+def test_two_measured_builds_choose_by_the_variant_rule_for_a_device_fp32_does_not_fit() -> None:
+    """fp32 and one measured variant, no int8 size: a device short of RAM for fp32 (but not small by
+    RAM or accelerator) gets the variant the rule picks for a device fp32 does not fit."""
+    from rollout.variant_rule import Figures
+
+    builds = (("fp32", Figures(1000 * MIB, 5.0, 1.0)), ("fp16", Figures(500 * MIB, 4.0, 0.999)))
+    req = Requirements(size_bytes=1000 * MIB, builds=builds)
+    gpu = {**HW, "ram_mb": 2000, "accelerator": "cuda"}
+    assert placement.choose_variant(gpu, req) == "fp16"
+    assert placement.choose_variant({**gpu, "ram_mb": 4000}, req) == "fp32"  # fp32 fits: not small
+
+
+def test_key_ranges_ending_at_the_last_key_are_one_range() -> None:
+    assert placement.key_ranges(0, 5000, placement.BUCKETS) == [(5000, placement.BUCKETS)]
+    assert placement.key_ranges(1, 5000, placement.BUCKETS) == [(4999, placement.BUCKETS - 1)]
+    assert placement.key_ranges(5001, 5000, placement.BUCKETS) == [(9999, placement.BUCKETS), (0, 4999)]
+    assert placement.key_ranges(7, 300, 300) == []

@@ -15,8 +15,27 @@ from rollout.placement import Requirements
 
 def test_bucket_is_the_documented_hash() -> None:
     device = "7d3c1a52-0000-4000-8000-000000000001"
-    expected = int.from_bytes(hashlib.sha256(f"{device}:42".encode()).digest()[:8], "big") % 10000
-    assert placement.bucket(device, 42) == expected
+
+    def h(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % 10000
+
+    assert placement.device_key(device) == h(device)
+    assert placement.campaign_offset(42) == h("campaign:42")
+    assert placement.bucket(device, 42) == (h(device) + h("campaign:42")) % 10000
+    assert placement.legacy_bucket(device, 42) == h(f"{device}:42")
+    assert placement.bucket_for(device, 42, placement.LEGACY) == h(f"{device}:42")
+    assert placement.bucket_for(device, 42, placement.KEYED) == placement.bucket(device, 42)
+
+
+@given(st.uuids(), st.integers(min_value=1, max_value=10**9), st.integers(0, 10_000), st.integers(0, 10_000))
+def test_key_ranges_hold_exactly_the_keys_whose_bucket_is_in_range(device, campaign, x, y) -> None:
+    lo, hi = min(x, y), max(x, y)
+    ranges = placement.key_ranges(placement.campaign_offset(campaign), lo, hi)
+    key = placement.device_key(device)
+    inside = any(a <= key < b for a, b in ranges)
+    assert inside == (lo <= placement.bucket(device, campaign) < hi)
+    assert sum(b - a for a, b in ranges) == hi - lo  # a wrap splits the range, never loses a key
+    assert all(0 <= a < b <= placement.BUCKETS for a, b in ranges)
 
 
 @given(st.uuids(), st.integers(min_value=1, max_value=10**9))

@@ -14,7 +14,11 @@ from fleet.management.commands.run_edgefleet import processes
 CONTROL = {
     "rollout.evaluate_campaigns",
     "rollout.evaluate_campaign",
+    "rollout.move_devices",
+    "rollout.resume_moves",
     "fleet.tasks.flush_presence",
+    "fleet.tasks.fold_counts",
+    "fleet.tasks.count_statuses",
     "telemetry.rollup_and_drift",
     "ota.tasks.recover_stuck_validations",
     "telemetry.form_rounds",
