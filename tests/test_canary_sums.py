@@ -1,0 +1,189 @@
+"""The canary gate on health-round sums (telemetry/canary_sums.py): edges with exact sums, the
+variance pinned to the privacy page's formula, and Monte-Carlo runs of the real encoding, the real
+exact noise sampler and the SecAgg+ sum for its false-rollback rate and its power."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from agent.dpnoise import DeviceNoise, sample_noise
+from agent.encoding import encode, health_layout, sensitivity
+from agent.secagg.simulation import make_round, run_round
+from telemetry import canary_sums as cs
+from telemetry import detectability as det
+from telemetry import regression
+from telemetry.accounting import calibrate
+from telemetry.binning import LATENCY_EDGES_MS
+from telemetry.group_sums import GroupSum
+
+H12 = health_layout(12)
+M = 1024
+K = 20
+LAT = [0, 5, 30, 40, 15, 6, 3, 1, 0, 0, 0, 0]  # most calls 2–20 ms
+
+
+def vec(layout, errors: int, rows: int, latency=LAT, active: bool = True) -> np.ndarray:
+    return encode(layout, active, {"latency": latency}, {"error_fraction": (errors, rows)})
+
+
+def group(n: int, errors: int, rows: int = M, *, active: int | None = None, sigma2: float = 0.0, latency=LAT):
+    """An exact (noise-free) sum of ``n`` identical devices; ``sigma2`` is the noise it claims to carry."""
+    a = n if active is None else active
+    total = np.sum([vec(H12, errors, rows, latency, i < a) for i in range(n)], axis=0)
+    return GroupSum(H12, total, n, sigma2)
+
+
+def verdict(can, con, max_increase=0.02):
+    return cs.error_verdict(cs.side(can), cs.side(con), max_increase, K)
+
+
+# ---- edges ---------------------------------------------------------------------------------------
+
+
+def test_effect_equal_to_the_threshold_passes_one_unit_above_fails() -> None:
+    con = [[group(20, 0)]]
+    at = verdict([[group(20, 20)]], con, max_increase=20 / M)
+    assert at.effect == pytest.approx(20 / M) and at.verdict == regression.PASS
+    above = verdict([[group(20, 21)]], con, max_increase=20 / M)
+    assert above.verdict == regression.FAIL and above.p_value < regression.GATE_ALPHA
+
+
+def test_one_group_per_side_is_judged_and_says_so() -> None:
+    v = verdict([[group(20, 200)]], [[group(20, 10)]])
+    assert v.verdict == regression.FAIL
+    assert v.n_canary == 20 and "canary 20 devices in 1 group" in v.detail
+    ok = verdict([[group(20, 10)]], [[group(20, 10)]])
+    assert ok.verdict == regression.PASS and ok.effect == 0
+
+
+def test_no_informative_group_is_not_enough_data() -> None:
+    idle = [[group(20, 0, active=0), group(20, 0, active=0)]]
+    v = verdict(idle, [[group(20, 10)]])
+    assert v.verdict == regression.NOT_ENOUGH and "no group on a side was active" in v.detail
+    assert verdict([], [[group(20, 10)]]).verdict == regression.NOT_ENOUGH
+
+
+def test_below_k_devices_on_a_side_is_not_enough_data_at_k_it_is_judged() -> None:
+    v = verdict([[group(19, 200)]], [[group(40, 10)]])
+    assert v.verdict == regression.NOT_ENOUGH and "need 20 devices on each side" in v.detail
+    assert verdict([[group(20, 200)]], [[group(20, 10)]]).verdict == regression.FAIL
+
+
+def test_a_spoiled_canary_group_cannot_fail_a_healthy_canary() -> None:
+    honest = [group(20, 10), group(20, 12), group(20, 11)]
+    spoiled = GroupSum(H12, np.concatenate([[0, 20 * M], np.zeros(10, int), [20 * M, 20]]), 20, 0.0)
+    con = [[group(20, 10), group(20, 11), group(20, 12)]]
+    assert verdict([[*honest[:2], spoiled]], con).verdict == regression.PASS
+    # spoiled in every window (a compromised device that stays): still one group of each
+    assert verdict([[*honest[:2], spoiled]] * 3, con * 3).verdict == regression.PASS
+
+
+def test_a_spoiled_control_group_cannot_hide_a_regression() -> None:
+    can = [[group(20, 200), group(20, 210), group(20, 190)]]
+    honest = [group(20, 10), group(20, 12)]
+    high = GroupSum(H12, np.concatenate([[0, 20 * M], np.zeros(10, int), [20 * M, 20]]), 20, 0.0)
+    # claims one active device among 20: its stated noise is 400 times the others'
+    faint = GroupSum(H12, np.concatenate([[0, M], np.zeros(10, int), [M, 1]]), 20, 5.0e4)
+    for bad in (high, faint):
+        assert verdict(can, [[*honest, bad]]).verdict == regression.FAIL
+
+
+def test_noise_that_hides_the_canary_goal_is_not_a_pass() -> None:
+    """A sum too noisy to catch 1 % → 10 % says not-enough-data (the job then reads reports)."""
+    v = verdict([[group(20, 10, sigma2=4e7)]], [[group(20, 10, sigma2=4e7)]])
+    assert v.verdict == regression.NOT_ENOUGH and v.detail.startswith(cs.UNRESOLVED)
+    fine = verdict([[group(20, 10, sigma2=100.0)]], [[group(20, 10, sigma2=100.0)]])
+    assert fine.verdict == regression.PASS
+
+
+def test_latency_quantiles_from_pooled_distributions() -> None:
+    slow = [0, 0, 0, 5, 30, 40, 15, 6, 3, 1, 0, 0]  # one decade slower
+    can, con = cs.side([[group(20, 10, latency=slow)]]), cs.side([[group(20, 10)]])
+    v = cs.latency_verdict(LATENCY_EDGES_MS, can, con, 0.95, 1.25, K, 5.0)
+    assert v.verdict == regression.FAIL and v.canary > 2 * v.control
+    assert "mean" in v.detail and "20 devices in 1 group" in v.detail
+    same = cs.latency_verdict(LATENCY_EDGES_MS, con, con, 0.95, 1.25, K, 5.0)
+    assert same.verdict == regression.PASS and same.effect == 1.0
+    assert cs.latency_verdict(LATENCY_EDGES_MS, cs.side([]), con, 0.5, 1.25, K, 5.0).verdict == regression.NOT_ENOUGH
+
+
+def test_variance_is_the_privacy_pages_canary_formula() -> None:
+    """Equal noise-only groups: the gate's standard error is ``detectability.canary_sd`` (without its
+    sampling term, which this group sum does not carry), at the default setting of docs/privacy.md."""
+    s = det.Setting(fleet=1000, epsilon_health_day=4.9, health_rounds_per_day=0, soak_rounds=3, canary=100,
+                    canary_group_size=100, inferences_per_window=10**12)  # fmt: skip
+    windows, p = 3, 0.01
+    errs = round(p * M)
+    s_can, s_con = det.health_sigma2_device(s, 100), det.health_sigma2_device(s, 333)
+    can = cs.side([[group(100, errs, sigma2=s_can)]] * windows)
+    con = cs.side([[group(333, errs, sigma2=s_con)] * 2] * windows)
+    sd = math.sqrt(can.error_var + con.error_var)
+    assert sd == pytest.approx(det.canary_sd(s, windows, p), rel=1e-6)
+    assert cs.smallest_caught(sd, 0.02) == pytest.approx(det.detectable_error_rise(s, windows, p), abs=2e-3)
+    assert cs.smallest_caught(sd, 0.02) < cs.GOAL_RISE  # the default budget resolves the goal in 3 windows
+
+
+# ---- Monte-Carlo: real encoding, real exact noise, the SecAgg+ sum ---------------------------------
+
+
+H4 = health_layout(4)
+LAT4 = [0.1, 0.6, 0.25, 0.05]
+
+
+def _noisy_group(rng, n, rate, rows, noise, sigma2, secure=False) -> GroupSum:
+    vecs = {}
+    for u in range(1, n + 1):
+        e = int(rng.binomial(rows, rate))
+        lat = rng.multinomial(rows, LAT4)
+        vecs[u] = encode(H4, True, {"latency": lat}, {"error_fraction": (e, rows)}) + sample_noise(H4.length, noise)
+    total = np.sum(list(vecs.values()), axis=0)
+    if secure:
+        members = make_round(n, H4.length, min_survivors=math.ceil(0.7 * n))
+        _server, ring_total = run_round(members, vecs)
+        assert np.array_equal(members.config.ring.centred(ring_total), total)
+    return GroupSum(H4, total, n, float(sigma2))
+
+
+@pytest.mark.slow
+def test_false_rollback_rate_and_power_match_the_stated_levels() -> None:
+    """Canary of 60 in three groups of 20 against a control of 60 likewise, two windows of 40
+    inferences per device: at no regression the gate fails at most at its level α = 1 % (any gate,
+    latency included); at the rise the privacy page's formula says is caught with 95 % probability,
+    it is caught that often."""
+    s = det.Setting(fleet=120, group_size=20, canary=60, canary_group_size=20, latency_bins=4, epsilon_health_day=150.0,
+                    health_rounds_per_day=0, soak_rounds=6, inferences_per_window=40)  # fmt: skip
+    cal = calibrate(s.epsilon_health_day, s.health_rounds_total, s.min_survivors(20), sensitivity(H4).l2, H4.length)
+    sigma2: Fraction = cal.sigma2_device
+    noise = DeviceNoise.for_group(sigma2, 20, H4.length)
+    windows, base = 2, 0.01
+    rise = det.detectable_error_rise(s, windows, base)
+    predicted = det.canary_power(s, rise, windows, base)
+    assert predicted == pytest.approx(0.95, abs=1e-3) and 0.02 < rise < cs.GOAL_RISE
+    edges = [0, 5, 20, 100, 1000]
+    rng = np.random.default_rng(7)
+
+    def trial(rate: float, first: bool) -> bool:
+        arms = []
+        for r in (rate, base):
+            arms.append(
+                cs.side(
+                    [
+                        [_noisy_group(rng, 20, r, 40, noise, sigma2, secure=first and g == w == 0) for g in range(3)]
+                        for w in range(windows)
+                    ]
+                )
+            )
+            first = False
+        verdicts = [cs.error_verdict(arms[0], arms[1], 0.02, K)]
+        verdicts += [cs.latency_verdict(edges, arms[0], arms[1], q, 1.25, K, 5.0) for q in (0.5, 0.95)]
+        return any(v.verdict == regression.FAIL for v in verdicts)
+
+    null_trials, power_trials = 200, 100
+    false = sum(trial(base, first=i == 0) for i in range(null_trials))
+    caught = sum(trial(base + rise, first=False) for _ in range(power_trials))
+    assert false <= 6  # α = 1 %: 2 expected; P(≥ 7 of 200) < 0.5 %
+    assert caught / power_trials == pytest.approx(predicted, abs=0.08)
