@@ -15,7 +15,7 @@ Below ``EDGEFLEET_MIN_COHORT`` devices on a side the gates say not-enough-data, 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -29,18 +29,34 @@ from telemetry.models import AggRound
 from telemetry.rounds import HEALTH, layout_from_json
 
 HEALTH_GATES = ("error_rate", "latency_p50", "latency_p95")
+
+
+def window_seconds() -> int:
+    from django.conf import settings
+
+    return int(getattr(settings, "EDGEFLEET_TELEMETRY_WINDOW", 300))
+
+
 Windows = dict[datetime, list[GroupSum]]
 
 
 def _read(version_id: int, since: datetime, until: datetime | None) -> tuple[Windows, set[datetime]]:
-    """The version's health sums per window since ``since``, and the windows still running."""
-    qs = AggRound.objects.filter(version_id=version_id, budget=HEALTH, window_start__gte=since)
+    """The version's health sums per window that ends after ``since``, and the windows still running.
+
+    The window the wave started in counts: the canary version's rounds of it are formed once enough
+    devices run the version (``rounds.form_rounds`` runs through the window), so they sum wave data,
+    and waiting for the next window would cost a whole window of a regression's time.
+    """
+    longest = timedelta(seconds=window_seconds())
+    qs = AggRound.objects.filter(version_id=version_id, budget=HEALTH, window_start__gt=since - longest)
     if until is not None:
         qs = qs.filter(window_start__lt=until)
     done: Windows = {}
     running: set[datetime] = set()
-    rows = qs.values_list("window_start", "phase", "void", "result", "u3", "layout", "noise_sigma2")
-    for start, phase, void, result, u3, layout, sigma2 in rows.iterator(chunk_size=2000):
+    rows = qs.values_list("window_start", "window_seconds", "phase", "void", "result", "u3", "layout", "noise_sigma2")
+    for start, seconds, phase, void, result, u3, layout, sigma2 in rows.iterator(chunk_size=2000):
+        if start + timedelta(seconds=seconds) <= since:
+            continue
         if phase not in (DONE, FAILED):
             running.add(start)
             continue

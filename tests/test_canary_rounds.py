@@ -199,3 +199,14 @@ def test_sums_too_noisy_for_the_canary_goal_fall_back_to_reports(settings) -> No
     assert sums is not None and len(sums[0]) == 3
     assert evaluation.evaluate_campaign(fl["c"].pk) == "hold"
     assert gate(fl["c"], "error_rate").get("groups_canary") is None
+
+
+def test_the_window_the_wave_started_in_counts_one_that_ended_before_it_does_not() -> None:
+    fl = fleet()
+    rng = np.random.default_rng(5)
+    started = fl["c"].started_at
+    for start in (started - timedelta(seconds=100), started - timedelta(seconds=400)):
+        health_round(fl["v2"], start, 0, fl["canary"], 0.01, rng)
+        health_round(fl["v1"], start, 0, fl["control"][:20], 0.01, rng)
+    sums = canary_rounds.finished_windows(fl["v2"].pk, fl["v1"].pk, started)
+    assert sums is not None and len(sums[0]) == 1

@@ -188,6 +188,8 @@ def test_an_outcome_as_numbers_is_its_verdict_and_every_row() -> None:
             "n_control": None,
             "p_value": None,
             "detail": "",
+            "groups_canary": None,
+            "groups_control": None,
         }
     ]
 
