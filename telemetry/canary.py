@@ -134,12 +134,15 @@ def canary_vs_control(
     floor = int(t["min_devices"])
     k = services.min_cohort()
     on_rounds = None
+    rounds_key = f"{version_id}/rounds"
     if rounds:
         try:
             on_rounds = canary_rounds.judge(version_id, control_version_id, since, until, t, k, gates)
         except Exception as e:  # unreadable round rows: say so, and judge on reports as before
             reason = f"round sums unreadable, judged on reports: {quarantine.describe(e)}"
-            quarantine.record(Quarantine.Kind.GATE, f"{version_id}/rounds", reason, version_id)
+            quarantine.record(Quarantine.Kind.GATE, rounds_key, reason, version_id)
+        else:
+            Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key=rounds_key).delete()
     if on_rounds is not None:
         return _with_rounds(on_rounds, version_id, control_version_id, since, until, cohort_selector, t, gates)
     device_ids: set | None = None
@@ -199,7 +202,9 @@ def canary_vs_control(
             ).as_dict()
         out[name] = regression.hide_small(verdict, k, one_sided=name in ONE_SIDED)
     if not failed:
-        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key__startswith=f"{version_id}/").delete()
+        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key__startswith=f"{version_id}/").exclude(
+            key=rounds_key
+        ).delete()
     return out
 
 
@@ -220,6 +225,7 @@ def _with_rounds(
     out = dict(health)
     try:
         install = _install_verdict(version_id, control_id, since, until, None, t)
+        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key=f"{version_id}/install_failure_rate").delete()
     except Exception as e:
         reason = f"could not be computed: {quarantine.describe(e)}"
         quarantine.record(Quarantine.Kind.GATE, f"{version_id}/install_failure_rate", reason, version_id)

@@ -210,3 +210,18 @@ def test_the_window_the_wave_started_in_counts_one_that_ended_before_it_does_not
         health_round(fl["v1"], start, 0, fl["control"][:20], 0.01, rng)
     sums = canary_rounds.finished_windows(fl["v2"].pk, fl["v1"].pk, started)
     assert sums is not None and len(sums[0]) == 1
+
+
+def test_unreadable_round_sums_are_quarantined_and_the_job_judges_on_reports() -> None:
+    from telemetry.models import Quarantine
+
+    fl = fleet()
+    run_windows(fl, canary_rate=0.30, windows=1)
+    AggRound.objects.filter(version=fl["v2"]).update(result=[1, 2, 3])  # not the layout's length
+    assert evaluation.evaluate_campaign(fl["c"].pk) == "hold", "no reports: nothing to judge on"
+    q = Quarantine.objects.get(kind=Quarantine.Kind.GATE, key=f"{fl['v2'].pk}/rounds")
+    assert "round sums unreadable" in q.reason
+    AggRound.objects.all().delete()
+    run_windows(fl, canary_rate=0.30, windows=1, seed=9)
+    assert evaluation.evaluate_campaign(fl["c"].pk) == "rollback"
+    assert not Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key=f"{fl['v2'].pk}/rounds").exists()

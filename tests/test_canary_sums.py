@@ -187,3 +187,97 @@ def test_false_rollback_rate_and_power_match_the_stated_levels() -> None:
     caught = sum(trial(base + rise, first=False) for _ in range(power_trials))
     assert false <= 6  # α = 1 %: 2 expected; P(≥ 7 of 200) < 0.5 %
     assert caught / power_trials == pytest.approx(predicted, abs=0.08)
+
+
+# ---- the pieces, pinned -----------------------------------------------------------------------------
+
+
+def test_side_counts_devices_groups_and_rounds() -> None:
+    idle = group(20, 0, active=0)
+    s = cs.side([[group(20, 10), group(20, 10), idle], [group(30, 10)], [group(30, 10, active=0)]])
+    assert (s.windows, s.groups, s.rounds) == (2, 3, 5)
+    assert (s.devices, s.groups_per_window) == (60, 3), "the largest window's survivors and its groups"
+    tie = cs.side([[group(20, 10), group(20, 10)], [group(40, 10)]])
+    assert (tie.devices, tie.groups_per_window) == (40, 2), "the first of equal windows"
+    empty = cs.side([[idle]])
+    assert (empty.windows, empty.groups, empty.rounds, empty.devices, empty.groups_per_window) == (0, 0, 1, 20, 1)
+    assert empty.error is None and empty.latency is None
+    assert empty.error_var == empty.error_noise_var == empty.latency_bin_var == math.inf
+
+
+def test_noise_variance_is_the_median_factor_over_windows_squared() -> None:
+    two = cs.side([[group(20, 10, sigma2=400.0), group(20, 10, sigma2=400.0)]] * 2)
+    one_group = 20 * 400.0 / (M * 20) ** 2  # survivors·σ² / (M·a)²
+    assert two.error_noise_var == pytest.approx(2 * 0.5 * one_group / 4)
+    assert two.error_var == pytest.approx(two.error_noise_var), "identical groups: no spread beyond noise"
+    assert two.latency_bin_var == pytest.approx(2 * 0.5 * one_group / 4)
+
+
+def test_spread_across_groups_counts_when_larger_than_the_noise() -> None:
+    """Residuals from each window's median, pooled over windows with at least two groups (MAD)."""
+    s = cs.side([[group(20, 51), group(20, 153)], [group(20, 100), group(20, 100)], [group(20, 7)]])
+    res = [(51 - 153) / 2 / M, (153 - 51) / 2 / M, 0.0, 0.0]
+    spread2 = (cs.MAD_TO_SD * float(np.median(np.abs(res)))) ** 2
+    assert s.error_noise_var == 0.0
+    assert s.error_var == pytest.approx((0.5 * spread2 + 0.5 * spread2 + 1.0 * spread2) / 9)
+    assert cs._robust_spread2([]) == 0.0 and cs._robust_spread2([0.5, -0.5]) == pytest.approx((cs.MAD_TO_SD * 0.5) ** 2)
+
+
+def test_verdict_numbers_and_fields() -> None:
+    same = verdict([[group(20, 10)]], [[group(20, 10)]])
+    assert (same.statistic, same.p_value) == (0.0, 0.5) and "error rate" in same.detail
+    noisy = verdict([[group(20, 60, sigma2=400.0)]], [[group(20, 10, sigma2=400.0)]])
+    sd = math.sqrt(2 * 20 * 400.0 / (M * 20) ** 2)
+    assert noisy.statistic == pytest.approx(noisy.effect / sd) and noisy.threshold == 0.02
+    small = verdict([[group(19, 10)]], [[group(40, 10)]])
+    assert (small.n_canary, small.n_control, small.threshold) == (19, 40, 0.02)
+    idle = verdict([[group(20, 0, active=0)]], [[group(30, 10)]])
+    assert (idle.n_canary, idle.n_control, idle.threshold) == (20, 30, 0.02)
+
+
+def test_pass_needs_the_goal_caught_at_equality_it_is() -> None:
+    can, con = cs.side([[group(20, 10, sigma2=400.0)]]), cs.side([[group(20, 10, sigma2=400.0)]])
+    caught = cs.smallest_caught(math.sqrt(can.error_var + con.error_var), 0.02)
+    assert cs.error_verdict(can, con, 0.02, K, goal=caught).verdict == regression.PASS
+    assert cs.error_verdict(can, con, 0.02, K, goal=caught - 1e-9).verdict == regression.NOT_ENOUGH
+    # a threshold above the goal: a rise of the goal's size could never fail, so it is not resolved
+    assert cs.error_verdict(can, con, 0.08, K, goal=0.07).verdict == regression.NOT_ENOUGH
+    assert cs.smallest_caught(0.0, 0.05) == 0.05
+
+
+def test_cdf_and_mean_of_binned_latency() -> None:
+    edges = [0, 10, 20]
+    assert cs.cdf_at(edges, np.array([1.0, 1.0]), 5) == pytest.approx(0.25)
+    assert cs.cdf_at(edges, np.array([0.5, 0.5]), 15) == pytest.approx(0.75)
+    assert cs.cdf_at(edges, np.array([-1.0, 1.0]), 5) == 0.0 and cs.cdf_at(edges, np.array([1.0, 1.0]), 99) == 1.0
+    assert cs._cdf_var([0, 10, 20, 30], 15, 2.0) == pytest.approx(3.0)
+    assert cs._cdf_var([0, 10, 20, 30], 5, 2.0) == pytest.approx(1.0)
+    assert cs._cdf_var([0, 10, 20, 30], 25, 2.0) == pytest.approx(1.0)
+    assert cs.mean_ms(edges, np.array([1.0, 0.0])) == 5.0
+    assert cs.mean_ms(edges, np.array([1.0, 3.0])) == 12.5
+    assert cs.mean_ms([0, 10, math.inf], np.array([0.0, 2.0])) == 10.0
+    assert cs.mean_ms(edges, np.array([0.0, -1.0])) == 0.0
+
+
+def _lat_side(dist, bin_var: float) -> cs.Side:
+    return cs.Side(1, 1, 1, 20, 1, 0.0, 0.0, 0.0, np.asarray(dist, float), bin_var)
+
+
+def test_a_quantile_jump_without_a_significant_shortfall_passes() -> None:
+    """Control p95 on the 20 ms edge, canary p95 35 ms (×1.75, +15 ms): a fail by quantile; below
+    control × 1.25 = 25 ms the canary is short 0.042 of the control's mass, z = 2.18 with these
+    bins' noise: not significant at 1 %, so it passes and says why; without noise it fails."""
+    edges = [0, 10, 20, 50, 100]
+    con, can = [0.5, 0.45, 0.05, 0.0], [0.5, 0.40, 0.10, 0.0]
+    v = cs.latency_verdict(edges, _lat_side(can, 1e-4), _lat_side(con, 1e-4), 0.95, 1.25, K, 5.0)
+    assert (v.canary, v.control) == (pytest.approx(35.0), pytest.approx(20.0))
+    assert v.verdict == regression.PASS and "not significantly" in v.detail
+    assert v.p_value == pytest.approx(stats_sf(0.0417 / math.sqrt(2 * (2 + 5 / 30 - 2 * (5 / 30)) * 1e-4)), rel=0.02)
+    exact = cs.latency_verdict(edges, _lat_side(can, 0.0), _lat_side(con, 0.0), 0.95, 1.25, K, 5.0)
+    assert exact.verdict == regression.FAIL and exact.p_value == 0.0
+
+
+def stats_sf(z: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.sf(z))
