@@ -98,14 +98,14 @@ def side(windows: Sequence[Sequence[GroupSum]], errors: str = ERRORS, latency: s
         if len(live) >= 2:
             residuals += [float(v - m) for v in x]
         d = np.median(np.stack([s.distribution(latency) for s in live]), axis=0)
+        # the median of distributions need not sum to 1 (all zero when the groups have disjoint bins)
         dists.append(d / d.sum() if d.sum() > 0 else np.full(d.size, 1.0 / d.size))
         bin_vars.append(float(np.median([s.bin_var(latency) for s in live])))
     spread2 = _robust_spread2(residuals)
-    factors = [median_variance_factor(len(live)) for live, _ in per_window]
-    error_noise = sum(f * v for f, v in zip(factors, noise, strict=True)) / w**2
-    error_var = sum(f * max(v, spread2) for f, v in zip(factors, noise, strict=True)) / w**2
-    lat = np.mean(np.stack(dists), axis=0)
-    lat_var = sum(f * v for f, v in zip(factors, bin_vars, strict=True)) / w**2
+    factors = np.array([median_variance_factor(len(live)) for live, _ in per_window])
+    error_noise = float(np.dot(factors, noise)) / w**2
+    error_var = float(np.dot(factors, np.maximum(noise, spread2))) / w**2
+    lat_var = float(np.dot(factors, bin_vars)) / w**2
     return Side(
         windows=w,
         groups=sum(len(live) for live, _ in per_window),
@@ -115,7 +115,7 @@ def side(windows: Sequence[Sequence[GroupSum]], errors: str = ERRORS, latency: s
         error=float(np.mean(medians)),
         error_var=error_var,
         error_noise_var=error_noise,
-        latency=lat / lat.sum(),
+        latency=np.mean(np.stack(dists), axis=0),  # each window's distribution sums to 1
         latency_bin_var=lat_var,
     )
 
@@ -200,7 +200,7 @@ def latency_verdict(
         t = v.control * max_ratio
         short = cdf_at(edges, con.latency, t) - cdf_at(edges, can.latency, t)
         sd = math.sqrt(_cdf_var(edges, t, can.latency_bin_var) + _cdf_var(edges, t, con.latency_bin_var))
-        z = short / sd if sd > 0 else (math.inf if short > 0 else 0.0)
+        z = short / sd if sd > 0 else math.inf  # noise-free, a quantile above t is a shortfall below it
         v.p_value = float(stats.norm.sf(z))
         if v.p_value >= GATE_ALPHA:
             v.verdict = regression.PASS
@@ -211,22 +211,20 @@ def latency_verdict(
 
 def cdf_at(edges: Sequence[float], dist: np.ndarray, t: float) -> float:
     """Share of a binned distribution below ``t`` (linear within its bin, as quantiles are read)."""
-    e = np.asarray(edges, float)
-    p = np.clip(np.asarray(dist, float), 0.0, None)
+    p = np.clip(dist, 0.0, None)
     p = p / p.sum() if p.sum() > 0 else p
-    cdf = np.concatenate([[0.0], np.cumsum(p)])
-    return float(np.interp(t, e, cdf))
+    return float(np.interp(t, edges, np.concatenate([[0.0], np.cumsum(p)])))
 
 
 def _cdf_var(edges: Sequence[float], t: float, bin_var: float) -> float:
     """Noise variance of ``cdf_at``: the bins it sums (or the complement's, whichever are fewer)."""
-    bins = float(np.interp(t, np.asarray(edges, float), np.arange(len(edges))))
+    bins = float(np.interp(t, edges, np.arange(len(edges))))
     return min(bins, len(edges) - 1 - bins) * bin_var
 
 
 def mean_ms(edges: Sequence[float], dist: np.ndarray) -> float:
     """Mean latency of a binned distribution at bin centres (the last bin at its lower edge if open)."""
-    e = np.asarray(edges, float)
+    e = np.asarray(edges)
     centres = np.where(np.isfinite(e[1:]), 0.5 * (e[:-1] + e[1:]), e[:-1])
-    p = np.clip(np.asarray(dist, float), 0.0, None)
+    p = np.clip(dist, 0.0, None)
     return float(np.dot(centres, p) / p.sum()) if p.sum() > 0 else 0.0

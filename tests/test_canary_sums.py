@@ -226,6 +226,7 @@ def test_spread_across_groups_counts_when_larger_than_the_noise() -> None:
 def test_verdict_numbers_and_fields() -> None:
     same = verdict([[group(20, 10)]], [[group(20, 10)]])
     assert (same.statistic, same.p_value) == (0.0, 0.5) and "error rate" in same.detail
+    assert (same.n_canary, same.n_control, same.threshold) == (20, 20, 0.02)
     noisy = verdict([[group(20, 60, sigma2=400.0)]], [[group(20, 10, sigma2=400.0)]])
     sd = math.sqrt(2 * 20 * 400.0 / (M * 20) ** 2)
     assert noisy.statistic == pytest.approx(noisy.effect / sd) and noisy.threshold == 0.02
@@ -257,6 +258,9 @@ def test_cdf_and_mean_of_binned_latency() -> None:
     assert cs.mean_ms(edges, np.array([1.0, 3.0])) == 12.5
     assert cs.mean_ms([0, 10, math.inf], np.array([0.0, 2.0])) == 10.0
     assert cs.mean_ms(edges, np.array([0.0, -1.0])) == 0.0
+    assert cs.mean_ms(edges, np.array([-1.0, 2.0])) == 15.0, "negative noise is clipped, not subtracted"
+    assert cs.cdf_at(edges, np.array([0.25, 0.25]), 5) == pytest.approx(0.25), "normalised below a sum of 1 too"
+    assert cs.cdf_at(edges, np.array([0.0, 0.0]), 15) == 0.0
 
 
 def _lat_side(dist, bin_var: float) -> cs.Side:
@@ -273,8 +277,31 @@ def test_a_quantile_jump_without_a_significant_shortfall_passes() -> None:
     assert (v.canary, v.control) == (pytest.approx(35.0), pytest.approx(20.0))
     assert v.verdict == regression.PASS and "not significantly" in v.detail
     assert v.p_value == pytest.approx(stats_sf(0.0417 / math.sqrt(2 * (2 + 5 / 30 - 2 * (5 / 30)) * 1e-4)), rel=0.02)
+    assert v.detail.startswith("p95 35.00 ms vs 20.00 ms") and "mean 12.0 vs 11.0 ms" in v.detail
     exact = cs.latency_verdict(edges, _lat_side(can, 0.0), _lat_side(con, 0.0), 0.95, 1.25, K, 5.0)
-    assert exact.verdict == regression.FAIL and exact.p_value == 0.0
+    assert exact.verdict == regression.FAIL and exact.p_value == 0.0 and "not significantly" not in exact.detail
+    # the ms floor is the caller's: 15 ms slower fails above a 10 ms floor, not above 20
+    assert cs.latency_verdict(edges, _lat_side(can, 0.0), _lat_side(con, 0.0), 0.95, 1.25, K, 20.0).verdict == "pass"
+    ok = cs.latency_verdict(edges, _lat_side(con, 1e-4), _lat_side(con, 1e-4), 0.95, 1.25, K, 5.0)
+    assert ok.verdict == regression.PASS and ok.p_value is None and "not significantly" not in ok.detail
+    noisy = cs.latency_verdict(edges, _lat_side(can, 1.0), _lat_side(con, 1.0), 0.95, 1.25, K, 5.0)
+    assert noisy.verdict == regression.NOT_ENOUGH and noisy.detail.startswith(cs.UNRESOLVED)
+    few = cs.latency_verdict(edges, cs.side([]), _lat_side(con, 0.0), 0.95, 1.25, K, 5.0)
+    assert few.threshold == 1.25 and few.verdict == regression.NOT_ENOUGH
+
+
+def test_each_window_counts_alike_in_the_pooled_latency() -> None:
+    """The median of three groups' distributions need not sum to 1: each window's is normalised
+    (disjoint groups: all-zero median, read as uniform) before the windows are averaged."""
+    one_hot = [[0] * 12 for _ in range(3)]
+    for i in range(3):
+        one_hot[i][i + 1] = 10
+    disjoint = cs.side([[group(20, 10, latency=lat) for lat in one_hot]])
+    assert np.allclose(disjoint.latency, 1 / 12)
+    a, b, c = [0, 6, 4] + [0] * 9, [0, 4, 6] + [0] * 9, [0, 0, 0, 10] + [0] * 8
+    short = cs.side([[group(20, 10, latency=a), group(20, 10, latency=b), group(20, 10, latency=c)]])
+    assert short.latency[:4] == pytest.approx([0, 0.5, 0.5, 0], abs=2e-3)
+    assert short.latency.sum() == pytest.approx(1.0)
 
 
 def stats_sf(z: float) -> float:
