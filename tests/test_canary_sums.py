@@ -244,6 +244,12 @@ def test_pass_needs_the_goal_caught_at_equality_it_is() -> None:
     # a threshold above the goal: a rise of the goal's size could never fail, so it is not resolved
     assert cs.error_verdict(can, con, 0.08, K, goal=0.07).verdict == regression.NOT_ENOUGH
     assert cs.smallest_caught(0.0, 0.05) == 0.05
+    # the level is the caller's: at α = 20 % the same sums catch a smaller rise
+    can, con = cs.side([[group(20, 10, sigma2=8000.0)]]), cs.side([[group(20, 10, sigma2=8000.0)]])
+    sd = math.sqrt(can.error_var + con.error_var)
+    loose = cs.smallest_caught(sd, 0.02, alpha=0.2)
+    assert loose < cs.smallest_caught(sd, 0.02)
+    assert cs.error_verdict(can, con, 0.02, K, alpha=0.2, goal=loose).verdict == regression.PASS
 
 
 def test_cdf_and_mean_of_binned_latency() -> None:
