@@ -64,6 +64,7 @@ def test_no_informative_group_is_not_enough_data() -> None:
     idle = [[group(20, 0, active=0), group(20, 0, active=0)]]
     v = verdict(idle, [[group(20, 10)]])
     assert v.verdict == regression.NOT_ENOUGH and "no group on a side was active" in v.detail
+    assert v.detail.startswith(cs.UNRESOLVED), "reports may still tell: the job falls back to them"
     assert verdict([], [[group(20, 10)]]).verdict == regression.NOT_ENOUGH
 
 
