@@ -14,6 +14,11 @@ same machine), report arrival times and the campaign's decisions. Prints figures
 
     .venv/bin/python bench/rollback_time.py [--devices 1000] [--poll 5] [--gate 10] [--window 5]
 
+``--mode rounds-sim`` instead times a rollback decided on secure-aggregation round sums on a
+simulated clock (bench/_rollback_rounds.py), e.g. at the production intervals:
+
+    .venv/bin/python bench/rollback_time.py --mode rounds-sim --poll 60 --gate 30 --window 300
+
 Uses its own PostgreSQL database (edgefleet_bench_rollback) and Redis db 12 on 127.0.0.1; both reset.
 """
 
@@ -61,7 +66,24 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=0.5, help="wave soak, minutes")
     ap.add_argument("--workers", type=int, default=8, help="simulator threads")
     ap.add_argument("--timeout", type=float, default=240.0, help="give up this long after the campaign starts")
+    ap.add_argument(
+        "--mode", choices=("live", "rounds-sim"), default="live",
+        help="live: the deployment above; rounds-sim: gates on round sums, simulated clock (bench/_rollback_rounds.py)",
+    )  # fmt: skip
+    ap.add_argument("--beat", type=float, default=30.0, help="rounds-sim: seconds between round formations")
+    ap.add_argument("--rate", type=float, default=1.0, help="rounds-sim: inferences per second per device")
+    ap.add_argument("--trials", type=int, default=20, help="rounds-sim: campaigns simulated")
+    ap.add_argument("--calibration", choices=("policy", "rounds"), default="policy", help="rounds-sim: noise")
+    ap.add_argument("--canary-groups", type=int, default=0, help="rounds-sim: 0 = as form_rounds groups them")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
+    if a.mode == "rounds-sim":
+        sys.path.insert(0, str(ROOT))
+        from _rollback_rounds import main as rounds_sim
+
+        rounds_sim(a)
+        return
 
     data_dir = tempfile.mkdtemp(prefix="edgefleet-bench-rollback-")
     env = django_env(

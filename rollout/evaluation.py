@@ -45,6 +45,7 @@ def compare(campaign: Campaign, since: datetime, min_devices: int = 1) -> dict[s
             # success is a commit: installed and not committed within the probation is a failed install
             "commit_seconds": float(campaign.commit_minutes or 60) * 60,
         },
+        gates=list(campaign.gates),
     )
 
 

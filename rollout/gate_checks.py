@@ -23,7 +23,9 @@ MARKED = ("start", "advance", "pause", "resume", "rollback", "complete", "abort"
 # Charts the page always draws (error rate and p95 latency), then any other configured gate.
 ALWAYS = ("error_rate", "latency_p95")
 MAX_POINTS = 2000
-FIELDS = ("canary", "control", "observed", "threshold", "verdict", "n_canary", "n_control")
+FIELDS = (
+    "canary", "control", "observed", "threshold", "verdict", "n_canary", "n_control", "groups_canary", "groups_control",
+)  # fmt: skip
 
 
 def record(

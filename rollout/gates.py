@@ -77,6 +77,9 @@ class GateRow:
     n_control: int | None = None
     p_value: float | None = None
     detail: str = ""
+    # judged on secure-aggregation round sums: groups per window on each side ("N devices in G groups")
+    groups_canary: int | None = None
+    groups_control: int | None = None
 
 
 @dataclass
@@ -160,7 +163,14 @@ def _row(name: str, threshold: float, result: Mapping[str, Any] | None) -> GateR
         n_control=int(n_control) if _num(n_control) is not None else None,
         p_value=_num(result.get("p_value")),
         detail=str(result.get("detail") or ""),
+        groups_canary=_count(result.get("groups_canary")),
+        groups_control=_count(result.get("groups_control")),
     )
+
+
+def _count(value: object) -> int | None:
+    f = _num(value)
+    return int(f) if f is not None else None
 
 
 def evaluate(gates: Mapping[str, Any], comparison: Mapping[str, Mapping[str, Any]]) -> Outcome:

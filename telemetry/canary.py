@@ -16,7 +16,7 @@ What one report or one device can do to the answer is bounded:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from fleet.models import Device, DeviceEvent
 from ota.models import ModelVersion
-from telemetry import quarantine, regression, services, trust
+from telemetry import canary_rounds, quarantine, regression, services, trust
 from telemetry.binning import LATENCY_EDGES_MS
 from telemetry.models import Quarantine, Report, Rollup
 from telemetry.profiles import expected_bins
@@ -116,16 +116,35 @@ def canary_vs_control(
     until: datetime | None = None,
     cohort_selector: str | None = None,
     thresholds: dict | None = None,
+    gates: Collection[str] | None = None,
+    rounds: bool = True,
 ) -> dict[str, dict]:
     """Is ``version_id`` (canary) worse than ``control_version_id`` on comparable devices, same windows?
 
     Keys ``error_rate``, ``latency_p50``, ``latency_p95``, ``install_failure_rate``, ``drift``; each a
     verdict dict (see ``telemetry.regression.Verdict``). n = distinct reporting devices; ``min_devices``
     (threshold key) is the statistical floor, below which a gate computes nothing.
+
+    When both sides have finished health rounds for the windows since ``since``, the health gates
+    judge on their group sums (``telemetry.canary_rounds``: no report, no device label is read) and
+    n is the devices in the sums; ``gates`` (the campaign's configured gates; None: all) says which
+    must be decided there, and whether drift is needed at all; ``rounds=False`` reads reports only.
     """
     t = dict(DEFAULT_THRESHOLDS, **(thresholds or {}))
     floor = int(t["min_devices"])
     k = services.min_cohort()
+    on_rounds = None
+    rounds_key = f"{version_id}/rounds"
+    if rounds:
+        try:
+            on_rounds = canary_rounds.judge(version_id, control_version_id, since, until, t, k, gates)
+        except Exception as e:  # unreadable round rows: say so, and judge on reports as before
+            reason = f"round sums unreadable, judged on reports: {quarantine.describe(e)}"
+            quarantine.record(Quarantine.Kind.GATE, rounds_key, reason, version_id)
+        else:
+            Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key=rounds_key).delete()
+    if on_rounds is not None:
+        return _with_rounds(on_rounds, version_id, control_version_id, since, until, cohort_selector, t, gates)
     device_ids: set | None = None
     if cohort_selector:
         from fleet.selectors import parse, predicate
@@ -183,7 +202,39 @@ def canary_vs_control(
             ).as_dict()
         out[name] = regression.hide_small(verdict, k, one_sided=name in ONE_SIDED)
     if not failed:
-        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key__startswith=f"{version_id}/").delete()
+        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key__startswith=f"{version_id}/").exclude(
+            key=rounds_key
+        ).delete()
+    return out
+
+
+def _with_rounds(
+    health: dict[str, dict],
+    version_id: int,
+    control_id: int,
+    since: datetime,
+    until: datetime | None,
+    cohort_selector: str | None,
+    t: dict,
+    gates: Collection[str] | None,
+) -> dict[str, dict]:
+    """The health gates from round sums, plus install failures (the canary version's own install
+    events: only devices this campaign targeted install it, so no cohort labels are read) and, when
+    the campaign gates on it, drift (still from reports: drift-round sums are a later step)."""
+    k = services.min_cohort()
+    out = dict(health)
+    try:
+        install = _install_verdict(version_id, control_id, since, until, None, t)
+        Quarantine.objects.filter(kind=Quarantine.Kind.GATE, key=f"{version_id}/install_failure_rate").delete()
+    except Exception as e:
+        reason = f"could not be computed: {quarantine.describe(e)}"
+        quarantine.record(Quarantine.Kind.GATE, f"{version_id}/install_failure_rate", reason, version_id)
+        install = regression.Verdict(regression.NOT_ENOUGH, threshold=float(t["install_failure_rate"]), detail=reason)
+        install = install.as_dict()
+    out["install_failure_rate"] = regression.hide_small(install, k, one_sided=True)
+    if gates is None or "drift" in gates:
+        reports = canary_vs_control(version_id, control_id, since, until, cohort_selector, t, rounds=False)
+        out["drift"] = reports["drift"]
     return out
 
 

@@ -188,6 +188,8 @@ def test_an_outcome_as_numbers_is_its_verdict_and_every_row() -> None:
             "n_control": None,
             "p_value": None,
             "detail": "",
+            "groups_canary": None,
+            "groups_control": None,
         }
     ]
 
@@ -269,3 +271,14 @@ def test_a_clock_stepped_back_before_the_wave_started_soaks_rather_than_crashes(
 )
 def test_action_for_each_verdict(verdict: str, on_failure: str, last: bool, what: str) -> None:
     assert gates.action(verdict, on_failure, last) == what
+
+
+def test_a_row_judged_on_round_sums_carries_its_group_counts() -> None:
+    """ "N devices in G groups": the counts come through as integers; junk or absence is None."""
+    result = {"verdict": PASS, "effect": 0.0, "n_canary": 99, "groups_canary": 3, "groups_control": "2"}
+    row = gates.evaluate({"error_rate": 0.02}, {"error_rate": result}).rows[0]
+    assert (row.groups_canary, row.groups_control) == (3, 2)
+    junk = gates.evaluate(
+        {"error_rate": 0.02}, {"error_rate": {**result, "groups_canary": "x", "groups_control": None}}
+    )
+    assert (junk.rows[0].groups_canary, junk.rows[0].groups_control) == (None, None)
