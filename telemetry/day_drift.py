@@ -11,6 +11,7 @@ window in a job run.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from fractions import Fraction
 
@@ -82,6 +83,6 @@ def tests_for(profile: dict, roll: Rollup) -> dict[str, mean_shift.MeanShift]:
             raise ValueError(f"{f['name']}: the reference has {scores.size} bins, the rounds {sizes[block]}")
         ref_var = reference_var(scores, f["counts"], bin_vars.get(block), profile.get("n"))
         result = mean_shift.day_test(windows, block, scores, mu, ref_var, min_shift=MIN_SHIFT_SIGMA)
-        if result is not None:
+        if result is not None and math.isfinite(result.shift):
             out[f["name"]] = result
     return out

@@ -73,7 +73,9 @@ def normal_scores(counts: Sequence[float]) -> np.ndarray:
     clipped to ±SCORE_CLIP (a bin the reference never saw gets its neighbour's cumulative point)."""
     q = _shares(counts)
     mid = np.cumsum(q) - q / 2
-    return np.clip(stats.norm.ppf(mid), -SCORE_CLIP, SCORE_CLIP)  # Φ⁻¹(0) = −∞ clips like any far tail
+    # the cumulative sum can pass 1 by a rounding step (Φ⁻¹ of it is NaN); Φ⁻¹(0) = −∞ and Φ⁻¹(1) = ∞ clip
+    # like any far tail
+    return np.clip(stats.norm.ppf(np.minimum(mid, 1.0)), -SCORE_CLIP, SCORE_CLIP)
 
 
 def reference_mean(scores: Sequence[float], counts: Sequence[float]) -> float:

@@ -74,6 +74,9 @@ def test_normal_scores_reference_mean_and_refusal() -> None:
     with pytest.raises(ValueError, match=r"^the reference histogram is empty$"):
         ms.reference_mean([0.0, 1.0], [0, 0])
     assert ms.normal_scores([0, 1, 0]) == pytest.approx([-ms.SCORE_CLIP, 0.0, ms.SCORE_CLIP])
+    # shares whose cumulative sum passes 1 by rounding before an empty last bin: a score, not NaN
+    rounding = ms.normal_scores([994, 736, 316, 64, 183, 272, 880, 0])
+    assert np.all(np.isfinite(rounding)) and rounding[-1] == ms.SCORE_CLIP
 
 
 def test_nothing_to_judge_is_none_not_no_drift() -> None:
