@@ -81,10 +81,13 @@ class Rounds:
     """Round state of one agent: configurations, the client state machine per round, and the
     vectors of closed windows (what the device means to contribute)."""
 
-    def __init__(self, client: Client, identity: Ed25519PrivateKey, clock: Any) -> None:
+    def __init__(self, client: Client, identity: Ed25519PrivateKey) -> None:
         self.client = client
         self.identity = identity
-        self.clock = clock
+        # End of the last window the agent has closed (its vectors are in ``vectors`` from then on).
+        # A round's masked input waits for this, never for the clock: the clock passes a window's end
+        # before the agent rolls that window, and a contribution read in between would be all zeros.
+        self.closed_until = 0
         self.configs: dict[str, tuple[RoundConfig, dict[str, Any]]] = {}
         self.states: dict[str, sa.ClientState] = {}
         self.vectors: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}  # (model, version, start)
@@ -100,6 +103,10 @@ class Rounds:
             self.vectors[(model, version, int(start))] = {b: v for b, (_, v) in window_vectors(aggregator).items()}
         for key in sorted(self.vectors, key=lambda k: k[2])[:-KEEP_WINDOWS]:
             del self.vectors[key]
+
+    def closed(self, end: int) -> None:
+        """The agent has closed every window ending at or before ``end`` (after ``window_closed`` for each)."""
+        self.closed_until = max(self.closed_until, int(end))
 
     def step(self) -> int:
         """Answer every phase due; returns how many messages were sent. Never raises on a refusal."""
@@ -167,8 +174,8 @@ class Rounds:
         from datetime import datetime
 
         start = int(datetime.fromisoformat(public["window_start"].replace("Z", "+00:00")).timestamp())
-        if self.clock() < start + int(public["window_seconds"]):
-            return None
+        if self.closed_until < start + int(public["window_seconds"]):
+            return None  # the agent has not closed the round's window yet (see ``closed_until``)
         length = int(public["vector_length"])
         vec = self.vectors.get((public["model"], public["version"], start), {}).get(public["budget"])
         if vec is None:
