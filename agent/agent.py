@@ -31,7 +31,7 @@ from agent.backoff import Backoff
 from agent.client import Client, DownloadIncomplete, Rejected, ServerAway
 from agent.config import AgentConfig, detect_hardware
 from agent.guard import Guard, GuardPolicy, Verdict
-from agent.rounds import Rounds, load_identity, public_key_b64
+from agent.rounds import Rounds, load_identity, parse_hint, public_key_b64
 from agent.runtime import ModelLoadError, Runtime, SessionPool
 from agent.spool import Spool
 from agent.store import Installed, ManifestMark, ModelStore, atomic_write
@@ -327,7 +327,7 @@ class Agent:
         carry it in this poll rather than the next."""
         self.roll_window_if_due()
         try:
-            return self.rounds.step()
+            return self.rounds.step(parse_hint(self.client.rounds_hint))
         except (ServerAway, Rejected) as e:
             self.stats["rounds_deferred"] += 1
             log.info("rounds deferred: %s", e)

@@ -77,6 +77,23 @@ def config_from_wire(body: dict[str, Any]) -> RoundConfig:
     )
 
 
+def parse_hint(value: str | None) -> list[tuple[str, str, int]] | None:
+    """The poll's ``X-Rounds`` header as ``(round, phase, deadline)``; None when absent or not
+    understood (then the agent asks, as it would with no hint at all)."""
+    if value is None:
+        return None
+    out = []
+    for part in value.split(","):
+        if not part:
+            continue
+        rid, _, rest = part.partition(":")
+        phase, _, deadline = rest.partition(":")
+        if not rid or phase not in (ADVERTISE, SHARE, MASKED, UNMASK) or not deadline.isdigit():
+            return None
+        out.append((rid, phase, int(deadline)))
+    return out
+
+
 class Rounds:
     """Round state of one agent: configurations, the client state machine per round, and the
     vectors of closed windows (what the device means to contribute)."""
@@ -92,6 +109,10 @@ class Rounds:
         self.states: dict[str, sa.ClientState] = {}
         self.vectors: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}  # (model, version, start)
         self.sent: dict[str, np.ndarray] = {}  # round → contribution it sent (before masking), for tests
+        # (round, phase) this agent has dealt with — answered, or will never answer — so a hint naming
+        # it needs no request; and rounds whose masked input waits for their window to close.
+        self.handled: set[tuple[str, str]] = set()
+        self.waiting: set[str] = set()
         self.stats: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -108,13 +129,34 @@ class Rounds:
         """The agent has closed every window ending at or before ``end`` (after ``window_closed`` for each)."""
         self.closed_until = max(self.closed_until, int(end))
 
-    def step(self) -> int:
-        """Answer every phase due; returns how many messages were sent. Never raises on a refusal."""
+    def due(self, hint: list[tuple[str, str, int]]) -> bool:
+        """Whether the hint names a phase this agent can answer now (and so must ask for its inbox)."""
+        return any((rid, phase) not in self.handled and not self._masked_waits(rid, phase) for rid, phase, _ in hint)
+
+    def _masked_waits(self, rid: str, phase: str) -> bool:
+        if phase != MASKED or rid not in self.configs:
+            return False
+        public = self.configs[rid][1]
+        return self.closed_until < _start_of(public) + int(public["window_seconds"])
+
+    def step(self, hint: list[tuple[str, str, int]] | None = None) -> int:
+        """Answer every phase due; returns how many messages were sent. Never raises on a refusal.
+
+        With the poll's hint (``parse_hint``) the agent asks ``GET /api/v1/rounds`` only when the
+        hint names a phase it has not dealt with; without one it asks every time."""
+        if hint is not None:
+            hinted = {rid for rid, _, _ in hint}
+            self.handled = {h for h in self.handled if h[0] in hinted}
+            if not self.due(hint):
+                self._count("not_asked")
+                return 0
+        self._count("asked")
         listing = self.client.get_json("/api/v1/rounds").get("rounds", [])
         open_ids = {e["round"] for e in listing}
         for rid in [r for r in self.states if r not in open_ids]:
             self.states.pop(rid, None)
             self.configs.pop(rid, None)
+        self.waiting &= open_ids
         sent = 0
         for entry in listing:
             if entry.get("answered"):
@@ -129,6 +171,9 @@ class Rounds:
                 self._count(f"rejected_{e.code}")
                 log.warning("round %s: server refused our %s: %s", entry["round"], entry.get("phase"), e)
                 self.states.pop(entry["round"], None)
+        listed = {(e["round"], e.get("phase")) for e in listing}
+        self.handled |= {p for p in listed if p[0] not in self.waiting}
+        self.handled |= {(rid, phase) for rid, phase, _ in hint or [] if (rid, phase) not in listed}  # stale hint
         return sent
 
     def _config(self, rid: str) -> tuple[RoundConfig, dict[str, Any]]:
@@ -158,7 +203,9 @@ class Rounds:
         if phase == MASKED:
             x = self._contribution(public)
             if x is None:
+                self.waiting.add(rid)
                 return 0  # the round's window is not over yet on this device
+            self.waiting.discard(rid)
             shares = [EncryptedShare.from_wire(s) for s in inbox or []]
             noise = dpnoise.DeviceNoise(Fraction(public["noise"]["sigma2"]), int(public["noise"]["bound"]))
             noisy = x + dpnoise.sample_noise(cfg.vector_length, noise)
@@ -171,9 +218,7 @@ class Rounds:
         return 0
 
     def _contribution(self, public: dict[str, Any]) -> np.ndarray | None:
-        from datetime import datetime
-
-        start = int(datetime.fromisoformat(public["window_start"].replace("Z", "+00:00")).timestamp())
+        start = _start_of(public)
         if self.closed_until < start + int(public["window_seconds"]):
             return None  # the agent has not closed the round's window yet (see ``closed_until``)
         length = int(public["vector_length"])
@@ -184,3 +229,10 @@ class Rounds:
             self._count("layout_mismatch")
             return np.zeros(length, dtype=np.int64)
         return vec
+
+
+def _start_of(public: dict[str, Any]) -> int:
+    """The round's window start (epoch seconds) from its public configuration."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(public["window_start"].replace("Z", "+00:00")).timestamp())

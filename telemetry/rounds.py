@@ -227,6 +227,7 @@ def form_round(
             RoundMember(round=r, device=d, index=i, identity_key=unb64(d.identity_key, 32, "identity_key"))
             for i, d in enumerate(order, start=1)
         )
+        _publish_hints(r, [(d.id, i) for i, d in enumerate(order, start=1)])
     return r
 
 
@@ -274,6 +275,28 @@ def form_rounds(now: datetime | None = None) -> int:
 
 
 # ---- what a device is told ----------------------------------------------------------------------
+
+
+def expected(r: AggRound) -> set[int] | None:
+    """Indices still expected to answer the round's phase (None: everyone; empty once it ended)."""
+    if r.phase in (DONE, FAILED):
+        return set()
+    return {ADVERTISE: None, SHARE: set(r.u1), MASKED: set(r.u2), UNMASK: set(r.u3)}[r.phase]
+
+
+def _publish_hints(r: AggRound, members: list[tuple[Any, int]] | None = None) -> None:
+    """After the commit, tell each member's poll hint (fleet/round_hints.py) the round's phase, or
+    that it has nothing more to answer here (dropped, or the round ended)."""
+    from fleet import round_hints
+
+    if members is None:
+        members = list(RoundMember.objects.filter(round=r).values_list("device_id", "index"))
+    want = expected(r)
+    phase, deadline, rid = r.phase, int(r.deadline.timestamp()), r.id
+    updates = [
+        (device_id, rid, phase if want is None or index in want else None, deadline) for device_id, index in members
+    ]
+    transaction.on_commit(lambda: round_hints.publish(updates))
 
 
 def _deadline(r: AggRound) -> str:
@@ -425,6 +448,7 @@ def advance(round_id: str, now: datetime | None = None, force: bool = False) -> 
         cfg = config_of(r)
         step = {ADVERTISE: _close_advertise, SHARE: _close_share, MASKED: _close_masked, UNMASK: _finish}[r.phase]
         step(r, cfg, now)
+        _publish_hints(r)
         return r.phase
 
 

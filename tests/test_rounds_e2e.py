@@ -158,8 +158,8 @@ def _advertise_then_vanish(agent: Agent, live: list[bool], i: int) -> Any:
     """The device answers the advertise phase of both rounds, then drops off the network for good."""
     real = agent.rounds.step
 
-    def step() -> int:
-        sent = real()
+    def step(hint: Any = None) -> int:
+        sent = real(hint)
         if agent.rounds.stats.get("sent_advertise", 0) >= 2:
             live[i] = False
         return sent
