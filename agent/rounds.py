@@ -113,6 +113,7 @@ class Rounds:
         # it needs no request; and rounds whose masked input waits for their window to close.
         self.handled: set[tuple[str, str]] = set()
         self.waiting: set[str] = set()
+        self.outbox: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -157,12 +158,12 @@ class Rounds:
             self.states.pop(rid, None)
             self.configs.pop(rid, None)
         self.waiting &= open_ids
-        sent = 0
+        self.outbox: list[dict[str, Any]] = []
         for entry in listing:
             if entry.get("answered"):
                 continue
             try:
-                sent += self._answer(entry)
+                self._answer(entry)
             except Refusal as e:  # the server sent something this device will not act on
                 self._count(f"refused_{e.code}")
                 log.warning("round %s: refusing the server's %s: %s", entry["round"], entry.get("phase"), e.message)
@@ -171,6 +172,7 @@ class Rounds:
                 self._count(f"rejected_{e.code}")
                 log.warning("round %s: server refused our %s: %s", entry["round"], entry.get("phase"), e)
                 self.states.pop(entry["round"], None)
+        sent = self._send(self.outbox)
         listed = {(e["round"], e.get("phase")) for e in listing}
         self.handled |= {p for p in listed if p[0] not in self.waiting}
         self.handled |= {(rid, phase) for rid, phase, _ in hint or [] if (rid, phase) not in listed}  # stale hint
@@ -183,9 +185,34 @@ class Rounds:
         return self.configs[rid]
 
     def _post(self, rid: str, phase: str, wire: dict[str, Any]) -> int:
-        self.client.post_json(f"/api/v1/rounds/{rid}/{phase}", wire)
-        self._count(f"sent_{phase}")
+        """Queue the message: a poll's answers (its health and drift rounds, …) go in one request."""
+        self.outbox.append({"round": rid, "phase": phase, "message": wire})
         return 1
+
+    def _send(self, outbox: list[dict[str, Any]]) -> int:
+        """``POST /api/v1/rounds/answers`` with the poll's messages; a refused one drops this device
+        from that round only. Returns how many the server took."""
+        if not outbox:
+            return 0
+        try:
+            results = self.client.post_json("/api/v1/rounds/answers", {"answers": outbox}).get("results", [])
+        except Rejected as e:  # the whole request refused: none of these rounds goes on with us
+            for a in outbox:
+                self._count(f"rejected_{e.code}")
+                self.states.pop(a["round"], None)
+            log.warning("rounds: server refused our answers: %s", e)
+            return 0
+        taken = 0
+        for a, res in zip(outbox, results, strict=False):
+            if "error" in res:
+                code = (res.get("error") or {}).get("code", "refused")
+                self._count(f"rejected_{code}")
+                log.warning("round %s: server refused our %s: %s", a["round"], a["phase"], res.get("error"))
+                self.states.pop(a["round"], None)
+            else:
+                self._count(f"sent_{a['phase']}")
+                taken += 1
+        return taken
 
     def _answer(self, entry: dict[str, Any]) -> int:
         rid, phase, inbox = entry["round"], entry["phase"], entry.get("inbox")

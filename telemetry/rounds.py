@@ -34,6 +34,7 @@ from agent.secagg.config import RoundConfig
 from agent.secagg.graph import choose_parameters
 from agent.secagg.messages import (
     ADVERTISE,
+    COMMIT_BYTES,
     DONE,
     FAILED,
     MASKED,
@@ -41,7 +42,6 @@ from agent.secagg.messages import (
     SHARE,
     UNMASK,
     AdvertiseKeys,
-    EncryptedShare,
     MaskedInput,
     Refusal,
     ShareKeys,
@@ -359,10 +359,11 @@ def receive(device_id: uuid.UUID, round_id: str, phase: str, body: Any, now: dat
         raise Refusal("bad_message", f"phase must be one of {list(PHASES)}", "phase")
     try:
         with transaction.atomic():
-            r = AggRound.objects.select_for_update().filter(id=round_id).first()
+            rows = AggRound.objects.select_for_update().defer(*_NOT_READ_BY_RECEIVE)
+            r = rows.filter(id=round_id).first()
             if r is None:
                 raise RoundGone(round_id)
-            member = RoundMember.objects.filter(round=r, device_id=device_id).first()
+            member = RoundMember.objects.filter(round=r, device_id=device_id).only("index", "reached").first()
             if member is None:
                 raise Refusal("not_in_round", f"this device is not in round {round_id}", "round")
             result = _receive(r, member, phase, body, now)
@@ -372,6 +373,28 @@ def receive(device_id: uuid.UUID, round_id: str, phase: str, body: Any, now: dat
         )
         raise
     return result
+
+
+# Fields a message never reads: not fetched under the lock (the layout and the result are the big ones).
+_NOT_READ_BY_RECEIVE = ("layout", "result", "noise_sigma2", "created_at", "finished_at")
+
+
+def receive_many(device_id: uuid.UUID, answers: list[tuple[str, str, Any]], now: datetime | None = None) -> list:
+    """One device's messages to several rounds (its health and drift rounds, say) in one transaction:
+    one commit instead of one each; each answer in its own savepoint, so a refused one leaves the
+    others standing. Rounds are locked in id order, so two batches never wait on each other in a
+    cycle. Returns, in the given order, each answer's ``receive`` result or its ``Refusal``/``RoundGone``."""
+    now = now or timezone.now()
+    order = sorted(range(len(answers)), key=lambda i: (answers[i][0], i))
+    out: list[Any] = [None] * len(answers)
+    with transaction.atomic():
+        for i in order:
+            round_id, phase, body = answers[i]
+            try:
+                out[i] = receive(device_id, round_id, phase, body, now)
+            except (Refusal, RoundGone) as e:
+                out[i] = e
+    return out
 
 
 def _receive(r: AggRound, member: RoundMember, phase: str, body: Any, now: datetime) -> dict:
@@ -399,21 +422,26 @@ def _receive(r: AggRound, member: RoundMember, phase: str, body: Any, now: datet
         srv = _server(r, cfg, running_sum=running)
         srv.receive_masked(msg)
         r.running_sum = ring.to_bytes(srv.running_sum)
-        r.save(update_fields=["running_sum"])
     else:
         inbox = RoundMessage.objects.filter(round=r, index=member.index, kind=RoundMessage.Kind.INBOX, phase=MASKED)
         commits = {}
-        for row in inbox:
+        for row in inbox:  # the server's own routing of shares it checked on receipt: only the commitments
             for s in row.payload:
-                share = EncryptedShare.from_wire(s)
-                commits[(share.sender, share.recipient)] = (share.s_commit, share.b_commit)
+                commits[(int(s["sender"]), int(s["to"]))] = (
+                    unb64(s["s_commit"], COMMIT_BYTES, "s_commit"),
+                    unb64(s["b_commit"], COMMIT_BYTES, "b_commit"),
+                )
         _server(r, cfg, commits=commits).receive_unmask(msg)
         RoundMessage.objects.create(round=r, index=member.index, kind=RoundMessage.Kind.REVEALED, payload=body)
     member.reached = phase
     member.save(update_fields=["reached"])
-    expected = {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[phase]
-    answered = RoundMember.objects.filter(round=r, reached=phase).count()
-    return {"accepted": phase, "complete": answered >= expected}
+    r.answered += 1  # under the round's row lock; reset when the phase closes
+    r.save(update_fields=["answered", "running_sum"] if phase == MASKED else ["answered"])
+    return {"accepted": phase, "complete": r.answered >= _expected_count(r)}
+
+
+def _expected_count(r: AggRound) -> int:
+    return {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[r.phase]
 
 
 # ---- closing phases ------------------------------------------------------------------------------
@@ -441,9 +469,7 @@ def advance(round_id: str, now: datetime | None = None, force: bool = False) -> 
         r = AggRound.objects.select_for_update().filter(id=round_id).first()
         if r is None or r.phase in (DONE, FAILED):
             return r.phase if r else FAILED
-        expected = {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[r.phase]
-        answered = RoundMember.objects.filter(round=r, reached=r.phase).count()
-        if not (force or now >= r.deadline or answered >= expected):
+        if not (force or now >= r.deadline or r.answered >= _expected_count(r)):
             return r.phase
         cfg = config_of(r)
         step = {ADVERTISE: _close_advertise, SHARE: _close_share, MASKED: _close_masked, UNMASK: _finish}[r.phase]
@@ -473,8 +499,8 @@ def _close_advertise(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
         return
     RoundMessage.objects.filter(round=r, kind=RoundMessage.Kind.ADVERT).exclude(index__in=srv.u1).delete()
     _inbox_rows(r, SHARE, outbox)
-    r.u1, r.phase, r.deadline = sorted(srv.u1), SHARE, _next_deadline(now)
-    r.save(update_fields=["u1", "phase", "deadline"])
+    r.u1, r.phase, r.deadline, r.answered = sorted(srv.u1), SHARE, _next_deadline(now), 0
+    r.save(update_fields=["u1", "phase", "deadline", "answered"])
 
 
 def _close_share(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
@@ -489,10 +515,10 @@ def _close_share(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     RoundMessage.objects.filter(round=r, kind=RoundMessage.Kind.DEALT).exclude(index__in=srv.u2).delete()
     _inbox_rows(r, MASKED, outbox)
     window_end = r.window_start + timedelta(seconds=r.window_seconds)
-    r.u2, r.phase = sorted(srv.u2), MASKED
+    r.u2, r.phase, r.answered = sorted(srv.u2), MASKED, 0
     r.deadline = max(now, window_end) + timedelta(seconds=phase_seconds())
     r.running_sum = cfg.ring.to_bytes(cfg.ring.zeros(cfg.vector_length))
-    r.save(update_fields=["u2", "phase", "deadline", "running_sum"])
+    r.save(update_fields=["u2", "phase", "deadline", "running_sum", "answered"])
 
 
 def _close_masked(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
@@ -503,8 +529,8 @@ def _close_masked(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     if request is None:
         _fail(r, srv.reason, now)
         return
-    r.u3, r.phase, r.deadline = sorted(srv.u3), UNMASK, _next_deadline(now)
-    r.save(update_fields=["u3", "phase", "deadline"])
+    r.u3, r.phase, r.deadline, r.answered = sorted(srv.u3), UNMASK, _next_deadline(now), 0
+    r.save(update_fields=["u3", "phase", "deadline", "answered"])
 
 
 def _finish(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
