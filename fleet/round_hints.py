@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Rounds"
 PREFIX = "ef:rh:"
+# Set once every open round's hints are in Redis. A Redis that restarted empty has no marker, and
+# an empty hash would then read "nothing to answer": without the marker the poll carries no hint (the
+# agent asks at every poll) until the deadline job has rebuilt them all from PostgreSQL (``rebuild``).
+MARKER = "ef:rh:ready"
 TTL = 6 * 3600  # a device's hint outlives no round: refreshed at every phase, gone at the end
 _client: Any = None
 
@@ -79,11 +83,34 @@ def hint_for(device_id: uuid.UUID | str) -> str | None:
     if r is None:
         return None
     try:
-        entries = r.hgetall(key(device_id))
+        ready, entries = r.pipeline(transaction=False).exists(MARKER).hgetall(key(device_id)).execute()
     except Exception as e:
         log.info("rounds hint unavailable: %s", e)
         return None
+    if not ready:
+        return None
     return format_hint({k.decode(): v.decode() for k, v in entries.items()})
+
+
+def ready() -> bool | None:
+    """Whether the hints are all in Redis (None: Redis away)."""
+    r = _redis()
+    if r is None:
+        return None
+    try:
+        return bool(r.exists(MARKER))
+    except Exception:
+        return None
+
+
+def mark_ready() -> bool:
+    """After a rebuild has published every open round's hints."""
+    r = _redis()
+    try:
+        return r is not None and bool(r.set(MARKER, b"1"))
+    except Exception as e:
+        log.warning("rounds hint marker not set: %s", e)
+        return False
 
 
 def format_hint(entries: dict[str, str]) -> str:

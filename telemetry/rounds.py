@@ -570,9 +570,28 @@ def _finish(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     RoundMessage.objects.filter(round=r).delete()
 
 
+def rebuild_hints() -> int:
+    """Publish every open round's hints again (after Redis lost them), each under its round's lock so
+    a phase closing meanwhile publishes after it; then mark the hints ready. Returns the rounds."""
+    from fleet import round_hints
+
+    ids = list(AggRound.objects.exclude(phase__in=(DONE, FAILED)).values_list("id", flat=True))
+    for rid in ids:
+        with transaction.atomic():
+            r = AggRound.objects.select_for_update().only("id", "phase", "deadline", "u1", "u2", "u3").get(id=rid)
+            _publish_hints(r)
+    transaction.on_commit(round_hints.mark_ready)
+    return len(ids)
+
+
 def advance_due(now: datetime | None = None, limit: int = 500) -> dict[str, int]:
-    """Close every phase whose deadline has passed (the beat job; early closes come from ``receive``)."""
+    """Close every phase whose deadline has passed (the beat job; early closes come from ``receive``);
+    first, rebuild the poll hints if Redis lost them."""
+    from fleet import round_hints
+
     now = now or timezone.now()
+    if round_hints.ready() is False:
+        rebuild_hints()
     ids = list(
         AggRound.objects.exclude(phase__in=(DONE, FAILED))
         .filter(deadline__lte=now)

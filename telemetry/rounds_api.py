@@ -119,7 +119,9 @@ def _failed(rid: str, phase: str, e: ProtocolError) -> dict[str, Any]:
 def _close_early(round_id: str) -> None:
     from telemetry.tasks import advance_round
 
-    transaction.on_commit(lambda: advance_round.delay(round_id))
+    # robust: the answer is committed; a broker away must not turn it into a 500 (the deadline job
+    # closes the phase instead)
+    transaction.on_commit(lambda: advance_round.delay(round_id), robust=True)
 
 
 @router.get("/rounds/{round_id}", auth=device_auth, summary="A round's public configuration")

@@ -30,6 +30,7 @@ def _exact(settings: Any) -> None:
     settings.EDGEFLEET_ROUND_NOISE = False
     settings.EDGEFLEET_ROUND_PHASE_SECONDS = 3600
     settings.EDGEFLEET_TELEMETRY_WINDOW = 300
+    rounds.advance_due()  # the deadline job: finds no hints in this fresh Redis db, rebuilds (none), marks ready
 
 
 def poll(d: Dev, etag: str | None = None) -> Any:
@@ -148,3 +149,19 @@ def test_the_openapi_schema_documents_the_hint_on_200_and_304(client: Any) -> No
     for status in ("200", "304"):
         header = responses[status]["headers"]["X-Rounds"]
         assert "unsigned" in header["description"] and header["schema"]["type"] == "string"
+
+
+def test_hints_lost_with_redis_mean_ask_until_the_deadline_job_rebuilds_them() -> None:
+    from django.conf import settings
+    from redis import Redis
+
+    version = factories.staged_version()
+    devs = enrol(20, version)
+    r = health_round(version, devs)
+    name = f"{r.id}:advertise:{int(r.deadline.timestamp())}"
+    assert hint(devs[0]) == name
+    store = Redis.from_url(settings.REDIS_URL)
+    store.delete(*store.keys(f"{round_hints.PREFIX}*"))  # what a Redis restarted empty holds
+    assert hint(devs[0]) is None  # not "": an empty hash would say nothing is due; no header says ask
+    rounds.advance_due()  # the deadline job sees the marker gone and rebuilds from PostgreSQL
+    assert hint(devs[0]) == name and hint(devs[19]) == name
