@@ -264,14 +264,61 @@ def form_rounds(now: datetime | None = None) -> int:
             continue
         devices.sort(key=lambda d: str(d.id))
         secrets.SystemRandom().shuffle(devices)
-        groups = groups_of(devices, max(group_size_for(len(devices)), min_cohort()))
+        size = max(group_size_for(len(devices)), min_cohort())
         for budget in budgets:
             if AggRound.objects.filter(version=version, budget=budget, window_start=start).exists():
                 continue
-            for g, members in enumerate(groups):
+            for g, members in enumerate(groups_of(within_budget(version, budget, start, devices, size), size)):
                 form_round(version, budget, start, window, g, members, now)
                 formed += 1
     return formed
+
+
+def _epsilon_day(budget: str) -> float:
+    """The day's target the rounds' noise is calibrated to (``noise_for`` reads the same)."""
+    return float(_setting("EDGEFLEET_EPSILON_DRIFT_DAY" if budget == DRIFT else "EDGEFLEET_EPSILON_HEALTH_DAY", 4.0))
+
+
+def within_budget(
+    version: ModelVersion, budget: str, start: datetime, devices: list[Device], size: int
+) -> list[Device]:
+    """The devices one more round of ``budget`` keeps within their day's ε (``accounting.may_join``).
+
+    Every figure is what the server assigned: the charge of a round of ``size`` devices of this
+    layout and noise, and each device's rounds of this budget already scheduled that UTC day (their
+    stored parameters), never anything a device says. With noise off (tests of exact sums) there is
+    nothing to account and everyone joins."""
+    if not _setting("EDGEFLEET_ROUND_NOISE", True) or not devices:
+        return devices
+    from telemetry.accounting import RoundCharge, may_join
+
+    layout = layout_for(version, budget)
+    min_survivors = min(size, max(2, math.ceil((1 - DESIGN_DROPOUT) * size)))
+    noise = noise_for(layout, min_survivors, size, budget)
+    charge = RoundCharge.for_round(sensitivity(layout).l2, noise.sigma2, min_survivors, layout.length)
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = {"round__window_start__gte": day, "round__window_start__lt": day + timedelta(days=1)}
+    fields = ("device_id", "round_id", "round__layout", "round__noise_sigma2", "round__min_survivors")
+    rows = RoundMember.objects.filter(device__in=devices, round__budget=budget, **today).values_list(*fields)
+    charges: dict[str, RoundCharge] = {}
+    scheduled: dict[Any, list[str]] = {}
+    for device_id, rid, lay, sigma2, survivors in rows:
+        if Fraction(sigma2) <= 0:
+            continue  # formed with noise off (tests of exact sums): outside the accounting
+        if rid not in charges:
+            lay = layout_from_json(lay)
+            charges[rid] = RoundCharge.for_round(sensitivity(lay).l2, Fraction(sigma2), survivors, lay.length)
+        scheduled.setdefault(device_id, []).append(rid)
+    eps = _epsilon_day(budget)
+    verdicts: dict[tuple[str, ...], bool] = {}  # devices of the same groups share a schedule
+    kept = []
+    for d in devices:
+        key = tuple(sorted(scheduled.get(d.id, [])))
+        if key not in verdicts:
+            verdicts[key] = may_join([charges[r] for r in key], charge, eps)
+        if verdicts[key]:
+            kept.append(d)
+    return kept
 
 
 # ---- what a device is told ----------------------------------------------------------------------
