@@ -31,7 +31,7 @@ from agent.backoff import Backoff
 from agent.client import Client, DownloadIncomplete, Rejected, ServerAway
 from agent.config import AgentConfig, detect_hardware
 from agent.guard import Guard, GuardPolicy, Verdict
-from agent.rounds import Rounds, load_identity, public_key_b64
+from agent.rounds import Rounds, load_identity, parse_hint, public_key_b64
 from agent.runtime import ModelLoadError, Runtime, SessionPool
 from agent.spool import Spool
 from agent.store import Installed, ManifestMark, ModelStore, atomic_write
@@ -143,7 +143,7 @@ class Agent:
         self.marks = ManifestMark(self.data)
         self.accepted: Accepted | None = self.marks.load()
         self._last_refusal = ""  # the refusal last reported: the same one again is counted, not re-sent
-        self.rounds = Rounds(self.client, load_identity(self.data / "round_identity.key"), self.clock)
+        self.rounds = Rounds(self.client, load_identity(self.data / "round_identity.key"))
         self._waiting: dict[str, str] = {}  # model -> "version:reasons" last reported as install_waiting
         self.probation_path = self.data / "probation.json"
         self.probation: dict[str, dict[str, Any]] = self._read_json(self.probation_path) or {}
@@ -321,9 +321,13 @@ class Agent:
 
     def take_part(self) -> int:
         """Answer the phases of open aggregation rounds (agent/rounds.py); never raises, so a round
-        cannot stop a poll. Returns how many messages were sent."""
+        cannot stop a poll. Returns how many messages were sent.
+
+        A window that ended since the poll began is closed first, so a round's masked input can
+        carry it in this poll rather than the next."""
+        self.roll_window_if_due()
         try:
-            return self.rounds.step()
+            return self.rounds.step(parse_hint(self.client.rounds_hint))
         except (ServerAway, Rejected) as e:
             self.stats["rounds_deferred"] += 1
             log.info("rounds deferred: %s", e)
@@ -628,10 +632,14 @@ class Agent:
 
     def roll_window_if_due(self) -> int:
         """Report every window that is over; returns how many reports went into the spool."""
-        with self.lock:
-            self._advance_window(self.clock())
-            closing, self.closing = self.closing, []
-        return self._report(closing)
+        with self.report_lock:  # taken and reported as one, so ``closed`` never runs ahead of the vectors
+            with self.lock:
+                self._advance_window(self.clock())
+                closing, self.closing = self.closing, []
+                open_start = self.window.start
+            n = self._report(closing)
+            self.rounds.closed(open_start)  # every window before the open one is closed, vectors kept
+        return n
 
     def close_window(self) -> int:
         """The same as ``roll_window_if_due``: a window is reported once it is over, never earlier."""
@@ -639,23 +647,23 @@ class Agent:
 
     def _report(self, windows: list[Window]) -> int:
         """One noisy report per (model, version) of each window: every version active in it, busy or
-        idle, that the manifest names a layout for. Marked reported before spooling (at most once)."""
+        idle, that the manifest names a layout for. Marked reported before spooling (at most once).
+        Called under ``report_lock``."""
         if not windows:
             return 0
         privacy = ((self.manifest or {}).get("telemetry") or {}).get("privacy") or {}
         n = 0
-        with self.report_lock:
-            for w in windows:
-                self.windows.mark_reported(w.end)
-                for model, version in w.report_keys():
-                    agg = w.aggs.get((model, version))
-                    if agg is None:
-                        if not self._names(model):
-                            continue  # no layout from the server: a report would only be refused
-                        agg = self._new_aggregator(model, version)
-                    self.rounds.window_closed(model, version, w.start, agg)
-                    self.spool.put("report", agg.report(privacy, self.np_rng, window=(w.start, w.end)))
-                    n += 1
+        for w in windows:
+            self.windows.mark_reported(w.end)
+            for model, version in w.report_keys():
+                agg = w.aggs.get((model, version))
+                if agg is None:
+                    if not self._names(model):
+                        continue  # no layout from the server: a report would only be refused
+                    agg = self._new_aggregator(model, version)
+                self.rounds.window_closed(model, version, w.start, agg)
+                self.spool.put("report", agg.report(privacy, self.np_rng, window=(w.start, w.end)))
+                n += 1
         self.stats["reports_made"] += n
         return n
 

@@ -72,6 +72,8 @@ class Client:
         self.timeout = timeout
         self.http = session or requests.Session()
         self.http.headers["User-Agent"] = f"edgefleet-agent/{__version__}"
+        # The last manifest poll's X-Rounds header (None: the server gave none, or the poll failed).
+        self.rounds_hint: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _url(self, path: str) -> str:
@@ -116,7 +118,9 @@ class Client:
         headers = {"X-Agent-State": json.dumps(state, separators=(",", ":"))}
         if etag:
             headers["If-None-Match"] = etag
+        self.rounds_hint = None  # until this poll's answer says otherwise: ask (agent/rounds.py)
         resp = self._request("GET", "/api/v1/manifest", headers=headers)
+        self.rounds_hint = resp.headers.get("X-Rounds")
         if resp.status_code == 304:
             return None, etag
         return resp.json(), resp.headers.get("ETag")

@@ -77,18 +77,43 @@ def config_from_wire(body: dict[str, Any]) -> RoundConfig:
     )
 
 
+def parse_hint(value: str | None) -> list[tuple[str, str, int]] | None:
+    """The poll's ``X-Rounds`` header as ``(round, phase, deadline)``; None when absent or not
+    understood (then the agent asks, as it would with no hint at all)."""
+    if value is None:
+        return None
+    out = []
+    for part in value.split(","):
+        if not part:
+            continue
+        rid, _, rest = part.partition(":")
+        phase, _, deadline = rest.partition(":")
+        if not rid or phase not in (ADVERTISE, SHARE, MASKED, UNMASK) or not deadline.isdigit():
+            return None
+        out.append((rid, phase, int(deadline)))
+    return out
+
+
 class Rounds:
     """Round state of one agent: configurations, the client state machine per round, and the
     vectors of closed windows (what the device means to contribute)."""
 
-    def __init__(self, client: Client, identity: Ed25519PrivateKey, clock: Any) -> None:
+    def __init__(self, client: Client, identity: Ed25519PrivateKey) -> None:
         self.client = client
         self.identity = identity
-        self.clock = clock
+        # End of the last window the agent has closed (its vectors are in ``vectors`` from then on).
+        # A round's masked input waits for this, never for the clock: the clock passes a window's end
+        # before the agent rolls that window, and a contribution read in between would be all zeros.
+        self.closed_until = 0
         self.configs: dict[str, tuple[RoundConfig, dict[str, Any]]] = {}
         self.states: dict[str, sa.ClientState] = {}
         self.vectors: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}  # (model, version, start)
         self.sent: dict[str, np.ndarray] = {}  # round → contribution it sent (before masking), for tests
+        # (round, phase) this agent has dealt with — answered, or will never answer — so a hint naming
+        # it needs no request; and rounds whose masked input waits for their window to close.
+        self.handled: set[tuple[str, str]] = set()
+        self.waiting: set[str] = set()
+        self.outbox: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -101,19 +126,44 @@ class Rounds:
         for key in sorted(self.vectors, key=lambda k: k[2])[:-KEEP_WINDOWS]:
             del self.vectors[key]
 
-    def step(self) -> int:
-        """Answer every phase due; returns how many messages were sent. Never raises on a refusal."""
+    def closed(self, end: int) -> None:
+        """The agent has closed every window ending at or before ``end`` (after ``window_closed`` for each)."""
+        self.closed_until = max(self.closed_until, int(end))
+
+    def due(self, hint: list[tuple[str, str, int]]) -> bool:
+        """Whether the hint names a phase this agent can answer now (and so must ask for its inbox)."""
+        return any((rid, phase) not in self.handled and not self._masked_waits(rid, phase) for rid, phase, _ in hint)
+
+    def _masked_waits(self, rid: str, phase: str) -> bool:
+        if phase != MASKED or rid not in self.configs:
+            return False
+        public = self.configs[rid][1]
+        return self.closed_until < _start_of(public) + int(public["window_seconds"])
+
+    def step(self, hint: list[tuple[str, str, int]] | None = None) -> int:
+        """Answer every phase due; returns how many messages were sent. Never raises on a refusal.
+
+        With the poll's hint (``parse_hint``) the agent asks ``GET /api/v1/rounds`` only when the
+        hint names a phase it has not dealt with; without one it asks every time."""
+        if hint is not None:
+            hinted = {rid for rid, _, _ in hint}
+            self.handled = {h for h in self.handled if h[0] in hinted}
+            if not self.due(hint):
+                self._count("not_asked")
+                return 0
+        self._count("asked")
         listing = self.client.get_json("/api/v1/rounds").get("rounds", [])
         open_ids = {e["round"] for e in listing}
         for rid in [r for r in self.states if r not in open_ids]:
             self.states.pop(rid, None)
             self.configs.pop(rid, None)
-        sent = 0
+        self.waiting &= open_ids
+        self.outbox: list[dict[str, Any]] = []
         for entry in listing:
             if entry.get("answered"):
                 continue
             try:
-                sent += self._answer(entry)
+                self._answer(entry)
             except Refusal as e:  # the server sent something this device will not act on
                 self._count(f"refused_{e.code}")
                 log.warning("round %s: refusing the server's %s: %s", entry["round"], entry.get("phase"), e.message)
@@ -122,6 +172,10 @@ class Rounds:
                 self._count(f"rejected_{e.code}")
                 log.warning("round %s: server refused our %s: %s", entry["round"], entry.get("phase"), e)
                 self.states.pop(entry["round"], None)
+        sent = self._send(self.outbox)
+        listed = {(e["round"], e.get("phase")) for e in listing}
+        self.handled |= {p for p in listed if p[0] not in self.waiting}
+        self.handled |= {(rid, phase) for rid, phase, _ in hint or [] if (rid, phase) not in listed}  # stale hint
         return sent
 
     def _config(self, rid: str) -> tuple[RoundConfig, dict[str, Any]]:
@@ -131,9 +185,34 @@ class Rounds:
         return self.configs[rid]
 
     def _post(self, rid: str, phase: str, wire: dict[str, Any]) -> int:
-        self.client.post_json(f"/api/v1/rounds/{rid}/{phase}", wire)
-        self._count(f"sent_{phase}")
+        """Queue the message: a poll's answers (its health and drift rounds, …) go in one request."""
+        self.outbox.append({"round": rid, "phase": phase, "message": wire})
         return 1
+
+    def _send(self, outbox: list[dict[str, Any]]) -> int:
+        """``POST /api/v1/rounds/answers`` with the poll's messages; a refused one drops this device
+        from that round only. Returns how many the server took."""
+        if not outbox:
+            return 0
+        try:
+            results = self.client.post_json("/api/v1/rounds/answers", {"answers": outbox}).get("results", [])
+        except Rejected as e:  # the whole request refused: none of these rounds goes on with us
+            for a in outbox:
+                self._count(f"rejected_{e.code}")
+                self.states.pop(a["round"], None)
+            log.warning("rounds: server refused our answers: %s", e)
+            return 0
+        taken = 0
+        for a, res in zip(outbox, results, strict=False):
+            if "error" in res:
+                code = (res.get("error") or {}).get("code", "refused")
+                self._count(f"rejected_{code}")
+                log.warning("round %s: server refused our %s: %s", a["round"], a["phase"], res.get("error"))
+                self.states.pop(a["round"], None)
+            else:
+                self._count(f"sent_{a['phase']}")
+                taken += 1
+        return taken
 
     def _answer(self, entry: dict[str, Any]) -> int:
         rid, phase, inbox = entry["round"], entry["phase"], entry.get("inbox")
@@ -151,7 +230,9 @@ class Rounds:
         if phase == MASKED:
             x = self._contribution(public)
             if x is None:
+                self.waiting.add(rid)
                 return 0  # the round's window is not over yet on this device
+            self.waiting.discard(rid)
             shares = [EncryptedShare.from_wire(s) for s in inbox or []]
             noise = dpnoise.DeviceNoise(Fraction(public["noise"]["sigma2"]), int(public["noise"]["bound"]))
             noisy = x + dpnoise.sample_noise(cfg.vector_length, noise)
@@ -164,11 +245,9 @@ class Rounds:
         return 0
 
     def _contribution(self, public: dict[str, Any]) -> np.ndarray | None:
-        from datetime import datetime
-
-        start = int(datetime.fromisoformat(public["window_start"].replace("Z", "+00:00")).timestamp())
-        if self.clock() < start + int(public["window_seconds"]):
-            return None
+        start = _start_of(public)
+        if self.closed_until < start + int(public["window_seconds"]):
+            return None  # the agent has not closed the round's window yet (see ``closed_until``)
         length = int(public["vector_length"])
         vec = self.vectors.get((public["model"], public["version"], start), {}).get(public["budget"])
         if vec is None:
@@ -177,3 +256,10 @@ class Rounds:
             self._count("layout_mismatch")
             return np.zeros(length, dtype=np.int64)
         return vec
+
+
+def _start_of(public: dict[str, Any]) -> int:
+    """The round's window start (epoch seconds) from its public configuration."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(public["window_start"].replace("Z", "+00:00")).timestamp())

@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, Router, Schema
 from pydantic import AwareDatetime, ConfigDict
 
-from fleet import manifests, presence, services
+from fleet import manifests, presence, round_hints, services
 from fleet.auth import device_auth
 from fleet.errors import ProtocolError, from_exception
 from fleet.wire import Details, UtcDatetime
@@ -207,6 +207,16 @@ MANIFEST_HEADERS = [
     {"in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"}},
 ]
 
+ROUNDS_HEADER = {
+    "X-Rounds": {
+        "description": "unsigned hint, beside the signed manifest: the device's open aggregation rounds in "
+        "which it is still expected to answer, as <round>:<phase>:<phase deadline, epoch seconds>, comma-"
+        'separated ("" when none). Absent: no hint (ask GET /api/v1/rounds at every poll). '
+        'docs/protocol.md, "Rounds".',
+        "schema": {"type": "string", "pattern": r"^([0-9a-f]{1,64}:(advertise|share|masked|unmask):[0-9]+(,|$))*$"},
+    }
+}
+
 
 @router.post("/enroll", response={201: EnrollOut, **ERRORS}, auth=None, summary="Join the fleet with an enrollment key")
 def enroll(request: HttpRequest, payload: EnrollIn) -> tuple[int, dict[str, Any]]:
@@ -238,7 +248,11 @@ def signing_key(request: HttpRequest) -> dict[str, str]:
     "/manifest",
     response={200: ManifestOut, 304: None, **ERRORS},
     auth=None,  # checked in the view (fleet.manifests.poll), so a ready manifest needs no snapshot lookup
-    openapi_extra={"parameters": MANIFEST_HEADERS, "security": [{"DeviceBearer": []}]},
+    openapi_extra={
+        "parameters": MANIFEST_HEADERS,
+        "security": [{"DeviceBearer": []}],
+        "responses": {200: {"headers": ROUNDS_HEADER}, 304: {"headers": ROUNDS_HEADER}},
+    },
     summary="The signed desired state for this device",
 )
 def manifest(request: HttpRequest) -> HttpResponse:
@@ -269,6 +283,9 @@ def _manifest(request: HttpRequest, token: str) -> HttpResponse:
     else:
         resp = HttpResponse(ready.body, content_type="application/json")
     resp["ETag"] = ready.etag
+    hint = round_hints.hint_for(ready.device_id)
+    if hint is not None:  # unsigned, beside the signed manifest: a round's phase changes too often to sign
+        resp[round_hints.HEADER] = hint
     return resp
 
 

@@ -274,6 +274,9 @@ class AggRound(models.Model):
     u1 = models.JSONField(default=list)
     u2 = models.JSONField(default=list)
     u3 = models.JSONField(default=list)
+    answered = models.IntegerField(
+        default=0, help_text="members who answered the current phase (kept under the row lock: no count per message)"
+    )
     running_sum = models.BinaryField(null=True, help_text="sum of masked vectors so far (ring bytes)")
     result = models.JSONField(null=True, help_text="the unmasked group sum (signed integers)")
     void = models.BooleanField(default=False, help_text="the sum is one no honest group can produce (see reason)")

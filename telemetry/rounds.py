@@ -34,6 +34,7 @@ from agent.secagg.config import RoundConfig
 from agent.secagg.graph import choose_parameters
 from agent.secagg.messages import (
     ADVERTISE,
+    COMMIT_BYTES,
     DONE,
     FAILED,
     MASKED,
@@ -41,7 +42,6 @@ from agent.secagg.messages import (
     SHARE,
     UNMASK,
     AdvertiseKeys,
-    EncryptedShare,
     MaskedInput,
     Refusal,
     ShareKeys,
@@ -227,6 +227,7 @@ def form_round(
             RoundMember(round=r, device=d, index=i, identity_key=unb64(d.identity_key, 32, "identity_key"))
             for i, d in enumerate(order, start=1)
         )
+        _publish_hints(r, [(d.id, i) for i, d in enumerate(order, start=1)])
     return r
 
 
@@ -263,17 +264,86 @@ def form_rounds(now: datetime | None = None) -> int:
             continue
         devices.sort(key=lambda d: str(d.id))
         secrets.SystemRandom().shuffle(devices)
-        groups = groups_of(devices, max(group_size_for(len(devices)), min_cohort()))
+        size = max(group_size_for(len(devices)), min_cohort())
         for budget in budgets:
             if AggRound.objects.filter(version=version, budget=budget, window_start=start).exists():
                 continue
-            for g, members in enumerate(groups):
+            for g, members in enumerate(groups_of(within_budget(version, budget, start, devices, size), size)):
                 form_round(version, budget, start, window, g, members, now)
                 formed += 1
     return formed
 
 
+def _epsilon_day(budget: str) -> float:
+    """The day's target the rounds' noise is calibrated to (``noise_for`` reads the same)."""
+    return float(_setting("EDGEFLEET_EPSILON_DRIFT_DAY" if budget == DRIFT else "EDGEFLEET_EPSILON_HEALTH_DAY", 4.0))
+
+
+def within_budget(
+    version: ModelVersion, budget: str, start: datetime, devices: list[Device], size: int
+) -> list[Device]:
+    """The devices one more round of ``budget`` keeps within their day's ε (``accounting.may_join``).
+
+    Every figure is what the server assigned: the charge of a round of ``size`` devices of this
+    layout and noise, and each device's rounds of this budget already scheduled that UTC day (their
+    stored parameters), never anything a device says. With noise off (tests of exact sums) there is
+    nothing to account and everyone joins."""
+    if not _setting("EDGEFLEET_ROUND_NOISE", True) or not devices:
+        return devices
+    from telemetry.accounting import RoundCharge, may_join
+
+    layout = layout_for(version, budget)
+    min_survivors = min(size, max(2, math.ceil((1 - DESIGN_DROPOUT) * size)))
+    noise = noise_for(layout, min_survivors, size, budget)
+    charge = RoundCharge.for_round(sensitivity(layout).l2, noise.sigma2, min_survivors, layout.length)
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = {"round__window_start__gte": day, "round__window_start__lt": day + timedelta(days=1)}
+    fields = ("device_id", "round_id", "round__layout", "round__noise_sigma2", "round__min_survivors")
+    rows = RoundMember.objects.filter(device__in=devices, round__budget=budget, **today).values_list(*fields)
+    charges: dict[str, RoundCharge] = {}
+    scheduled: dict[Any, list[str]] = {}
+    for device_id, rid, lay, sigma2, survivors in rows:
+        if Fraction(sigma2) <= 0:
+            continue  # formed with noise off (tests of exact sums): outside the accounting
+        if rid not in charges:
+            lay = layout_from_json(lay)
+            charges[rid] = RoundCharge.for_round(sensitivity(lay).l2, Fraction(sigma2), survivors, lay.length)
+        scheduled.setdefault(device_id, []).append(rid)
+    eps = _epsilon_day(budget)
+    verdicts: dict[tuple[str, ...], bool] = {}  # devices of the same groups share a schedule
+    kept = []
+    for d in devices:
+        key = tuple(sorted(scheduled.get(d.id, [])))
+        if key not in verdicts:
+            verdicts[key] = may_join([charges[r] for r in key], charge, eps)
+        if verdicts[key]:
+            kept.append(d)
+    return kept
+
+
 # ---- what a device is told ----------------------------------------------------------------------
+
+
+def expected(r: AggRound) -> set[int] | None:
+    """Indices still expected to answer the round's phase (None: everyone; empty once it ended)."""
+    if r.phase in (DONE, FAILED):
+        return set()
+    return {ADVERTISE: None, SHARE: set(r.u1), MASKED: set(r.u2), UNMASK: set(r.u3)}[r.phase]
+
+
+def _publish_hints(r: AggRound, members: list[tuple[Any, int]] | None = None) -> None:
+    """After the commit, tell each member's poll hint (fleet/round_hints.py) the round's phase, or
+    that it has nothing more to answer here (dropped, or the round ended)."""
+    from fleet import round_hints
+
+    if members is None:
+        members = list(RoundMember.objects.filter(round=r).values_list("device_id", "index"))
+    want = expected(r)
+    phase, deadline, rid = r.phase, int(r.deadline.timestamp()), r.id
+    updates = [
+        (device_id, rid, phase if want is None or index in want else None, deadline) for device_id, index in members
+    ]
+    transaction.on_commit(lambda: round_hints.publish(updates))
 
 
 def _deadline(r: AggRound) -> str:
@@ -336,10 +406,11 @@ def receive(device_id: uuid.UUID, round_id: str, phase: str, body: Any, now: dat
         raise Refusal("bad_message", f"phase must be one of {list(PHASES)}", "phase")
     try:
         with transaction.atomic():
-            r = AggRound.objects.select_for_update().filter(id=round_id).first()
+            rows = AggRound.objects.select_for_update().defer(*_NOT_READ_BY_RECEIVE)
+            r = rows.filter(id=round_id).first()
             if r is None:
                 raise RoundGone(round_id)
-            member = RoundMember.objects.filter(round=r, device_id=device_id).first()
+            member = RoundMember.objects.filter(round=r, device_id=device_id).only("index", "reached").first()
             if member is None:
                 raise Refusal("not_in_round", f"this device is not in round {round_id}", "round")
             result = _receive(r, member, phase, body, now)
@@ -349,6 +420,28 @@ def receive(device_id: uuid.UUID, round_id: str, phase: str, body: Any, now: dat
         )
         raise
     return result
+
+
+# Fields a message never reads: not fetched under the lock (the layout and the result are the big ones).
+_NOT_READ_BY_RECEIVE = ("layout", "result", "noise_sigma2", "created_at", "finished_at")
+
+
+def receive_many(device_id: uuid.UUID, answers: list[tuple[str, str, Any]], now: datetime | None = None) -> list:
+    """One device's messages to several rounds (its health and drift rounds, say) in one transaction:
+    one commit instead of one each; each answer in its own savepoint, so a refused one leaves the
+    others standing. Rounds are locked in id order, so two batches never wait on each other in a
+    cycle. Returns, in the given order, each answer's ``receive`` result or its ``Refusal``/``RoundGone``."""
+    now = now or timezone.now()
+    order = sorted(range(len(answers)), key=lambda i: (answers[i][0], i))
+    out: list[Any] = [None] * len(answers)
+    with transaction.atomic():
+        for i in order:
+            round_id, phase, body = answers[i]
+            try:
+                out[i] = receive(device_id, round_id, phase, body, now)
+            except (Refusal, RoundGone) as e:
+                out[i] = e
+    return out
 
 
 def _receive(r: AggRound, member: RoundMember, phase: str, body: Any, now: datetime) -> dict:
@@ -376,21 +469,26 @@ def _receive(r: AggRound, member: RoundMember, phase: str, body: Any, now: datet
         srv = _server(r, cfg, running_sum=running)
         srv.receive_masked(msg)
         r.running_sum = ring.to_bytes(srv.running_sum)
-        r.save(update_fields=["running_sum"])
     else:
         inbox = RoundMessage.objects.filter(round=r, index=member.index, kind=RoundMessage.Kind.INBOX, phase=MASKED)
         commits = {}
-        for row in inbox:
+        for row in inbox:  # the server's own routing of shares it checked on receipt: only the commitments
             for s in row.payload:
-                share = EncryptedShare.from_wire(s)
-                commits[(share.sender, share.recipient)] = (share.s_commit, share.b_commit)
+                commits[(int(s["sender"]), int(s["to"]))] = (
+                    unb64(s["s_commit"], COMMIT_BYTES, "s_commit"),
+                    unb64(s["b_commit"], COMMIT_BYTES, "b_commit"),
+                )
         _server(r, cfg, commits=commits).receive_unmask(msg)
         RoundMessage.objects.create(round=r, index=member.index, kind=RoundMessage.Kind.REVEALED, payload=body)
     member.reached = phase
     member.save(update_fields=["reached"])
-    expected = {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[phase]
-    answered = RoundMember.objects.filter(round=r, reached=phase).count()
-    return {"accepted": phase, "complete": answered >= expected}
+    r.answered += 1  # under the round's row lock; reset when the phase closes
+    r.save(update_fields=["answered", "running_sum"] if phase == MASKED else ["answered"])
+    return {"accepted": phase, "complete": r.answered >= _expected_count(r)}
+
+
+def _expected_count(r: AggRound) -> int:
+    return {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[r.phase]
 
 
 # ---- closing phases ------------------------------------------------------------------------------
@@ -418,13 +516,12 @@ def advance(round_id: str, now: datetime | None = None, force: bool = False) -> 
         r = AggRound.objects.select_for_update().filter(id=round_id).first()
         if r is None or r.phase in (DONE, FAILED):
             return r.phase if r else FAILED
-        expected = {ADVERTISE: r.n, SHARE: len(r.u1), MASKED: len(r.u2), UNMASK: len(r.u3)}[r.phase]
-        answered = RoundMember.objects.filter(round=r, reached=r.phase).count()
-        if not (force or now >= r.deadline or answered >= expected):
+        if not (force or now >= r.deadline or r.answered >= _expected_count(r)):
             return r.phase
         cfg = config_of(r)
         step = {ADVERTISE: _close_advertise, SHARE: _close_share, MASKED: _close_masked, UNMASK: _finish}[r.phase]
         step(r, cfg, now)
+        _publish_hints(r)
         return r.phase
 
 
@@ -449,8 +546,8 @@ def _close_advertise(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
         return
     RoundMessage.objects.filter(round=r, kind=RoundMessage.Kind.ADVERT).exclude(index__in=srv.u1).delete()
     _inbox_rows(r, SHARE, outbox)
-    r.u1, r.phase, r.deadline = sorted(srv.u1), SHARE, _next_deadline(now)
-    r.save(update_fields=["u1", "phase", "deadline"])
+    r.u1, r.phase, r.deadline, r.answered = sorted(srv.u1), SHARE, _next_deadline(now), 0
+    r.save(update_fields=["u1", "phase", "deadline", "answered"])
 
 
 def _close_share(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
@@ -465,10 +562,10 @@ def _close_share(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     RoundMessage.objects.filter(round=r, kind=RoundMessage.Kind.DEALT).exclude(index__in=srv.u2).delete()
     _inbox_rows(r, MASKED, outbox)
     window_end = r.window_start + timedelta(seconds=r.window_seconds)
-    r.u2, r.phase = sorted(srv.u2), MASKED
+    r.u2, r.phase, r.answered = sorted(srv.u2), MASKED, 0
     r.deadline = max(now, window_end) + timedelta(seconds=phase_seconds())
     r.running_sum = cfg.ring.to_bytes(cfg.ring.zeros(cfg.vector_length))
-    r.save(update_fields=["u2", "phase", "deadline", "running_sum"])
+    r.save(update_fields=["u2", "phase", "deadline", "running_sum", "answered"])
 
 
 def _close_masked(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
@@ -479,8 +576,8 @@ def _close_masked(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     if request is None:
         _fail(r, srv.reason, now)
         return
-    r.u3, r.phase, r.deadline = sorted(srv.u3), UNMASK, _next_deadline(now)
-    r.save(update_fields=["u3", "phase", "deadline"])
+    r.u3, r.phase, r.deadline, r.answered = sorted(srv.u3), UNMASK, _next_deadline(now), 0
+    r.save(update_fields=["u3", "phase", "deadline", "answered"])
 
 
 def _finish(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
@@ -520,9 +617,28 @@ def _finish(r: AggRound, cfg: RoundConfig, now: datetime) -> None:
     RoundMessage.objects.filter(round=r).delete()
 
 
+def rebuild_hints() -> int:
+    """Publish every open round's hints again (after Redis lost them), each under its round's lock so
+    a phase closing meanwhile publishes after it; then mark the hints ready. Returns the rounds."""
+    from fleet import round_hints
+
+    ids = list(AggRound.objects.exclude(phase__in=(DONE, FAILED)).values_list("id", flat=True))
+    for rid in ids:
+        with transaction.atomic():
+            r = AggRound.objects.select_for_update().only("id", "phase", "deadline", "u1", "u2", "u3").get(id=rid)
+            _publish_hints(r)
+    transaction.on_commit(round_hints.mark_ready)
+    return len(ids)
+
+
 def advance_due(now: datetime | None = None, limit: int = 500) -> dict[str, int]:
-    """Close every phase whose deadline has passed (the beat job; early closes come from ``receive``)."""
+    """Close every phase whose deadline has passed (the beat job; early closes come from ``receive``);
+    first, rebuild the poll hints if Redis lost them."""
+    from fleet import round_hints
+
     now = now or timezone.now()
+    if round_hints.ready() is False:
+        rebuild_hints()
     ids = list(
         AggRound.objects.exclude(phase__in=(DONE, FAILED))
         .filter(deadline__lte=now)

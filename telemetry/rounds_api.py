@@ -50,6 +50,80 @@ def list_rounds(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"rounds": rounds.rounds_for(request.auth.id)})
 
 
+# Before /rounds/{round_id}: Django tries the paths in order, and that one would take "answers" as an id.
+MAX_ANSWERS = 16
+
+
+@router.post(
+    "/rounds/answers",
+    auth=device_auth,
+    summary="The device's messages to several rounds in one request (one transaction)",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["answers"],
+                        "properties": {
+                            "answers": {
+                                "type": "array",
+                                "maxItems": MAX_ANSWERS,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["round", "phase", "message"],
+                                    "properties": {
+                                        "round": {"type": "string"},
+                                        "phase": {"type": "string"},
+                                        "message": {"type": "object"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    },
+    description="Each answer as POST /rounds/{round}/{phase} would take it; results in the same order, each "
+    '{"accepted", "complete"} or {"status", "error": {code, message, field}} (docs/protocol.md, "Rounds").',
+)
+def post_answers(request: HttpRequest) -> JsonResponse:
+    body: Any = wire.read_json(request)
+    answers = body.get("answers") if isinstance(body, dict) else None
+    if not isinstance(answers, list) or not 1 <= len(answers) <= MAX_ANSWERS:
+        raise ProtocolError(400, "bad_message", f"answers: a list of 1 to {MAX_ANSWERS}", "answers")
+    parsed = []
+    for a in answers:
+        if not isinstance(a, dict) or not isinstance(a.get("round"), str) or not isinstance(a.get("phase"), str):
+            raise ProtocolError(400, "bad_message", "each answer is {round, phase, message}", "answers")
+        parsed.append((a["round"][:64], a["phase"][:16], a.get("message")))
+    out = []
+    for (rid, phase, _), res in zip(parsed, rounds.receive_many(request.auth.id, parsed), strict=True):
+        if isinstance(res, rounds.RoundGone):
+            out.append(_failed(rid, phase, _gone(rid)))
+        elif isinstance(res, Refusal):
+            out.append(_failed(rid, phase, ProtocolError(STATUS[res.code], res.code, res.message, res.field)))
+        else:
+            out.append({"round": rid, "phase": phase, **res})
+            if res["complete"]:
+                _close_early(rid)
+    return JsonResponse({"results": out})
+
+
+def _failed(rid: str, phase: str, e: ProtocolError) -> dict[str, Any]:
+    error = {"code": e.code, "message": e.message, "field": e.field}
+    return {"round": rid, "phase": phase, "status": e.status, "error": error}
+
+
+def _close_early(round_id: str) -> None:
+    from telemetry.tasks import advance_round
+
+    # robust: the answer is committed; a broker away must not turn it into a 500 (the deadline job
+    # closes the phase instead)
+    transaction.on_commit(lambda: advance_round.delay(round_id), robust=True)
+
+
 @router.get("/rounds/{round_id}", auth=device_auth, summary="A round's public configuration")
 def round_config(request: HttpRequest, round_id: str) -> JsonResponse:
     try:
@@ -74,7 +148,5 @@ def post_phase(request: HttpRequest, round_id: str, phase: str) -> JsonResponse:
     except Refusal as e:
         raise ProtocolError(STATUS[e.code], e.code, e.message, e.field) from None
     if done["complete"]:
-        from telemetry.tasks import advance_round
-
-        transaction.on_commit(lambda: advance_round.delay(round_id))
+        _close_early(round_id)
     return JsonResponse(done)
