@@ -275,6 +275,10 @@ EDGEFLEET_PRIVACY_HEALTH_ROUNDS_PER_DAY = env_int("EDGEFLEET_PRIVACY_HEALTH_ROUN
 EDGEFLEET_PRIVACY_SOAK_ROUNDS = env_int("EDGEFLEET_PRIVACY_SOAK_ROUNDS", 3)
 EDGEFLEET_PRIVACY_CANARY_SIZE = env_int("EDGEFLEET_PRIVACY_CANARY_SIZE", 100)
 EDGEFLEET_PRIVACY_CANARY_GROUPS = env_int("EDGEFLEET_PRIVACY_CANARY_GROUPS", 1)
+# Which windows run rounds: "policy" (telemetry/round_plan.py: drift on the policy's windows a day,
+# health while a version is in a running campaign) or "every_window" (both budgets every window,
+# still calibrated as the policy says and stopped per device at its day's ε: tests of the protocol).
+EDGEFLEET_ROUND_SCHEDULE = env.get("EDGEFLEET_ROUND_SCHEDULE", "policy")
 EDGEFLEET_TELEMETRY_RETENTION_DAYS = env_int("EDGEFLEET_TELEMETRY_RETENTION_DAYS", 30)
 EDGEFLEET_ROLLUP_SECONDS = env_int("EDGEFLEET_ROLLUP_SECONDS", 3600)  # width of a telemetry rollup window
 EDGEFLEET_STALE_AFTER = env_int("EDGEFLEET_STALE_AFTER", 300)

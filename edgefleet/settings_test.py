@@ -23,6 +23,8 @@ os.environ.setdefault("ORT_NUM_THREADS", "1")
 # The live test server runs a thread per connection, not gunicorn's few: size load shedding for that
 # (tests/test_protocol_limits.py runs real gunicorn with the deployed settings).
 os.environ.setdefault("EDGEFLEET_DEVICE_API_CONCURRENCY", "64")
+# Protocol tests run both budgets in every window; tests of the policy's schedule set "policy".
+os.environ.setdefault("EDGEFLEET_ROUND_SCHEDULE", "every_window")
 
 from edgefleet.settings import *  # noqa: E402, F403
 

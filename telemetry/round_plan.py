@@ -33,6 +33,16 @@ class Plan:
     epsilon_day: float
     rounds_per_day: int  # the day's rounds of this budget a device can be in: what the noise is calibrated for
     group_size: int
+    delta: float
+
+
+def of_budget(s: Setting, budget: str, windows: int, group_size: int) -> Plan:
+    """The calibration target of ``budget``'s rounds under ``s`` (whatever window they run in)."""
+    if budget == DRIFT:
+        return Plan(DRIFT, s.epsilon_drift_day, min(s.drift_rounds_per_day, windows), group_size, s.delta)
+    if budget == HEALTH:
+        return Plan(HEALTH, s.epsilon_health_day, min(s.health_rounds_total, windows), group_size, s.delta)
+    raise ValueError(f"unknown budget {budget!r}")
 
 
 def windows_per_day(window_s: int) -> int:
@@ -71,10 +81,9 @@ def plan(
     group = max(min(s.group_size, max(devices, 1)), floor)
     out = []
     if runs_in(index, s.drift_rounds_per_day, windows):
-        out.append(Plan(DRIFT, s.epsilon_drift_day, min(s.drift_rounds_per_day, windows), group))
-    health_total = min(s.health_rounds_total, windows)
-    if in_campaign and health_total > 0:
-        out.append(Plan(HEALTH, s.epsilon_health_day, health_total, canary_group_size(devices, canary_groups, floor)))
+        out.append(of_budget(s, DRIFT, windows, group))
+    if in_campaign and s.health_rounds_total > 0:
+        out.append(of_budget(s, HEALTH, windows, canary_group_size(devices, canary_groups, floor)))
     elif runs_in(index, s.health_rounds_per_day, windows):
-        out.append(Plan(HEALTH, s.epsilon_health_day, health_total, group))
+        out.append(of_budget(s, HEALTH, windows, group))
     return out

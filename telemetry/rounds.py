@@ -53,6 +53,7 @@ from agent.secagg.ring import Ring, RingOverflow
 from agent.secagg.server import ServerRound
 from fleet.models import Device
 from ota.models import ModelVersion
+from telemetry import round_plan
 from telemetry.models import AggRound, RoundMember, RoundMessage
 from telemetry.profiles import expected_bins, latency_bin_count, output_bin_count
 
@@ -151,17 +152,26 @@ class Noise:
     bound: int
 
 
-def noise_for(layout: Layout, min_survivors: int, n: int, budget: str) -> Noise:
-    """Each device's discrete Gaussian noise for this round (telemetry.accounting.calibrate), or none
+def plan_for(version: ModelVersion, budget: str, group_size: int = 0) -> round_plan.Plan:
+    """What ``budget``'s rounds of ``version`` are calibrated for: the model's privacy policy
+    (``telemetry.policy.policy_for``, the object the privacy page computes its figures from)."""
+    from telemetry.policy import policy_for
+
+    windows = round_plan.windows_per_day(int(_setting("EDGEFLEET_TELEMETRY_WINDOW", 300)))
+    return round_plan.of_budget(policy_for(version.model), budget, windows, group_size)
+
+
+def noise_for(layout: Layout, min_survivors: int, n: int, plan: round_plan.Plan) -> Noise:
+    """Each device's discrete Gaussian noise for this round: the smallest whose ``plan.rounds_per_day``
+    rounds a day keep a device within ``plan.epsilon_day`` (telemetry.accounting.calibrate), or none
     when ``EDGEFLEET_ROUND_NOISE`` is off (tests that check sums exactly)."""
     if not _setting("EDGEFLEET_ROUND_NOISE", True):
         return Noise(Fraction(0), 0)
     from telemetry.accounting import calibrate
 
-    eps = float(_setting("EDGEFLEET_EPSILON_DRIFT_DAY" if budget == DRIFT else "EDGEFLEET_EPSILON_HEALTH_DAY", 4.0))
-    window = int(_setting("EDGEFLEET_TELEMETRY_WINDOW", 300))
-    rounds = max(1, 86400 // max(window, 1))
-    cal = calibrate(eps, rounds, min_survivors, sensitivity(layout).l2, layout.length)
+    cal = calibrate(
+        plan.epsilon_day, max(plan.rounds_per_day, 1), min_survivors, sensitivity(layout).l2, layout.length, plan.delta
+    )
     dn = dpnoise.DeviceNoise.for_group(cal.sigma2_device, n, layout.length)
     return Noise(dn.sigma2, dn.bound)
 
@@ -189,8 +199,10 @@ def form_round(
     group: int,
     devices: list[Device],
     now: datetime | None = None,
+    plan: round_plan.Plan | None = None,
 ) -> AggRound:
-    """One round over ``devices`` (each with an enrolment identity key), indices in random order."""
+    """One round over ``devices`` (each with an enrolment identity key), indices in random order;
+    its noise calibrated for ``plan`` (default: the model's policy for ``budget``)."""
     now = now or timezone.now()
     devices = [d for d in devices if d.identity_key]
     n = len(devices)
@@ -199,7 +211,7 @@ def form_round(
     params = choose_parameters(n, dropout=DESIGN_DROPOUT)
     min_survivors = min(n, max(2, math.ceil((1 - DESIGN_DROPOUT) * n)))
     layout = layout_for(version, budget)
-    noise = noise_for(layout, min_survivors, n, budget)
+    noise = noise_for(layout, min_survivors, n, plan or plan_for(version, budget, n))
     order = list(devices)
     secrets.SystemRandom().shuffle(order)
     with transaction.atomic():
@@ -239,14 +251,49 @@ def groups_of(devices: list[Any], size: int) -> list[list[Any]]:
     return [devices[i::count] for i in range(count)]
 
 
+def campaign_versions() -> set[int]:
+    """Versions in a running campaign, canary and control alike: the gate compares their health sums
+    window by window, so both run health rounds every window while it soaks (``round_plan``)."""
+    from rollout.models import Campaign
+
+    ids: set[int] = set()
+    for v, prev in Campaign.objects.filter(state=Campaign.State.RUNNING).values_list(
+        "version_id", "previous_version_id"
+    ):
+        ids.update(x for x in (v, prev) if x is not None)
+    return ids
+
+
+def plans_for(
+    version: ModelVersion, start: datetime, window: int, devices: int, in_campaign: bool, cache: dict
+) -> list[round_plan.Plan]:
+    """The rounds ``version`` runs in the window at ``start`` (``telemetry.round_plan`` over the model's
+    policy). ``EDGEFLEET_ROUND_SCHEDULE = "every_window"`` runs every budget every window, each still
+    calibrated as the policy says and stopped per device by ``within_budget`` (tests and the demo)."""
+    from telemetry.policy import policy_for
+
+    key = version.model_id
+    if key not in cache:
+        cache[key] = policy_for(version.model)
+    s = cache[key]
+    floor = min_cohort()
+    if _setting("EDGEFLEET_ROUND_SCHEDULE", "policy") == "every_window":
+        size = max(min(s.group_size, devices), floor)
+        windows = round_plan.windows_per_day(window)
+        return [round_plan.of_budget(s, b, windows, size) for b in (round_plan.HEALTH, round_plan.DRIFT)]
+    groups = max(s.canary // max(s.canary_group_size, 1), 1)
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    seconds = int((start - midnight).total_seconds())
+    return round_plan.plan(s, seconds, window, devices, in_campaign, groups, floor)
+
+
 def form_rounds(now: datetime | None = None) -> int:
-    """At each window: for every version enough devices run, groups of them, one round per budget.
+    """At each window: for every version enough devices run, the rounds its model's privacy policy
+    schedules for this window (``plans_for``), in groups of the plan's size.
 
-    Every device running the version takes part, active or not (no metadata says who was active).
-    Groups are as large as ``telemetry.detectability.group_size_for`` says (≥ EDGEFLEET_MIN_COHORT).
+    Every device running the version takes part, active or not (no metadata says who was active),
+    unless one more round would take it past its day's ε (``within_budget``).
     """
-    from telemetry.detectability import group_size_for
-
     now = now or timezone.now()
     window = int(_setting("EDGEFLEET_TELEMETRY_WINDOW", 300))
     start = datetime.fromtimestamp(int(now.timestamp()) // window * window, tz=now.tzinfo)
@@ -256,32 +303,29 @@ def form_rounds(now: datetime | None = None) -> int:
         for model, label in (d.installed or {}).items():
             running.setdefault((model, str(label)), []).append(d)
     formed = 0
+    policies: dict = {}
+    soaking = campaign_versions()
     for (model, label), devices in running.items():
         if len(devices) < min_cohort():
             continue  # k-suppression: nothing is computed below EDGEFLEET_MIN_COHORT
-        version = ModelVersion.objects.filter(model__name=model, label=label).first()
+        version = ModelVersion.objects.select_related("model").filter(model__name=model, label=label).first()
         if version is None:
             continue
         devices.sort(key=lambda d: str(d.id))
         secrets.SystemRandom().shuffle(devices)
-        size = max(group_size_for(len(devices)), min_cohort())
-        for budget in budgets:
-            if AggRound.objects.filter(version=version, budget=budget, window_start=start).exists():
+        for plan in plans_for(version, start, window, len(devices), version.id in soaking, policies):
+            if plan.budget not in budgets:
                 continue
-            for g, members in enumerate(groups_of(within_budget(version, budget, start, devices, size), size)):
-                form_round(version, budget, start, window, g, members, now)
+            if AggRound.objects.filter(version=version, budget=plan.budget, window_start=start).exists():
+                continue
+            members = within_budget(version, start, devices, plan)
+            for g, group in enumerate(groups_of(members, plan.group_size)):
+                form_round(version, plan.budget, start, window, g, group, now, plan)
                 formed += 1
     return formed
 
 
-def _epsilon_day(budget: str) -> float:
-    """The day's target the rounds' noise is calibrated to (``noise_for`` reads the same)."""
-    return float(_setting("EDGEFLEET_EPSILON_DRIFT_DAY" if budget == DRIFT else "EDGEFLEET_EPSILON_HEALTH_DAY", 4.0))
-
-
-def within_budget(
-    version: ModelVersion, budget: str, start: datetime, devices: list[Device], size: int
-) -> list[Device]:
+def within_budget(version: ModelVersion, start: datetime, devices: list[Device], plan: round_plan.Plan) -> list[Device]:
     """The devices one more round of ``budget`` keeps within their day's ε (``accounting.may_join``).
 
     Every figure is what the server assigned: the charge of a round of ``size`` devices of this
@@ -292,9 +336,10 @@ def within_budget(
         return devices
     from telemetry.accounting import RoundCharge, may_join
 
+    budget, size = plan.budget, plan.group_size
     layout = layout_for(version, budget)
     min_survivors = min(size, max(2, math.ceil((1 - DESIGN_DROPOUT) * size)))
-    noise = noise_for(layout, min_survivors, size, budget)
+    noise = noise_for(layout, min_survivors, size, plan)
     charge = RoundCharge.for_round(sensitivity(layout).l2, noise.sigma2, min_survivors, layout.length)
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     today = {"round__window_start__gte": day, "round__window_start__lt": day + timedelta(days=1)}
@@ -309,13 +354,13 @@ def within_budget(
             lay = layout_from_json(lay)
             charges[rid] = RoundCharge.for_round(sensitivity(lay).l2, Fraction(sigma2), survivors, lay.length)
         scheduled.setdefault(device_id, []).append(rid)
-    eps = _epsilon_day(budget)
+    eps = plan.epsilon_day
     verdicts: dict[tuple[str, ...], bool] = {}  # devices of the same groups share a schedule
     kept = []
     for d in devices:
         key = tuple(sorted(scheduled.get(d.id, [])))
         if key not in verdicts:
-            verdicts[key] = may_join([charges[r] for r in key], charge, eps)
+            verdicts[key] = may_join([charges[r] for r in key], charge, eps, plan.delta)
         if verdicts[key]:
             kept.append(d)
     return kept

@@ -44,7 +44,7 @@ LAT = [0, 10, 200, 150, 30, 8, 2, 0, 0, 0, 0, 0]  # mostly 2–10 ms
 def _resolving_noise(settings: Any) -> None:
     """Real noise, at a health budget large enough that three windows resolve the canary goal."""
     settings.EDGEFLEET_ROUND_NOISE = True
-    settings.EDGEFLEET_EPSILON_HEALTH_DAY = 20000.0
+    settings.EDGEFLEET_PRIVACY_EPSILON_HEALTH_DAY = 20000.0
     settings.EDGEFLEET_TELEMETRY_WINDOW = 300
     settings.EDGEFLEET_MIN_COHORT = 20
 
@@ -190,9 +190,10 @@ def test_void_rounds_are_left_out() -> None:
 
 
 def test_sums_too_noisy_for_the_canary_goal_fall_back_to_reports(settings) -> None:
-    """At the rounds' default health budget (ε = 4 a day over 288 windows) a group of 20 cannot resolve
-    1 % → 10 %: the round path does not pass the wave; with no reports either, the campaign holds."""
-    settings.EDGEFLEET_EPSILON_HEALTH_DAY = 4.0
+    """At a strict health budget (ε = 0.5 a day over the policy's three soak rounds) a group of 20
+    cannot resolve 1 % → 10 %: the round path does not pass the wave; with no reports either, the
+    campaign holds."""
+    settings.EDGEFLEET_PRIVACY_EPSILON_HEALTH_DAY = 0.5
     fl = fleet()
     run_windows(fl, canary_rate=0.01)
     sums = canary_rounds.finished_windows(fl["v2"].pk, fl["v1"].pk, fl["c"].started_at)

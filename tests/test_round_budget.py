@@ -2,8 +2,9 @@
 would take past its day's target, judged from what the server assigned (the rounds' stored noise,
 survivors and layout), never from what a device says. Real PostgreSQL; noise on.
 
-With W = 43,200 s the noise is calibrated for two rounds a day, so a device's second round of the
-day lands exactly at the target (it joins) and a third is one over (it is left out).
+With W = 43,200 s the policy's health rounds (three soak rounds) fit two windows a day, so the noise
+is calibrated for two: a device's second round of the day lands exactly at the target (it joins)
+and a third is one over (it is left out).
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ def _noisy(settings: Any) -> None:
     settings.EDGEFLEET_TELEMETRY_WINDOW = W
     settings.EDGEFLEET_ROUND_BUDGETS = "health"
     settings.EDGEFLEET_ROUND_PHASE_SECONDS = 3600
+    settings.EDGEFLEET_ROUND_SCHEDULE = "every_window"
 
 
 def charge(r: AggRound) -> RoundCharge:
     """The round's charge from what the server stored for it."""
     lay = rounds.layout_from_json(r.layout)
     return RoundCharge.for_round(sensitivity(lay).l2, Fraction(r.noise_sigma2), r.min_survivors, lay.length)
+
+
+def plan(version: Any) -> Any:
+    return rounds.plan_for(version, rounds.HEALTH, 20)
 
 
 def members(r: AggRound) -> set:
@@ -54,11 +60,12 @@ def test_the_round_that_reaches_the_target_is_joined_the_one_past_it_is_not() ->
     assert rounds.form_rounds(DAY + timedelta(seconds=W + 1)) == 1  # the second: exactly at the target
     second = AggRound.objects.exclude(id=first.id).get()
     assert members(second) == {d.id for d in fresh}
-    target = rounds._epsilon_day(rounds.HEALTH)
+    target = rounds.plan_for(version, rounds.HEALTH).epsilon_day
+    assert target == 4.9  # the model's policy: EDGEFLEET_PRIVACY_EPSILON_HEALTH_DAY
     assert 0.99 * target <= epsilon([charge(first), charge(second)]) <= target * (1 + 1e-9)  # at the edge
     # A third round the same day (an extra group, a changed window) would be one over: nobody joins,
     # and twenty devices left out leave no group to form.
-    extra = rounds.within_budget(version, rounds.HEALTH, DAY + timedelta(seconds=W + 60), fresh, 20)
+    extra = rounds.within_budget(version, DAY + timedelta(seconds=W + 60), fresh, plan(version))
     assert extra == []
     # The next day starts a new ledger.
     assert rounds.form_rounds(DAY + timedelta(days=1, seconds=1)) == 1
@@ -70,7 +77,7 @@ def test_only_the_devices_past_their_target_are_left_out() -> None:
     rounds.form_rounds(DAY + timedelta(seconds=1))
     rounds.form_rounds(DAY + timedelta(seconds=W + 1))  # busy: two rounds today, at the target
     idle = [d.device for d in enrol(20, version)]  # enrolled later: no round yet today
-    kept = rounds.within_budget(version, rounds.HEALTH, DAY + timedelta(seconds=W + 60), busy + idle, 20)
+    kept = rounds.within_budget(version, DAY + timedelta(seconds=W + 60), busy + idle, plan(version))
     assert {d.id for d in kept} == {d.id for d in idle}
 
 
@@ -80,4 +87,4 @@ def test_with_noise_off_there_is_nothing_to_account(settings: Any) -> None:
     devs = [d.device for d in enrol(20, version)]
     for k in range(3):
         assert rounds.form_rounds(DAY + timedelta(seconds=k * W // 2 + 1)) in (0, 1)
-    assert rounds.within_budget(version, rounds.HEALTH, DAY, devs, 20) == devs
+    assert rounds.within_budget(version, DAY, devs, plan(version)) == devs

@@ -48,11 +48,11 @@ def test_default_policy_drift_hourly_health_only_in_a_campaign() -> None:
     s = _s()
     first = rp.plan(s, 0, 300, 1000, in_campaign=False)
     assert [p.budget for p in first] == ["drift"]
-    assert first[0] == rp.Plan("drift", s.epsilon_drift_day, 24, s.group_size)
+    assert first[0] == rp.Plan("drift", s.epsilon_drift_day, 24, s.group_size, s.delta)
     assert rp.plan(s, 300, 300, 1000, in_campaign=False) == []  # the next window: nothing
     assert [p.budget for p in rp.plan(s, 3600, 300, 1000, in_campaign=False)] == ["drift"]  # the next hour
     soak = rp.plan(s, 300, 300, 100, in_campaign=True, canary_groups=1)
-    assert soak == [rp.Plan("health", s.epsilon_health_day, s.health_rounds_total, 100)]
+    assert soak == [rp.Plan("health", s.epsilon_health_day, s.health_rounds_total, 100, s.delta)]
     both = rp.plan(s, 86_400 + 3600, 300, 120, in_campaign=True, canary_groups=3)  # the day wraps
     assert [(p.budget, p.group_size) for p in both] == [("drift", 120), ("health", 40)]
 
@@ -82,4 +82,12 @@ def test_plan_edges() -> None:
     assert rp.plan(_s(), 300, 300, 60, in_campaign=True)[0].group_size == 60
     outside = _s(health_rounds_per_day=2, group_size=50)
     at_noon = rp.plan(outside, 43_200, 300, 500, False)  # window 144: a drift and a health window
-    assert at_noon[-1] == rp.Plan("health", outside.epsilon_health_day, 3 + 2 - 1, 50)
+    assert at_noon[-1] == rp.Plan("health", outside.epsilon_health_day, 3 + 2 - 1, 50, outside.delta)
+
+
+def test_of_budget_targets_and_refusal() -> None:
+    s = _s(drift_rounds_per_day=300, delta=1e-7)
+    assert rp.of_budget(s, "drift", 288, 40) == rp.Plan("drift", s.epsilon_drift_day, 288, 40, 1e-7)  # ≤ windows
+    assert rp.of_budget(s, "health", 2, 40) == rp.Plan("health", s.epsilon_health_day, 2, 40, 1e-7)
+    with pytest.raises(ValueError, match=r"^unknown budget 'other'$"):
+        rp.of_budget(s, "other", 288, 40)
