@@ -72,7 +72,9 @@ def test_manifest_polls_beyond_the_burst_are_429_per_device(client: Client, sett
     assert poll(client, other).status_code == 200  # another device has its own bucket
 
 
-def test_a_poll_read_from_redis_stays_one_round_trip(client: Client, settings, monkeypatch) -> None:
+def test_a_poll_read_from_redis_is_its_pipeline_and_the_rounds_hint(client: Client, settings, monkeypatch) -> None:
+    """The manifest, the device's rate limit and its fence come in one pipeline; the rounds hint
+    (fleet/round_hints.py, keyed by device, not by token) is one more: two round trips, no more."""
     _, token = factories.device()
     assert poll(client, token).status_code == 200  # the ready manifest is in Redis now
     manifests._ready.clear()
@@ -88,10 +90,12 @@ def test_a_poll_read_from_redis_stays_one_round_trip(client: Client, settings, m
     monkeypatch.setattr(type(r), "execute_command", lambda *a, **kw: pytest.fail(f"an extra round trip: {a[1:3]}"))
     monkeypatch.setattr(manifest.epochs, "current", lambda: manifest.epochs._memo[1:])  # no epoch re-read now
     assert poll(client, token).status_code == 200
-    assert calls == ["pipeline"]
+    assert calls == ["pipeline", "pipeline"]
 
 
-def test_a_poll_answered_from_memory_makes_no_round_trip(client: Client, monkeypatch) -> None:
+def test_a_poll_answered_from_memory_makes_one_round_trip_for_the_rounds_hint(client: Client, monkeypatch) -> None:
+    """The answer, its rate limit and presence stay in process memory; the one round trip is the
+    rounds hint's (its marker and the device's hash in one pipeline)."""
     _, token = factories.device()
     assert poll(client, token).status_code == 200  # ready in this process's memory now
     r = redis_client()
@@ -109,7 +113,7 @@ def test_a_poll_answered_from_memory_makes_no_round_trip(client: Client, monkeyp
     monkeypatch.setattr(manifest.epochs, "current", lambda: manifest.epochs._memo[1:])  # no epoch re-read now
     for _ in range(3):
         assert poll(client, token).status_code == 200
-    assert calls == []
+    assert calls == [()] * 3  # one pipeline execute per poll, nothing else
 
 
 def test_a_device_over_its_limit_in_other_processes_is_refused_here_after_the_next_sync(
