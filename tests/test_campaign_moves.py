@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from fleet import manifests
+from fleet import kept, manifests
 from rollout import lifecycle, manifest, moves, placement
 from rollout.api import campaign_status_json
 from rollout.models import Campaign, CampaignMove
@@ -184,7 +184,17 @@ def test_a_real_worker_moves_the_devices_and_the_page_shows_progress(celery_work
     c = fleet["c"]
     lifecycle.start(c.pk)  # returns once the move is recorded; the worker does the rest
     move = latest_move(c)
-    assert move is not None and move.total == len(reached(fleet, 0, placement.coverage(WAVES, 0)))
+    c.refresh_from_db()
+    why = {  # what moves.plan decided from, should it fall back to the generation bump
+        "state": c.state,
+        "bucketing": c.bucketing,
+        "targeted": moves._targeted_possible(c, "start"),
+        "kept_total": kept.total(),
+        "devices": len(fleet["devices"]),
+        "rolled_back": list(Campaign.objects.filter(state="rolled_back").values_list("pk", flat=True)),
+    }
+    assert move is not None, why
+    assert move.total == len(reached(fleet, 0, placement.coverage(WAVES, 0)))
     deadline = time.monotonic() + 30
     while latest_move(c).finished_at is None and time.monotonic() < deadline:
         time.sleep(0.2)
