@@ -269,7 +269,7 @@ def plans_for(
 ) -> list[round_plan.Plan]:
     """The rounds ``version`` runs in the window at ``start`` (``telemetry.round_plan`` over the model's
     policy). ``EDGEFLEET_ROUND_SCHEDULE = "every_window"`` runs every budget every window, each still
-    calibrated as the policy says and stopped per device by ``within_budget`` (tests and the demo)."""
+    calibrated as the policy says and stopped per device by ``within_budget`` (protocol tests)."""
     from telemetry.policy import policy_for
 
     key = version.model_id
