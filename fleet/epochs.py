@@ -56,11 +56,9 @@ _pruned_below = 0  # _recent no longer knows drops at or below this count: assum
 _RECENT_MAX = 50_000
 _callbacks: list[Callable[[Iterable[str] | None], None]] = []
 
-# KEYS: seq, log, floor. ARGV: token hash, entries to keep. Returns the new sequence number.
-FORGET_LUA = """
-local seq = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+# Trims the log to its newest ``keep`` entries and records the cut as the floor; ends both scripts.
+_TRIM_LUA = """
+local extra = redis.call('ZCARD', KEYS[2]) - keep
 if extra > 0 then
   local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
@@ -69,10 +67,21 @@ end
 return seq
 """
 
+# KEYS: seq, log, floor. ARGV: token hash, entries to keep. Returns the new sequence number.
+FORGET_LUA = (
+    """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local keep = tonumber(ARGV[2])
+"""
+    + _TRIM_LUA
+)
+
 # Many devices at once, with their own keys (fleet.manifests.invalidate): KEYS: seq, log, floor, then
 # per device its forget counter and its ready-manifest key. ARGV: entries to keep, counter TTL, then
 # the token hashes. Per device: count a forget, drop the ready manifest, append to the log; trim once.
-FORGET_MANY_LUA = """
+FORGET_MANY_LUA = (
+    """
 local seq = 0
 for i = 3, #ARGV do
   local j = 4 + 2 * (i - 3)
@@ -82,14 +91,10 @@ for i = 3, #ARGV do
   seq = redis.call('INCR', KEYS[1])
   redis.call('ZADD', KEYS[2], seq, ARGV[i])
 end
-local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
-if extra > 0 then
-  local cut = redis.call('ZRANGE', KEYS[2], extra - 1, extra - 1, 'WITHSCORES')
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
-  redis.call('SET', KEYS[3], cut[2])
-end
-return seq
+local keep = tonumber(ARGV[1])
 """
+    + _TRIM_LUA
+)
 
 # KEYS: seq, log, floor. ARGV: last applied, most entries to return.
 # Returns {seq, floor, hash, hash, ...}; no hashes when more than ARGV[2] are new (drop everything).
